@@ -1,0 +1,96 @@
+// Plain parameter structs of the public API: the LCA policy (lca-spec.md
+// sections 2-5) and the shapes of the two attention layouts it condenses.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+#include <string>
+
+namespace lca {
+
+// Section 3: the importance score uses the latent part only (default) or also
+// the rope part of the summary queries.
+enum class ScoreMode { latent, full };
+// Section 5 (GQA): the representative key is the pooled un-rotated key rotated
+// to the anchor position (default), or the anchor token's own key.
+enum class KeyMode { pooled, anchor };
+// Section 4: optional log(g) added to every representative's logit.
+enum class MassBias { none, log_g };
+
+// The condensation policy. Full attention is the same policy with no groups:
+// LcaParams::full() has an infinite window, so m(n) = 0 for every n.
+struct LcaParams {
+  int64_t window = 1024;  // w >= 0
+  int64_t group = 16;     // g >= 1
+  ScoreMode score = ScoreMode::latent;
+  KeyMode key_mode = KeyMode::pooled;
+  MassBias mass_bias = MassBias::none;
+
+  static constexpr int64_t kNoWindow = std::numeric_limits<int64_t>::max() / 4;
+  static LcaParams full() {
+    LcaParams p;
+    p.window = kNoWindow;
+    p.group = 1;
+    return p;
+  }
+  bool is_full() const { return window >= kNoWindow; }
+  // Throws lca::Error naming the bad field (g = 0, w < 0, ...).
+  void validate() const;
+  std::string describe() const;  // e.g. "lca(w=1024, g=16, score=latent, key=pooled)"
+};
+
+// MLA in absorbed form (section 1). A cache row is [c ; k^R] (d_latent + d_rope
+// values); an absorbed query is [q~ ; q^R] of the same width, so every logit is
+// scale * dot(query, row) and every output is a weighted sum of rows[0:d_latent].
+struct MlaDims {
+  int64_t heads = 0;      // H
+  int64_t d_latent = 0;   // d_c (kv_lora_rank)
+  int64_t d_rope = 0;     // d_r (qk_rope_head_dim)
+  int64_t d_nope = 0;     // d_n (qk_nope_head_dim), only for the decompressed form
+  int64_t d_v = 0;        // v_head_dim, only for the decompressed form
+  int64_t row_width() const { return d_latent + d_rope; }
+  // The model's softmax scale without config corrections: 1/sqrt(d_n + d_r).
+  double default_scale() const;
+  void validate() const;
+};
+
+// The rotary map of Llama/Qwen2: half-split rotation (pairs (j, j + d/2)),
+// inverse frequencies theta^(-2j/d).
+struct RopeParams {
+  double theta = 10000.0;
+  void validate() const;
+};
+
+// GQA (section 5). A cache row holds, per kv head, [k (rotated) ; v]:
+// kv_heads * 2 * head_dim values. Query head h uses kv head h / (q_heads / kv_heads).
+struct GqaDims {
+  int64_t q_heads = 0;
+  int64_t kv_heads = 0;
+  int64_t head_dim = 0;
+  int64_t group_size() const { return q_heads / kv_heads; }  // query heads per kv head
+  int64_t row_width() const { return kv_heads * 2 * head_dim; }
+  double default_scale() const;  // 1/sqrt(head_dim)
+  void validate() const;
+};
+
+// ---- Group arithmetic (section 2) ----------------------------------------
+
+// m(n) = max(0, floor((n - w) / g)): groups condensed once n tokens are visible.
+inline int64_t condensed_groups(int64_t n, const LcaParams& p) {
+  if (p.is_full() || n <= p.window) return 0;
+  return (n - p.window) / p.group;
+}
+// tau_j = (j + 1) g + w - 1: the first query position for which group j is not raw.
+inline int64_t condensation_time(int64_t j, const LcaParams& p) {
+  return (j + 1) * p.group + p.window - 1;
+}
+// First raw position once n tokens are visible: g * m(n).
+inline int64_t first_raw_position(int64_t n, const LcaParams& p) {
+  return p.is_full() ? 0 : p.group * condensed_groups(n, p);
+}
+// Section 6: cache entries after n tokens, m(n) + (n - g m(n)).
+inline int64_t cache_entries(int64_t n, const LcaParams& p) {
+  return condensed_groups(n, p) + (n - first_raw_position(n, p));
+}
+
+}  // namespace lca

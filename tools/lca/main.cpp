@@ -1,0 +1,32 @@
+// The lca command-line tool. Subcommands are thin layers over the library.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <exception>
+
+#include "demo.hpp"
+
+int main(int argc, char** argv) {
+  CLI::App app{"lca: Latent-Condensed Attention for long-context inference"};
+  app.require_subcommand(1);
+
+  lca::tools::DemoOptions demo;
+  CLI::App* demo_cmd = app.add_subcommand(
+      "demo", "Fill a condensed and a full KV cache of a DeepSeek-V2-Lite-shaped MLA layer and compare them");
+  demo_cmd->add_option("--contexts", demo.contexts, "Context lengths (tokens)")->check(CLI::PositiveNumber);
+  demo_cmd->add_option("--queries", demo.queries, "Decode queries attended against each cache")
+      ->check(CLI::PositiveNumber);
+  demo_cmd->add_option("--window", demo.window, "LCA window w")->check(CLI::NonNegativeNumber);
+  demo_cmd->add_option("--group", demo.group, "LCA group size g")->check(CLI::PositiveNumber);
+  demo_cmd->add_option("--dtype", demo.dtype, "Cache storage dtype: bf16, f16 or f32");
+  demo_cmd->add_option("--seed", demo.seed, "Random seed");
+  demo_cmd->add_option("--json", demo.json_path, "Also write the results as JSON to this file");
+
+  CLI11_PARSE(app, argc, argv);
+  try {
+    if (demo_cmd->parsed()) return lca::tools::run_demo(demo);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
