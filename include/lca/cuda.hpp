@@ -1,0 +1,87 @@
+// The CUDA kernels of lca, as launchers on device pointers (contiguous,
+// row-major, bf16 or f16 storage, fp32 compute). Every launcher checks its
+// arguments and throws lca::Error naming the problem; launch failures throw
+// too. Present only when lca is built with CUDA (LCA_HAVE_CUDA).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "lca/dtype.hpp"
+#include "lca/params.hpp"
+
+typedef struct CUstream_st* cudaStream_t;
+
+namespace lca::cuda {
+
+// Whether a usable CUDA device is present (false on machines without a GPU).
+bool device_present();
+std::string device_name();
+
+// ---- Condensing (lca-spec.md sections 3 and 5) -----------------------------
+//
+// Summary queries are per position, head-summed, fp32 (as in the CPU cache):
+// summary row p covers position sum_start + p. Groups [first, first + count)
+// are condensed; their tokens' rows start at position kv_start.
+
+struct CondenseMlaArgs {
+  const void* latent = nullptr;    // [N, d_latent]  positions kv_start..
+  const void* rope_key = nullptr;  // [N, d_rope]    (rotated)
+  const float* summary = nullptr;  // [S, d_latent] or [S, d_latent + d_rope] (score = full)
+  void* rep_latent = nullptr;      // [count, d_latent] out
+  void* rep_rope_key = nullptr;    // [count, d_rope] out
+  int64_t* anchors = nullptr;      // [count] out, optional
+  int64_t kv_start = 0, kv_len = 0, sum_start = 0, sum_len = 0, first = 0, count = 0;
+  int64_t heads = 0, d_latent = 0, d_rope = 0;
+  double scale = 0;
+  DType dtype = DType::bf16;
+  LcaParams params;
+};
+void condense_groups_mla(const CondenseMlaArgs& a, cudaStream_t stream = nullptr);
+
+struct CondenseGqaArgs {
+  const void* k = nullptr;         // [N, kv_heads, head_dim] positions kv_start.. (rotated)
+  const void* v = nullptr;         // [N, kv_heads, head_dim]
+  const float* summary = nullptr;  // [S, kv_heads, head_dim]
+  void* rep_k = nullptr;           // [count, kv_heads, head_dim] out
+  void* rep_v = nullptr;           // [count, kv_heads, head_dim] out
+  int64_t* anchors = nullptr;      // [count, kv_heads] out, optional
+  int64_t kv_start = 0, kv_len = 0, sum_start = 0, sum_len = 0, first = 0, count = 0;
+  int64_t q_heads = 0, kv_heads = 0, head_dim = 0;
+  double scale = 0;
+  RopeParams rope;
+  DType dtype = DType::bf16;
+  LcaParams params;
+};
+void condense_groups_gqa(const CondenseGqaArgs& a, cudaStream_t stream = nullptr);
+
+// Head-summed summary queries of GQA: q [L, q_heads, d] -> out [L, kv_heads, d] fp32.
+void gqa_summary_queries(const void* q, float* out, int64_t L, int64_t q_heads, int64_t kv_heads,
+                         int64_t head_dim, DType dtype, cudaStream_t stream = nullptr);
+
+// ---- Prefill attention (section 4) -----------------------------------------
+//
+// Queries at positions [q_start, q_start + q_len) attend over representatives
+// 0..m(t+1)-1 and raw positions [g m(t+1), t] (with LcaParams::full(): causal
+// attention over [0, t]). Query head h reads kv head h / (q_heads / kv_heads).
+// MLA prefill runs here in decompressed form (kv_heads = q_heads,
+// d_qk = d_nope + d_rope, d_v), GQA with d_qk = d_v = head_dim.
+struct PrefillArgs {
+  const void* q = nullptr;      // [q_len, q_heads, d_qk]
+  const void* k = nullptr;      // raw keys [raw_len, kv_heads, d_qk], positions raw_start..
+  const void* v = nullptr;      // raw values [raw_len, kv_heads, d_v]
+  const void* rep_k = nullptr;  // [reps, kv_heads, d_qk]
+  const void* rep_v = nullptr;  // [reps, kv_heads, d_v]
+  void* out = nullptr;          // [q_len, q_heads, d_v]
+  int64_t q_len = 0, q_start = 0, raw_len = 0, raw_start = 0, reps = 0;
+  int64_t q_heads = 0, kv_heads = 0, d_qk = 0, d_v = 0;
+  double scale = 0;
+  DType dtype = DType::bf16;
+  LcaParams params;
+};
+void lca_prefill(const PrefillArgs& a, cudaStream_t stream = nullptr);
+
+// Head dims the prefill kernel is built for: (d_qk, d_v).
+bool prefill_supports(int64_t d_qk, int64_t d_v);
+
+}  // namespace lca::cuda

@@ -1,0 +1,72 @@
+// Shared by the CUDA kernels: error checks, storage types, warp reductions.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "lca/dtype.hpp"
+#include "lca/error.hpp"
+
+#define LCA_CUDA_CHECK(expr)                                                             \
+  do {                                                                                   \
+    const cudaError_t lca_err_ = (expr);                                                 \
+    if (lca_err_ != cudaSuccess) ::lca::detail::fail(#expr, " failed: ", cudaGetErrorString(lca_err_)); \
+  } while (0)
+
+// After a launch: a bad configuration shows here, a fault at the next sync.
+#define LCA_CUDA_CHECK_LAUNCH(what) LCA_CUDA_CHECK(cudaGetLastError())
+
+namespace lca::cuda::detail {
+
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+template <class T>
+__device__ __forceinline__ T from_float(float x);
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+template <>
+__device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
+
+__device__ __forceinline__ float warp_sum(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+__device__ __forceinline__ float warp_max(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  return x;
+}
+
+// Softmax weights and argmax (smallest index on ties) of scores[0..g) held in
+// shared memory by one warp; weights overwrite the scores. Returns the argmax.
+__device__ __forceinline__ int warp_softmax_argmax(float* scores, int g) {
+  const int lane = threadIdx.x & 31;
+  float best = -INFINITY;
+  int best_i = 0x7fffffff;
+  for (int i = lane; i < g; i += 32)
+    if (scores[i] > best) best = scores[i], best_i = i;  // first (smallest) i on ties within a lane
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, best_i, o);
+    if (ob > best || (ob == best && oi < best_i)) best = ob, best_i = oi;
+  }
+  float sum = 0.f;
+  for (int i = lane; i < g; i += 32) sum += scores[i] = __expf(scores[i] - best);
+  sum = warp_sum(sum);
+  __syncwarp();
+  for (int i = lane; i < g; i += 32) scores[i] /= sum;
+  __syncwarp();
+  return best_i;
+}
+
+template <class F>
+void dispatch_dtype(DType t, const char* where, F&& f) {
+  if (t == DType::bf16) f(__nv_bfloat16{});
+  else if (t == DType::f16) f(__half{});
+  else ::lca::detail::fail(where, ": the CUDA kernels take bf16 or f16 storage, got ", dtype_name(t));
+}
+
+}  // namespace lca::cuda::detail

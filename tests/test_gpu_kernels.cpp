@@ -1,0 +1,451 @@
+// CUDA kernels against the CPU reference (float64) on fresh random inputs.
+// Inputs are rounded to the kernel's dtype first, so both sides compute the
+// same function of the same numbers; outputs are poisoned (all bits set: NaN in
+// bf16 and f16) before each launch, and NaN never passes.
+// Without a GPU every case reports SKIPPED.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "lca/cuda.hpp"
+#include "lca/dtype.hpp"
+#include "lca/reference.hpp"
+#include "reference/rows.hpp"
+
+namespace {
+
+using lca::DType;
+using lca::LcaParams;
+using lca::Tensor;
+
+#define REQUIRE_GPU() \
+  if (!lca::cuda::device_present()) GTEST_SKIP() << "no CUDA device on this machine"
+
+#define CUDA_OK(expr) ASSERT_EQ((expr), cudaSuccess) << #expr
+
+// A device buffer of n values of `dtype` (or raw bytes for other types).
+struct DeviceBuffer {
+  void* ptr = nullptr;
+  size_t bytes = 0;
+  explicit DeviceBuffer(size_t b) : bytes(b) {
+    if (cudaMalloc(&ptr, b == 0 ? 16 : b) != cudaSuccess) ptr = nullptr;
+  }
+  ~DeviceBuffer() { cudaFree(ptr); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  void poison() { cudaMemset(ptr, 0xff, bytes); }
+};
+
+// Rounds t to dtype in place and returns the encoded bytes on the device.
+std::unique_ptr<DeviceBuffer> upload(Tensor<float>& t, DType dtype) {
+  std::vector<unsigned char> bytes(static_cast<size_t>(t.numel() * lca::dtype_size(dtype)));
+  lca::encode(dtype, t.data(), t.numel(), bytes.data());
+  lca::decode(dtype, bytes.data(), t.numel(), t.data());  // the values the GPU sees
+  auto d = std::make_unique<DeviceBuffer>(bytes.size());
+  cudaMemcpy(d->ptr, bytes.data(), bytes.size(), cudaMemcpyHostToDevice);
+  return d;
+}
+
+std::unique_ptr<DeviceBuffer> upload_f32(const Tensor<float>& t) {
+  auto d = std::make_unique<DeviceBuffer>(static_cast<size_t>(t.numel()) * 4);
+  cudaMemcpy(d->ptr, t.data(), d->bytes, cudaMemcpyHostToDevice);
+  return d;
+}
+
+Tensor<float> download(const DeviceBuffer& d, const lca::Shape& shape, DType dtype) {
+  Tensor<float> out(shape);
+  std::vector<unsigned char> bytes(static_cast<size_t>(out.numel() * lca::dtype_size(dtype)));
+  cudaMemcpy(bytes.data(), d.ptr, bytes.size(), cudaMemcpyDeviceToHost);
+  lca::decode(dtype, bytes.data(), out.numel(), out.data());
+  return out;
+}
+
+Tensor<float> random_tensor(std::mt19937_64& rng, const lca::Shape& shape, float stddev = 1.f) {
+  std::normal_distribution<float> nd(0.f, stddev);
+  Tensor<float> t(shape);
+  for (float& v : t.vec()) v = nd(rng);
+  return t;
+}
+
+// ||got - want|| / ||want||; infinity if got holds a NaN or infinity.
+double rel_error(const Tensor<float>& got, const Tensor<double>& want) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < got.numel(); ++i) {
+    if (!std::isfinite(got.data()[i])) return INFINITY;
+    const double d = got.data()[i] - want.data()[i];
+    num += d * d;
+    den += want.data()[i] * want.data()[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-300));
+}
+
+LcaParams lca_params(int64_t w, int64_t g) {
+  LcaParams p;
+  p.window = w;
+  p.group = g;
+  return p;
+}
+
+// ---- condense ---------------------------------------------------------------------
+
+struct CondenseCase {
+  int64_t heads, d_latent, d_rope, w, g, groups;
+  lca::ScoreMode score;
+  DType dtype;
+};
+
+TEST(GpuCondense, MlaMatchesReference) {
+  REQUIRE_GPU();
+  const CondenseCase cases[] = {
+      {16, 512, 64, 1024, 16, 40, lca::ScoreMode::latent, DType::bf16},
+      {4, 256, 32, 100, 7, 33, lca::ScoreMode::full, DType::f16},
+      {2, 64, 32, 0, 16, 9, lca::ScoreMode::latent, DType::f16},
+      {40, 256, 32, 37, 64, 5, lca::ScoreMode::full, DType::bf16},
+  };
+  std::mt19937_64 rng(101);
+  for (const CondenseCase& c : cases) {
+    SCOPED_TRACE("d_latent " + std::to_string(c.d_latent) + " w " + std::to_string(c.w) + " g " +
+                 std::to_string(c.g) + " " + lca::dtype_name(c.dtype));
+    LcaParams p = lca_params(c.w, c.g);
+    p.score = c.score;
+    const lca::MlaDims dims{.heads = c.heads, .d_latent = c.d_latent, .d_rope = c.d_rope};
+    const int64_t n = lca::condensation_time(c.groups - 1, p) + 1;  // the last group closes at n - 1
+    const int64_t first = 1, count = c.groups - 1;                   // start at a group that is not 0
+    const int64_t kv_start = first * c.g - 3 > 0 ? first * c.g - 3 : 0;
+    const int64_t sum_start = lca::condensation_time(first, p) - c.g + 1 - 2;
+    Tensor<float> latent = random_tensor(rng, {n - kv_start, c.d_latent});
+    Tensor<float> rope = random_tensor(rng, {n - kv_start, c.d_rope});
+    const int64_t sw = c.score == lca::ScoreMode::full ? c.d_latent + c.d_rope : c.d_latent;
+    Tensor<float> summary = random_tensor(rng, {n - sum_start, sw}, 0.3f);
+    auto d_lat = upload(latent, c.dtype);
+    auto d_rope = upload(rope, c.dtype);
+    auto d_sum = upload_f32(summary);
+    DeviceBuffer out_lat(count * c.d_latent * 2), out_rope(count * c.d_rope * 2), anchors(count * 8);
+    out_lat.poison();
+    out_rope.poison();
+    lca::cuda::CondenseMlaArgs a;
+    a.latent = d_lat->ptr;
+    a.rope_key = d_rope->ptr;
+    a.summary = static_cast<const float*>(d_sum->ptr);
+    a.rep_latent = out_lat.ptr;
+    a.rep_rope_key = out_rope.ptr;
+    a.anchors = static_cast<int64_t*>(anchors.ptr);
+    a.kv_start = kv_start;
+    a.kv_len = latent.dim(0);
+    a.sum_start = sum_start;
+    a.sum_len = summary.dim(0);
+    a.first = first;
+    a.count = count;
+    a.heads = c.heads;
+    a.d_latent = c.d_latent;
+    a.d_rope = c.d_rope;
+    a.scale = 1.0 / std::sqrt(192.0);
+    a.dtype = c.dtype;
+    a.params = p;
+    lca::cuda::condense_groups_mla(a);
+    CUDA_OK(cudaDeviceSynchronize());
+
+    // Reference on the same (rounded) inputs, rows packed [c ; k^R].
+    Tensor<double> rows({latent.dim(0), dims.row_width()});
+    for (int64_t i = 0; i < latent.dim(0); ++i) {
+      for (int64_t x = 0; x < c.d_latent; ++x) rows.row(i)[x] = latent.row(i)[x];
+      for (int64_t x = 0; x < c.d_rope; ++x) rows.row(i)[c.d_latent + x] = rope.row(i)[x];
+    }
+    const auto want = lca::ref::condense_groups_mla(rows, kv_start, summary.cast<double>(), sum_start, first, count,
+                                                    a.scale, dims, p);
+    Tensor<double> want_lat({count, c.d_latent}), want_rope({count, c.d_rope});
+    for (int64_t k = 0; k < count; ++k) {
+      for (int64_t x = 0; x < c.d_latent; ++x) want_lat.row(k)[x] = want.rows.row(k)[x];
+      for (int64_t x = 0; x < c.d_rope; ++x) want_rope.row(k)[x] = want.rows.row(k)[c.d_latent + x];
+    }
+    EXPECT_LT(rel_error(download(out_lat, {count, c.d_latent}, c.dtype), want_lat), 1e-2);
+    EXPECT_EQ(rel_error(download(out_rope, {count, c.d_rope}, c.dtype), want_rope), 0.0);  // a copy
+    std::vector<int64_t> got_anchor(count);
+    cudaMemcpy(got_anchor.data(), anchors.ptr, count * 8, cudaMemcpyDeviceToHost);
+    for (int64_t k = 0; k < count; ++k) EXPECT_EQ(got_anchor[k], want.anchors.row(k)[0]) << "group " << first + k;
+  }
+}
+
+TEST(GpuCondense, GqaMatchesReference) {
+  REQUIRE_GPU();
+  struct Case {
+    int64_t q_heads, kv_heads, d, w, g, groups;
+    lca::KeyMode key;
+    DType dtype;
+  };
+  const Case cases[] = {
+      {28, 4, 128, 1024, 16, 30, lca::KeyMode::pooled, DType::bf16},
+      {8, 2, 64, 50, 5, 21, lca::KeyMode::anchor, DType::f16},
+      {6, 3, 32, 0, 16, 8, lca::KeyMode::pooled, DType::f16},
+      {4, 4, 128, 31, 32, 6, lca::KeyMode::anchor, DType::bf16},
+  };
+  std::mt19937_64 rng(202);
+  for (const Case& c : cases) {
+    SCOPED_TRACE("d " + std::to_string(c.d) + " w " + std::to_string(c.w) + " g " + std::to_string(c.g));
+    LcaParams p = lca_params(c.w, c.g);
+    p.key_mode = c.key;
+    const lca::GqaDims dims{.q_heads = c.q_heads, .kv_heads = c.kv_heads, .head_dim = c.d};
+    const lca::RopeParams rope{.theta = 10000.0};
+    const int64_t n = lca::condensation_time(c.groups - 1, p) + 1;
+    Tensor<float> k = random_tensor(rng, {n, c.kv_heads, c.d});
+    Tensor<float> v = random_tensor(rng, {n, c.kv_heads, c.d});
+    Tensor<float> q = random_tensor(rng, {n, c.q_heads, c.d}, 0.5f);
+    auto d_k = upload(k, c.dtype);
+    auto d_v = upload(v, c.dtype);
+    auto d_q = upload(q, c.dtype);
+    DeviceBuffer d_sum(n * c.kv_heads * c.d * 4);
+    lca::cuda::gqa_summary_queries(d_q->ptr, static_cast<float*>(d_sum.ptr), n, c.q_heads, c.kv_heads, c.d,
+                                   c.dtype);
+    const int64_t count = c.groups;
+    DeviceBuffer out_k(count * c.kv_heads * c.d * 2), out_v(count * c.kv_heads * c.d * 2),
+        anchors(count * c.kv_heads * 8);
+    out_k.poison();
+    out_v.poison();
+    lca::cuda::CondenseGqaArgs a;
+    a.k = d_k->ptr;
+    a.v = d_v->ptr;
+    a.summary = static_cast<const float*>(d_sum.ptr);
+    a.rep_k = out_k.ptr;
+    a.rep_v = out_v.ptr;
+    a.anchors = static_cast<int64_t*>(anchors.ptr);
+    a.kv_len = n;
+    a.sum_len = n;
+    a.count = count;
+    a.q_heads = c.q_heads;
+    a.kv_heads = c.kv_heads;
+    a.head_dim = c.d;
+    a.scale = dims.default_scale();
+    a.rope = rope;
+    a.dtype = c.dtype;
+    a.params = p;
+    lca::cuda::condense_groups_gqa(a);
+    CUDA_OK(cudaDeviceSynchronize());
+
+    const Tensor<double> rows = lca::ref::gqa_pack_rows(k.cast<double>(), v.cast<double>(), dims);
+    const Tensor<double> summary = lca::ref::gqa_summary_queries(q.cast<double>(), dims);
+    const auto want = lca::ref::condense_groups_gqa(rows, 0, summary, 0, 0, count, a.scale, dims, rope, p);
+    Tensor<double> want_k({count, c.kv_heads, c.d}), want_v({count, c.kv_heads, c.d});
+    for (int64_t j = 0; j < count; ++j)
+      for (int64_t h = 0; h < c.kv_heads; ++h)
+        for (int64_t x = 0; x < c.d; ++x) {
+          want_k.row(j)[h * c.d + x] = want.rows.row(j)[h * 2 * c.d + x];
+          want_v.row(j)[h * c.d + x] = want.rows.row(j)[h * 2 * c.d + c.d + x];
+        }
+    EXPECT_LT(rel_error(download(out_k, {count, c.kv_heads, c.d}, c.dtype), want_k), 1e-2);
+    EXPECT_LT(rel_error(download(out_v, {count, c.kv_heads, c.d}, c.dtype), want_v), 1e-2);
+    std::vector<int64_t> got_anchor(count * c.kv_heads);
+    cudaMemcpy(got_anchor.data(), anchors.ptr, got_anchor.size() * 8, cudaMemcpyDeviceToHost);
+    for (int64_t i = 0; i < count * c.kv_heads; ++i) EXPECT_EQ(got_anchor[i], want.anchors.data()[i]) << i;
+  }
+}
+
+// ---- prefill attention ---------------------------------------------------------------
+
+struct PrefillCase {
+  int64_t q_heads, kv_heads, d_qk, d_v;
+  int64_t w, g;         // w < 0: full attention
+  int64_t q_start, q_len;
+  DType dtype;
+  bool mass_bias = false;
+};
+
+// Random representatives and raw rows; the kernel against the reference's one
+// attention over [representatives ; raw rows] in float64.
+void check_prefill(const PrefillCase& c, std::mt19937_64& rng) {
+  SCOPED_TRACE("heads " + std::to_string(c.q_heads) + "/" + std::to_string(c.kv_heads) + " d " +
+               std::to_string(c.d_qk) + "/" + std::to_string(c.d_v) + " w " + std::to_string(c.w) + " g " +
+               std::to_string(c.g) + " q [" + std::to_string(c.q_start) + ", +" + std::to_string(c.q_len) + ") " +
+               lca::dtype_name(c.dtype));
+  LcaParams p = c.w < 0 ? LcaParams::full() : lca_params(c.w, c.g);
+  if (c.mass_bias) p.mass_bias = lca::MassBias::log_g;
+  const int64_t last = c.q_start + c.q_len - 1;
+  const int64_t reps = lca::condensed_groups(last + 1, p);
+  const int64_t raw_start = lca::first_raw_position(c.q_start + 1, p);
+  const int64_t raw_len = last + 1 - raw_start;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(c.d_qk));
+
+  Tensor<float> q = random_tensor(rng, {c.q_len, c.q_heads, c.d_qk});
+  Tensor<float> k = random_tensor(rng, {raw_len, c.kv_heads, c.d_qk});
+  Tensor<float> v = random_tensor(rng, {raw_len, c.kv_heads, c.d_v});
+  Tensor<float> rk = random_tensor(rng, {reps, c.kv_heads, c.d_qk});
+  Tensor<float> rv = random_tensor(rng, {reps, c.kv_heads, c.d_v});
+  auto dq = upload(q, c.dtype);
+  auto dk = upload(k, c.dtype);
+  auto dv = upload(v, c.dtype);
+  auto drk = upload(rk, c.dtype);
+  auto drv = upload(rv, c.dtype);
+  DeviceBuffer out(c.q_len * c.q_heads * c.d_v * 2);
+  out.poison();
+
+  lca::cuda::PrefillArgs a;
+  a.q = dq->ptr;
+  a.k = dk->ptr;
+  a.v = dv->ptr;
+  a.rep_k = drk->ptr;
+  a.rep_v = drv->ptr;
+  a.out = out.ptr;
+  a.q_len = c.q_len;
+  a.q_start = c.q_start;
+  a.raw_len = raw_len;
+  a.raw_start = raw_start;
+  a.reps = reps;
+  a.q_heads = c.q_heads;
+  a.kv_heads = c.kv_heads;
+  a.d_qk = c.d_qk;
+  a.d_v = c.d_v;
+  a.scale = scale;
+  a.dtype = c.dtype;
+  a.params = p;
+  lca::cuda::lca_prefill(a);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+
+  // Rows per kv head [k ; v], as the reference's RowFormat reads them.
+  const int64_t block = c.d_qk + c.d_v;
+  auto pack = [&](const Tensor<float>& kk, const Tensor<float>& vv) {
+    Tensor<double> rows({kk.dim(0), c.kv_heads * block});
+    for (int64_t i = 0; i < kk.dim(0); ++i)
+      for (int64_t h = 0; h < c.kv_heads; ++h) {
+        for (int64_t x = 0; x < c.d_qk; ++x) rows.row(i)[h * block + x] = kk.row(i)[h * c.d_qk + x];
+        for (int64_t x = 0; x < c.d_v; ++x) rows.row(i)[h * block + c.d_qk + x] = vv.row(i)[h * c.d_v + x];
+      }
+    return rows;
+  };
+  const lca::ref::detail::RowFormat fmt{.kv_heads = c.kv_heads, .kv_block = block, .key_len = c.d_qk,
+                                        .value_off = c.d_qk, .value_len = c.d_v, .row_width = c.kv_heads * block};
+  const Tensor<double> want =
+      lca::ref::detail::attend_rows(q.cast<double>(), c.q_start, pack(rk, rv), pack(k, v), raw_start, scale, fmt, p);
+  const double err = rel_error(download(out, {c.q_len, c.q_heads, c.d_v}, c.dtype), want);
+  EXPECT_LT(err, 1e-2);
+}
+
+TEST(GpuPrefill, GqaHeadDim128) {
+  REQUIRE_GPU();
+  std::mt19937_64 rng(303);
+  // n below, at and past w + g; chunk starts not aligned to g or to the tile.
+  check_prefill({8, 2, 128, 128, 256, 16, 0, 200, DType::bf16}, rng);
+  check_prefill({8, 2, 128, 128, 256, 16, 0, 272, DType::bf16}, rng);
+  check_prefill({8, 2, 128, 128, 256, 16, 0, 700, DType::f16}, rng);
+  check_prefill({4, 1, 128, 128, 100, 7, 333, 257, DType::bf16}, rng);
+  check_prefill({4, 4, 128, 128, 0, 16, 45, 300, DType::f16}, rng);
+  check_prefill({28, 4, 128, 128, 1024, 16, 1500, 190, DType::bf16, true}, rng);
+}
+
+TEST(GpuPrefill, GqaHeadDim64) {
+  REQUIRE_GPU();
+  std::mt19937_64 rng(404);
+  check_prefill({6, 2, 64, 64, 64, 16, 0, 500, DType::bf16}, rng);
+  check_prefill({6, 3, 64, 64, 33, 5, 17, 301, DType::f16}, rng);
+  check_prefill({2, 1, 64, 64, 1, 1, 0, 130, DType::bf16}, rng);
+}
+
+TEST(GpuPrefill, MlaDecompressedShapes) {
+  REQUIRE_GPU();
+  std::mt19937_64 rng(505);
+  check_prefill({16, 16, 192, 128, 128, 16, 0, 600, DType::bf16}, rng);  // DeepSeek-V2-Lite
+  check_prefill({8, 8, 96, 64, 90, 32, 70, 400, DType::f16}, rng);      // MiniCPM3-4B
+}
+
+TEST(GpuPrefill, FullCausalIsTheNoGroupPolicy) {
+  REQUIRE_GPU();
+  std::mt19937_64 rng(606);
+  check_prefill({8, 2, 128, 128, -1, 1, 0, 333, DType::bf16}, rng);
+  check_prefill({4, 4, 192, 128, -1, 1, 100, 129, DType::f16}, rng);
+  check_prefill({4, 2, 64, 64, -1, 1, 0, 64, DType::bf16}, rng);
+}
+
+// Whole pipeline on the GPU: summary queries -> condense -> prefill, against
+// the reference's one whole prefill (lca_prefill_gqa) on the same inputs.
+TEST(GpuPrefill, GqaEndToEndMatchesReferencePrefill) {
+  REQUIRE_GPU();
+  std::mt19937_64 rng(707);
+  for (const auto& [n, w, g, dtype] : {std::tuple<int64_t, int64_t, int64_t, DType>{900, 256, 16, DType::bf16},
+                                       {517, 100, 9, DType::f16}}) {
+    SCOPED_TRACE("n " + std::to_string(n));
+    const lca::GqaDims dims{.q_heads = 8, .kv_heads = 2, .head_dim = 128};
+    const lca::RopeParams rope{.theta = 10000.0};
+    const LcaParams p = lca_params(w, g);
+    Tensor<float> q = random_tensor(rng, {n, 8, 128}, 0.5f);
+    Tensor<float> k = random_tensor(rng, {n, 2, 128});
+    Tensor<float> v = random_tensor(rng, {n, 2, 128});
+    auto dq = upload(q, dtype);
+    auto dk = upload(k, dtype);
+    auto dv = upload(v, dtype);
+    const int64_t m = lca::condensed_groups(n, p);
+    DeviceBuffer sum(n * 2 * 128 * 4), rk(m * 2 * 128 * 2), rv(m * 2 * 128 * 2), out(n * 8 * 128 * 2);
+    out.poison();
+    lca::cuda::gqa_summary_queries(dq->ptr, static_cast<float*>(sum.ptr), n, 8, 2, 128, dtype);
+    lca::cuda::CondenseGqaArgs c;
+    c.k = dk->ptr;
+    c.v = dv->ptr;
+    c.summary = static_cast<const float*>(sum.ptr);
+    c.rep_k = rk.ptr;
+    c.rep_v = rv.ptr;
+    c.kv_len = c.sum_len = n;
+    c.count = m;
+    c.q_heads = 8;
+    c.kv_heads = 2;
+    c.head_dim = 128;
+    c.scale = dims.default_scale();
+    c.rope = rope;
+    c.dtype = dtype;
+    c.params = p;
+    lca::cuda::condense_groups_gqa(c);
+    lca::cuda::PrefillArgs a;
+    a.q = dq->ptr;
+    a.k = dk->ptr;
+    a.v = dv->ptr;
+    a.rep_k = rk.ptr;
+    a.rep_v = rv.ptr;
+    a.out = out.ptr;
+    a.q_len = a.raw_len = n;
+    a.reps = m;
+    a.q_heads = 8;
+    a.kv_heads = 2;
+    a.d_qk = a.d_v = 128;
+    a.scale = dims.default_scale();
+    a.dtype = dtype;
+    a.params = p;
+    lca::cuda::lca_prefill(a);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    const Tensor<double> rows = lca::ref::gqa_pack_rows(k.cast<double>(), v.cast<double>(), dims);
+    const Tensor<double> want = lca::ref::lca_prefill_gqa(q.cast<double>(), rows, c.scale, dims, rope, p);
+    // Representatives are rounded to the dtype on the GPU: a little more error than attention alone.
+    EXPECT_LT(rel_error(download(out, {n, 8, 128}, dtype), want), 1e-2);
+  }
+}
+
+TEST(GpuPrefill, BadArgumentsNameTheProblem) {
+  REQUIRE_GPU();
+  lca::cuda::PrefillArgs a;
+  a.q_heads = 8;
+  a.kv_heads = 3;
+  a.d_qk = a.d_v = 128;
+  a.scale = 0.1;
+  a.q_len = 1;
+  int dummy_storage;
+  a.q = a.k = a.v = &dummy_storage;
+  a.out = &dummy_storage;
+  try {
+    lca::cuda::lca_prefill(a);
+    FAIL() << "8 query heads over 3 kv heads accepted";
+  } catch (const lca::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("kv_heads"), std::string::npos) << e.what();
+  }
+  a.kv_heads = 2;
+  a.d_qk = 80;
+  EXPECT_THROW(lca::cuda::lca_prefill(a), lca::Error);
+  a.d_qk = 128;
+  a.params = lca_params(4, 2);
+  a.q_start = 20;  // sees m(21) = 8 representatives; none given
+  a.raw_len = 100;
+  EXPECT_THROW(lca::cuda::lca_prefill(a), lca::Error);
+  a.dtype = DType::f32;
+  a.params = LcaParams::full();
+  a.q_start = 0;
+  EXPECT_THROW(lca::cuda::lca_prefill(a), lca::Error);
+}
+
+}  // namespace
