@@ -71,7 +71,29 @@ double visible_pairs(int64_t n, const lca::LcaParams& p) {
 
 }  // namespace
 
+// `bench_prefill_kernels --profile`: one full-attention launch of the GQA
+// shape at 32K (for ncu); otherwise the whole table, JSON to argv[1].
+int profile_once() {
+  std::mt19937_64 rng(1);
+  const int64_t n = 32768;
+  void* q = random_device(n * 28 * 128, rng);
+  void* k = random_device(n * 4 * 128, rng);
+  void* v = random_device(n * 4 * 128, rng);
+  void* o;
+  CHECK(cudaMalloc(&o, n * 28 * 128 * 2));
+  lca::cuda::PrefillArgs a;
+  a.q = q, a.k = k, a.v = v, a.out = o;
+  a.q_len = a.raw_len = n;
+  a.q_heads = 28, a.kv_heads = 4, a.d_qk = a.d_v = 128;
+  a.scale = 1.0 / std::sqrt(128.0);
+  a.params = lca::LcaParams::full();
+  lca::cuda::lca_prefill(a);
+  CHECK(cudaDeviceSynchronize());
+  return 0;
+}
+
 int main(int argc, char** argv) {
+  if (argc > 1 && std::string(argv[1]) == "--profile") return profile_once();
   const std::string json = argc > 1 ? argv[1] : "prefill_kernels.json";
   const Shape shapes[] = {{"qwen2.5-7b gqa", 28, 4, 128, 128},
                           {"deepseek-v2-lite mla (decompressed)", 16, 16, 192, 128},

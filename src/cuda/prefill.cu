@@ -1,314 +1,36 @@
-// lca_prefill: a chunk of queries over [representatives ; raw rows] with the
-// per-query staircase of lca-spec.md section 4; full causal attention is the
-// same kernel with LcaParams::full() (no representatives, raw rows from 0).
-//
-// Tile plan (FlashAttention-2 style, mma.sync m16n8k16, fp32 accumulators):
-// - a block owns BM = 64 query rows of one query head; 4 warps, each warp 16
-//   rows. Blocks run heaviest tiles first (reversed tile order).
-// - the key loop walks the representative tiles [0, m(t_hi + 1)) and then the
-//   raw tiles [g m(t_lo + 1), t_hi], BN = 64 keys each: every key tile that no
-//   row of the block sees is skipped by construction, and the per-element mask
-//   is applied only to tiles some row sees partly (the staircase edges).
-// - Q stays in registers as A fragments (ldmatrix from shared memory once);
-//   K and V tiles are double-buffered in shared memory by cp.async (rows out of
-//   range zero-filled), read by ldmatrix (V transposed); rows padded by 16 B so
-//   the 8 rows of an ldmatrix hit distinct banks.
-// - online softmax in the log2 domain; P goes from the S accumulators straight
-//   into A fragments of the P V product.
-// Shared memory: (BM (d_qk+8) + 2 BN (d_qk+8) + 2 BN (d_v+8)) * 2 bytes:
-// 80 KB for d = 128, 104 KB for d_qk = 192, d_v = 128.
-#include <cstdint>
+// lca_prefill: argument checks and the choice of kernel. The Hopper kernel
+// (prefill_sm90.cu, wgmma) runs on compute capability 9.0 for head dims that
+// are multiples of 64; everything else runs the mma.sync kernel
+// (prefill_sm80.cu). Both compute the same function, tested alike.
+#include <cmath>
+#include <cstdlib>
+#include <string>
 
-#include "common.cuh"
-#include "lca/cuda.hpp"
+#include "prefill_common.cuh"
 
 namespace lca::cuda {
 namespace {
 
-constexpr int BM = 64, BN = 64, kWarps = 4, kThreads = kWarps * 32;
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+bool device_is_sm90() {
+  int dev = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+  return major == 9 && minor == 0;
 }
 
-// 16-byte async copy; src_bytes = 0 writes zeros.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
-}
-
-template <class T>
-__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-}
-
-template <class T>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-  } else {
-    __half2 v = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-  }
-}
-
-// m(n) of section 2 (0 for the full policy, whose window is "infinite").
-__device__ __forceinline__ int64_t groups_seen(int64_t n, int64_t w, int64_t g) { return n <= w ? 0 : (n - w) / g; }
-
-template <class T, int DQK, int DV>
-struct Smem {
-  static constexpr int QS = DQK + 8, KS = DQK + 8, VS = DV + 8;  // padded row strides (elements)
-  static constexpr size_t bytes = (size_t(BM) * QS + 2 * size_t(BN) * KS + 2 * size_t(BN) * VS) * sizeof(T);
-};
-
-template <class T, int DQK, int DV>
-__global__ void __launch_bounds__(kThreads) lca_prefill_kernel(PrefillArgs a, float scale_log2,
-                                                               float rep_bias_log2) {
-  using S = Smem<T, DQK, DV>;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* sQ = reinterpret_cast<T*>(smem_raw);
-  T* sK = sQ + BM * S::QS;
-  T* sV = sK + 2 * BN * S::KS;
-
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t tile = gridDim.x - 1 - blockIdx.x;  // heaviest first
-  const int h = blockIdx.y;
-  const int64_t kvh = h / (a.q_heads / a.kv_heads);
-  const int64_t w = a.params.window, g = a.params.group;
-  const int64_t q0 = tile * BM;
-  const int64_t rows = min(static_cast<int64_t>(BM), a.q_len - q0);
-  const int64_t t_lo = a.q_start + q0, t_hi = t_lo + rows - 1;
-
-  // The keys this block visits: representatives [0, m_hi), raw [raw_lo, t_hi].
-  const int64_t m_lo = groups_seen(t_lo + 1, w, g), m_hi = groups_seen(t_hi + 1, w, g);
-  const int64_t raw_lo = g * m_lo, raw_lo_max = g * m_hi;
-  const int64_t raw_base = raw_lo - (raw_lo % BN);  // BN-aligned, so inner tiles need no mask
-  const int rep_tiles = static_cast<int>((m_hi + BN - 1) / BN);
-  const int raw_tiles = static_cast<int>((t_hi - raw_base) / BN + 1);
-  const int tiles = rep_tiles + raw_tiles;
-
-  const T* q = static_cast<const T*>(a.q);
-  const T* k = static_cast<const T*>(a.k);
-  const T* v = static_cast<const T*>(a.v);
-  const T* rk = static_cast<const T*>(a.rep_k);
-  const T* rv = static_cast<const T*>(a.rep_v);
-  const int64_t raw_end = a.raw_start + a.raw_len;
-
-  // Q tile -> shared memory (rows past q_len are zeros).
-  for (int c = threadIdx.x; c < BM * (DQK / 8); c += kThreads) {
-    const int r = c / (DQK / 8), col = (c % (DQK / 8)) * 8;
-    const bool ok = r < rows;
-    const T* src = q + ((q0 + (ok ? r : 0)) * a.q_heads + h) * DQK + col;
-    cp_async16(sQ + r * S::QS + col, src, ok ? 16 : 0);
-  }
-  auto load_tile = [&](int i, int stage) {
-    T* dk = sK + stage * BN * S::KS;
-    T* dv = sV + stage * BN * S::VS;
-    const bool rep = i < rep_tiles;
-    const int64_t base = rep ? int64_t(i) * BN : raw_base + int64_t(i - rep_tiles) * BN;
-    for (int c = threadIdx.x; c < BN * (DQK / 8); c += kThreads) {
-      const int r = c / (DQK / 8), col = (c % (DQK / 8)) * 8;
-      const int64_t key = base + r;
-      const bool ok = rep ? key < m_hi : (key >= a.raw_start && key < raw_end && key <= t_hi);
-      const T* src = rep ? rk + ((ok ? key : 0) * a.kv_heads + kvh) * DQK + col
-                         : k + ((ok ? key - a.raw_start : 0) * a.kv_heads + kvh) * DQK + col;
-      cp_async16(dk + r * S::KS + col, src, ok ? 16 : 0);
-    }
-    for (int c = threadIdx.x; c < BN * (DV / 8); c += kThreads) {
-      const int r = c / (DV / 8), col = (c % (DV / 8)) * 8;
-      const int64_t key = base + r;
-      const bool ok = rep ? key < m_hi : (key >= a.raw_start && key < raw_end && key <= t_hi);
-      const T* src = rep ? rv + ((ok ? key : 0) * a.kv_heads + kvh) * DV + col
-                         : v + ((ok ? key - a.raw_start : 0) * a.kv_heads + kvh) * DV + col;
-      cp_async16(dv + r * S::VS + col, src, ok ? 16 : 0);
-    }
-  };
-  load_tile(0, 0);
-  cp_async_commit();
-
-  // Per-thread rows: r0 = lane / 4 and r0 + 8 of the warp's 16.
-  int64_t t_row[2], m_row[2], lo_row[2];
-  for (int i = 0; i < 2; ++i) {
-    const int64_t r = warp * 16 + lane / 4 + i * 8;
-    t_row[i] = t_lo + min(r, rows - 1);  // rows past the end mirror the last row; never stored
-    m_row[i] = groups_seen(t_row[i] + 1, w, g);
-    lo_row[i] = g * m_row[i];
-  }
-
-  uint32_t qf[DQK / 16][4];
-  float o[DV / 8][4];
-#pragma unroll
-  for (int n = 0; n < DV / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
-  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
-
-  for (int i = 0; i < tiles; ++i) {
-    if (i + 1 < tiles) {
-      load_tile(i + 1, (i + 1) & 1);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
-    if (i == 0) {
-#pragma unroll
-      for (int kk = 0; kk < DQK / 16; ++kk)
-        ldmatrix_x4(qf[kk], sQ + (warp * 16 + lane % 16) * S::QS + kk * 16 + (lane / 16) * 8);
-    }
-    const T* tk = sK + (i & 1) * BN * S::KS;
-    const T* tv = sV + (i & 1) * BN * S::VS;
-
-    // S = Q K^T for the warp's 16 rows x BN keys.
-    float s[BN / 8][4];
-#pragma unroll
-    for (int n = 0; n < BN / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
-#pragma unroll
-    for (int np = 0; np < BN / 16; ++np) {
-#pragma unroll
-      for (int kk = 0; kk < DQK / 16; ++kk) {
-        uint32_t b[4];
-        ldmatrix_x4(b, tk + (np * 16 + (lane / 16) * 8 + lane % 8) * S::KS + kk * 16 + ((lane / 8) % 2) * 8);
-        mma16816<T>(s[2 * np], qf[kk], b[0], b[1]);
-        mma16816<T>(s[2 * np + 1], qf[kk], b[2], b[3]);
-      }
-    }
-
-    // Scale, bias, mask (only on staircase edges), online softmax.
-    const bool rep = i < rep_tiles;
-    const int64_t base = rep ? int64_t(i) * BN : raw_base + int64_t(i - rep_tiles) * BN;
-    const bool full_tile = rep ? base + BN <= m_lo : (base >= raw_lo_max && base + BN - 1 <= t_lo);
-    const float bias = rep ? rep_bias_log2 : 0.f;
-    float tile_max[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-    for (int n = 0; n < BN / 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int ri = e / 2;
-        float x = s[n][e] * scale_log2 + bias;
-        if (!full_tile) {
-          const int64_t key = base + n * 8 + (lane % 4) * 2 + (e % 2);
-          const bool seen = rep ? key < m_row[ri] : (key >= lo_row[ri] && key <= t_row[ri]);
-          if (!seen) x = -INFINITY;
-        }
-        s[n][e] = x;
-        tile_max[ri] = fmaxf(tile_max[ri], x);
-      }
-    float corr[2];
-#pragma unroll
-    for (int ri = 0; ri < 2; ++ri) {
-      tile_max[ri] = fmaxf(tile_max[ri], __shfl_xor_sync(0xffffffffu, tile_max[ri], 1));
-      tile_max[ri] = fmaxf(tile_max[ri], __shfl_xor_sync(0xffffffffu, tile_max[ri], 2));
-      const float new_max = fmaxf(row_max[ri], tile_max[ri]);
-      // A row that has seen nothing yet keeps max -inf: use 0 so exp2 gives 0, not NaN.
-      const float safe = new_max == -INFINITY ? 0.f : new_max;
-      corr[ri] = exp2f(row_max[ri] - safe);
-      row_max[ri] = new_max;
-      row_sum[ri] *= corr[ri];
-#pragma unroll
-      for (int n = 0; n < BN / 8; ++n)
-#pragma unroll
-        for (int e = ri * 2; e < ri * 2 + 2; ++e) {
-          s[n][e] = exp2f(s[n][e] - safe);
-          row_sum[ri] += s[n][e];
-        }
-    }
-#pragma unroll
-    for (int n = 0; n < DV / 8; ++n) {
-      o[n][0] *= corr[0];
-      o[n][1] *= corr[0];
-      o[n][2] *= corr[1];
-      o[n][3] *= corr[1];
-    }
-
-    // O += P V.
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) {
-      const uint32_t pa[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
-                              pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                              pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-      for (int nd = 0; nd < DV / 16; ++nd) {
-        uint32_t b[4];
-        ldmatrix_x4_trans(b, tv + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * S::VS + nd * 16 + (lane / 16) * 8);
-        mma16816<T>(o[2 * nd], pa, b[0], b[1]);
-        mma16816<T>(o[2 * nd + 1], pa, b[2], b[3]);
-      }
-    }
-    __syncthreads();  // this stage is refilled by the next iteration's load
-  }
-
-  // Normalise and store.
-  T* out = static_cast<T*>(a.out);
-#pragma unroll
-  for (int ri = 0; ri < 2; ++ri) {
-    float sum = row_sum[ri];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    const float inv = 1.f / sum;
-    const int64_t r = warp * 16 + lane / 4 + ri * 8;
-    if (r >= rows) continue;
-    T* dst = out + ((q0 + r) * a.q_heads + h) * DV;
-#pragma unroll
-    for (int n = 0; n < DV / 8; ++n) {
-      const uint32_t pair = pack2<T>(o[n][ri * 2] * inv, o[n][ri * 2 + 1] * inv);
-      *reinterpret_cast<uint32_t*>(dst + n * 8 + (lane % 4) * 2) = pair;
-    }
-  }
-}
-
-template <class T, int DQK, int DV>
-void launch(const PrefillArgs& a, cudaStream_t stream) {
-  using S = Smem<T, DQK, DV>;
-  auto kernel = lca_prefill_kernel<T, DQK, DV>;
-  LCA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(S::bytes)));
-  const float log2e = 1.4426950408889634f;
-  const float bias = a.params.mass_bias == MassBias::log_g ? std::log2(static_cast<float>(a.params.group)) : 0.f;
-  const dim3 grid(static_cast<unsigned>((a.q_len + BM - 1) / BM), static_cast<unsigned>(a.q_heads));
-  kernel<<<grid, kThreads, S::bytes, stream>>>(a, static_cast<float>(a.scale) * log2e, bias);
-  LCA_CUDA_CHECK_LAUNCH("lca_prefill");
-}
-
-template <class T>
-void dispatch_dims(const PrefillArgs& a, cudaStream_t stream) {
-  if (a.d_qk == 64 && a.d_v == 64) return launch<T, 64, 64>(a, stream);
-  if (a.d_qk == 96 && a.d_v == 64) return launch<T, 96, 64>(a, stream);
-  if (a.d_qk == 128 && a.d_v == 128) return launch<T, 128, 128>(a, stream);
-  if (a.d_qk == 192 && a.d_v == 128) return launch<T, 192, 128>(a, stream);
+// LCA_PREFILL_KERNEL=sm80 forces the portable kernel (for comparisons and tests).
+bool use_sm90(const PrefillArgs& a) {
+  static const bool sm90 = device_is_sm90();
+  const char* force = std::getenv("LCA_PREFILL_KERNEL");
+  if (force != nullptr && std::string(force) == "sm80") return false;
+  return sm90 && detail::prefill_sm90_supports(a.d_qk, a.d_v);
 }
 
 }  // namespace
 
 bool prefill_supports(int64_t d_qk, int64_t d_v) {
-  return (d_qk == 64 && d_v == 64) || (d_qk == 96 && d_v == 64) || (d_qk == 128 && d_v == 128) ||
-         (d_qk == 192 && d_v == 128);
+  return detail::prefill_sm80_supports(d_qk, d_v) || detail::prefill_sm90_supports(d_qk, d_v);
 }
 
 void lca_prefill(const PrefillArgs& a, cudaStream_t stream) {
@@ -322,6 +44,7 @@ void lca_prefill(const PrefillArgs& a, cudaStream_t stream) {
   LCA_CHECK(a.scale > 0, where, ": scale must be > 0, got ", a.scale);
   LCA_CHECK(a.q_len >= 0 && a.q_start >= 0 && a.raw_start >= 0 && a.raw_len >= 0 && a.reps >= 0, where,
             ": lengths and starts must be >= 0");
+  LCA_CHECK(a.dtype != DType::f32, where, ": the CUDA kernels take bf16 or f16 storage, got f32");
   if (a.q_len == 0) return;
   const int64_t last = a.q_start + a.q_len - 1;
   const int64_t need_reps = condensed_groups(last + 1, a.params);
@@ -333,8 +56,12 @@ void lca_prefill(const PrefillArgs& a, cudaStream_t stream) {
   LCA_CHECK(a.raw_start <= lo && a.raw_start + a.raw_len > last, where, ": raw rows cover positions [", a.raw_start,
             ", ", a.raw_start + a.raw_len, "), but queries at [", a.q_start, ", ", last + 1, ") need [", lo, ", ",
             last + 1, ")");
-  LCA_CHECK(a.q_len <= int64_t(BM) * 0x7fffffff && a.q_heads <= 65535, where, ": too many query tiles or heads");
-  detail::dispatch_dtype(a.dtype, where, [&](auto tag) { dispatch_dims<decltype(tag)>(a, stream); });
+  LCA_CHECK(a.q_heads <= 65535, where, ": at most 65535 query heads, got ", a.q_heads);
+
+  const float scale_log2 = static_cast<float>(a.scale) * 1.4426950408889634f;
+  const float bias_log2 = a.params.mass_bias == MassBias::log_g ? std::log2(static_cast<float>(a.params.group)) : 0.f;
+  if (use_sm90(a)) detail::prefill_sm90(a, scale_log2, bias_log2, stream);
+  else detail::prefill_sm80(a, scale_log2, bias_log2, stream);
 }
 
 }  // namespace lca::cuda

@@ -1,0 +1,82 @@
+// Shared by the prefill kernels: which keys a block of query rows visits
+// (the staircase of lca-spec.md section 4 at tile granularity), the per-row
+// visibility test, async copies and fragment packing.
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include "common.cuh"
+#include "lca/cuda.hpp"
+
+namespace lca::cuda::detail {
+
+// m(n) of section 2 (0 for the full policy, whose window is "infinite").
+__device__ __forceinline__ int64_t groups_seen(int64_t n, int64_t w, int64_t g) { return n <= w ? 0 : (n - w) / g; }
+
+// The keys a block of query positions [t_lo, t_hi] visits, in tiles of BN:
+// representative tiles [0, m_hi) first, then raw tiles from raw_lo (rounded
+// down to BN so that inner tiles need no mask) to t_hi. A tile that no row
+// of the block sees is never visited.
+template <int BN>
+struct TileKeys {
+  int64_t t_lo, t_hi, m_lo, m_hi, raw_lo_max, raw_base;
+  int rep_tiles, tiles;
+
+  __device__ TileKeys(int64_t lo, int64_t hi, int64_t w, int64_t g) : t_lo(lo), t_hi(hi) {
+    m_lo = groups_seen(t_lo + 1, w, g);
+    m_hi = groups_seen(t_hi + 1, w, g);
+    const int64_t raw_lo = g * m_lo;
+    raw_lo_max = g * m_hi;
+    raw_base = raw_lo - raw_lo % BN;
+    rep_tiles = static_cast<int>((m_hi + BN - 1) / BN);
+    tiles = rep_tiles + static_cast<int>((t_hi - raw_base) / BN + 1);
+  }
+  __device__ bool is_rep(int i) const { return i < rep_tiles; }
+  // First key of tile i: a representative index or a raw position.
+  __device__ int64_t base(int i) const { return is_rep(i) ? int64_t(i) * BN : raw_base + int64_t(i - rep_tiles) * BN; }
+  // Every row of the block sees every key of tile i: no mask needed.
+  __device__ bool full(int i) const {
+    const int64_t b = base(i);
+    return is_rep(i) ? b + BN <= m_lo : (b >= raw_lo_max && b + BN - 1 <= t_lo);
+  }
+};
+
+// What one query row sees: representatives [0, m), raw positions [lo, t].
+struct RowView {
+  int64_t t, m, lo;
+  __device__ RowView(int64_t pos, int64_t w, int64_t g) : t(pos), m(groups_seen(pos + 1, w, g)), lo(g * m) {}
+  __device__ bool sees(bool rep, int64_t key) const { return rep ? key < m : (key >= lo && key <= t); }
+};
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+// 16-byte async copy; src_bytes = 0 writes zeros.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+template <class T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  } else {
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+}
+
+// Launchers of the two kernel generations (prefill_sm80.cu, prefill_sm90.cu).
+bool prefill_sm80_supports(int64_t d_qk, int64_t d_v);
+void prefill_sm80(const PrefillArgs& a, float scale_log2, float bias_log2, cudaStream_t stream);
+bool prefill_sm90_supports(int64_t d_qk, int64_t d_v);
+void prefill_sm90(const PrefillArgs& a, float scale_log2, float bias_log2, cudaStream_t stream);
+
+}  // namespace lca::cuda::detail
