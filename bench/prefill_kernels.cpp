@@ -93,7 +93,9 @@ int profile_once() {
 }
 
 int main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   if (argc > 1 && std::string(argv[1]) == "--profile") return profile_once();
+  const bool quick = argc > 2 && std::string(argv[2]) == "--quick";  // 8K and 32K only
   const std::string json = argc > 1 ? argv[1] : "prefill_kernels.json";
   const Shape shapes[] = {{"qwen2.5-7b gqa", 28, 4, 128, 128},
                           {"deepseek-v2-lite mla (decompressed)", 16, 16, 192, 128},
@@ -108,6 +110,7 @@ int main(int argc, char** argv) {
   std::mt19937_64 rng(1);
   for (const Shape& s : shapes) {
     for (const int64_t n : contexts) {
+      if (quick && n > 32768) continue;
       lca::LcaParams lca_p;  // w = 1024, g = 16
       const lca::LcaParams full_p = lca::LcaParams::full();
       const int64_t m = lca::condensed_groups(n, lca_p);

@@ -1,40 +1,49 @@
-// The Hopper prefill kernel (sm_90a, wgmma): the same function as
-// prefill_sm80.cu, for head dims that are multiples of 64.
+// The Hopper prefill kernel (sm_90a: TMA, mbarriers, wgmma): the same
+// function as prefill_sm80.cu, for head dims that are multiples of 64.
 //
-// Tile plan:
-// - a block owns BM = 128 query rows of one query head: 2 warpgroups
-//   (256 threads), each warpgroup 64 rows; BN = 128 keys per tile, visited as
-//   TileKeys says (representative tiles, then raw tiles; masks only on edges).
-// - Q, K and V tiles live in shared memory in the 128-byte-swizzled canonical
-//   layout of wgmma: a tile of R rows x D columns is D/64 blocks of R rows of
-//   128 B (64 values), 16-byte chunk j of row r stored at chunk j ^ (r % 8).
-//   K and V are double-buffered, filled by cp.async from all 256 threads.
+// Tile plan (FlashAttention-3 style, warp-specialised):
+// - a block owns BM = 128 query rows of one query head and has 3 warpgroups.
+//   Warpgroup 0 is the producer: one thread issues TMA loads of the Q tile
+//   and of the K and V tiles (BN = 128 keys) that TileKeys visits
+//   (representative tiles, then raw tiles), into 2 stages each, completing on
+//   "full" mbarriers; it drops to 24 registers. Warpgroups 1 and 2 consume,
+//   64 rows each, at 240 registers, and free a stage through "empty" mbarriers.
+// - tiles land in the 128-byte-swizzled canonical layout of wgmma: a tile of
+//   R rows x D columns is D/64 blocks of R rows of 128 B. Rows the TMA box
+//   reads past a tensor's ends arrive as zeros; keys a row must not see are
+//   masked (edge tiles only).
 // - S = Q K^T: wgmma m64n128k16, A = Q and B = K both K-major from shared
-//   memory. Online softmax in registers (log2 domain). O += P V: wgmma
-//   m64n{d_v}k16 with A = P from registers (the S accumulator layout is the A
-//   fragment layout) and B = V MN-major from shared memory (transposed).
-// Shared memory: (BM d_qk + 2 BN d_qk + 2 BN d_v) * 2 B + 1 KB alignment:
-// 161 KB for d = 128, 209 KB for d_qk = 192 / d_v = 128, 81 KB for d = 64.
+//   memory; O += P V: wgmma m64n{d_v}k16, A = P from registers (the S
+//   accumulator layout is the A fragment layout), B = V MN-major.
+// - intra-warpgroup pipelining: S of tile i is issued before P V of tile i-1,
+//   so the softmax of tile i runs while the tensor cores do P V.
+// Shared memory: (BM d_qk + 2 BN d_qk + 2 BN d_v) * 2 B + 2 KB:
+// 162 KB for d = 128, 210 KB for d_qk = 192 / d_v = 128, 82 KB for d = 64.
 #include <cstdint>
 
 #include "prefill_common.cuh"
+#include "tma.cuh"
 #include "wgmma.cuh"
 
 namespace lca::cuda::detail {
 namespace {
 
-constexpr int BM = 128, BN = 128, kThreads = 256;
+constexpr int BM = 128, BN = 128, kThreads = 384;
 
 template <int DQK, int DV>
 struct Sm90Smem {
   static constexpr int q_bytes = BM * DQK * 2, k_bytes = BN * DQK * 2, v_bytes = BN * DV * 2;
-  static constexpr size_t bytes = size_t(q_bytes) + 2 * size_t(k_bytes) + 2 * size_t(v_bytes) + 1024;
+  // 1 KB of barriers, then 1 KB of slack to align the tiles on 1 KB (the swizzle is a function of address bits).
+  static constexpr size_t bytes = 2048 + size_t(q_bytes) + 2 * size_t(k_bytes) + 2 * size_t(v_bytes);
 };
 
-// Byte offset of 16-byte chunk j of row r in a swizzled tile of R rows.
-__device__ __forceinline__ uint32_t swizzled(int R, int r, int j) {
-  return static_cast<uint32_t>((j >> 3) * R * 128 + r * 128 + (((j & 7) ^ (r & 7)) << 4));
-}
+struct Barriers {
+  uint64_t q_full, k_full[2], v_full[2], k_empty[2], v_empty[2];
+};
+
+struct Maps {
+  CUtensorMap q, k, v, rep_k, rep_v;
+};
 
 // wgmma shared-memory descriptor, 128-byte swizzle.
 __device__ __forceinline__ uint64_t make_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
@@ -59,106 +68,94 @@ __device__ __forceinline__ void mma_pv(float (&o)[DV / 2], const uint32_t (&p)[4
 }
 
 template <class T, int DQK, int DV>
-__global__ void __launch_bounds__(kThreads, 1) lca_prefill_sm90_kernel(PrefillArgs a, float scale_log2,
-                                                                        float bias_log2) {
+__global__ void __launch_bounds__(kThreads, 1)
+    lca_prefill_sm90_kernel(const __grid_constant__ Maps maps, PrefillArgs a, float scale_log2, float bias_log2) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using S = Sm90Smem<DQK, DV>;
   extern __shared__ unsigned char smem_raw[];
-  // The swizzle pattern is a function of address bits, so tiles start on 1 KB.
-  const uint32_t raw_addr = smem_addr(smem_raw);
-  unsigned char* smem = smem_raw + ((1024 - (raw_addr & 1023)) & 1023);
-  unsigned char* sQ = smem;
+  Barriers& bar = *reinterpret_cast<Barriers*>(smem_raw);
+  const uint32_t raw_addr = smem_u32(smem_raw) + 1024;
+  unsigned char* sQ = smem_raw + 1024 + ((1024 - (raw_addr & 1023)) & 1023);
   unsigned char* sK = sQ + S::q_bytes;
   unsigned char* sV = sK + 2 * S::k_bytes;
 
   const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
   const int64_t tile = gridDim.x - 1 - blockIdx.x;  // heaviest first
   const int h = blockIdx.y;
-  const int64_t kvh = h / (a.q_heads / a.kv_heads);
+  const int kvh = static_cast<int>(h / (a.q_heads / a.kv_heads));
   const int64_t w = a.params.window, g = a.params.group;
   const int64_t q0 = tile * BM;
   const int64_t rows = min(static_cast<int64_t>(BM), a.q_len - q0);
   const int64_t t_lo = a.q_start + q0, t_hi = t_lo + rows - 1;
   const TileKeys<BN> keys(t_lo, t_hi, w, g);
 
-  const T* q = static_cast<const T*>(a.q);
-  const T* k = static_cast<const T*>(a.k);
-  const T* v = static_cast<const T*>(a.v);
-  const T* rk = static_cast<const T*>(a.rep_k);
-  const T* rv = static_cast<const T*>(a.rep_v);
-  const int64_t raw_end = a.raw_start + a.raw_len;
-
-  for (int c = tid; c < BM * (DQK / 8); c += kThreads) {
-    const int r = c / (DQK / 8), j = c % (DQK / 8);
-    const bool ok = r < rows;
-    cp_async16(sQ + swizzled(BM, r, j), q + ((q0 + (ok ? r : 0)) * a.q_heads + h) * DQK + j * 8, ok ? 16 : 0);
+  if (tid == 0) {
+    mbar_init(&bar.q_full, 1);
+    for (int st = 0; st < 2; ++st) {
+      mbar_init(&bar.k_full[st], 1);
+      mbar_init(&bar.v_full[st], 1);
+      mbar_init(&bar.k_empty[st], 8);  // lane 0 of each consumer warp
+      mbar_init(&bar.v_empty[st], 8);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
-  auto load_tile = [&](int i, int stage) {
-    unsigned char* dk = sK + stage * S::k_bytes;
-    unsigned char* dv = sV + stage * S::v_bytes;
-    const bool rep = keys.is_rep(i);
-    const int64_t base = keys.base(i);
-    for (int c = tid; c < BN * (DQK / 8); c += kThreads) {
-      const int r = c / (DQK / 8), j = c % (DQK / 8);
-      const int64_t key = base + r;
-      const bool ok = rep ? key < keys.m_hi : (key >= a.raw_start && key < raw_end && key <= t_hi);
-      const T* src = rep ? rk + ((ok ? key : 0) * a.kv_heads + kvh) * DQK + j * 8
-                         : k + ((ok ? key - a.raw_start : 0) * a.kv_heads + kvh) * DQK + j * 8;
-      cp_async16(dk + swizzled(BN, r, j), src, ok ? 16 : 0);
-    }
-    for (int c = tid; c < BN * (DV / 8); c += kThreads) {
-      const int r = c / (DV / 8), j = c % (DV / 8);
-      const int64_t key = base + r;
-      const bool ok = rep ? key < keys.m_hi : (key >= a.raw_start && key < raw_end && key <= t_hi);
-      const T* src = rep ? rv + ((ok ? key : 0) * a.kv_heads + kvh) * DV + j * 8
-                         : v + ((ok ? key - a.raw_start : 0) * a.kv_heads + kvh) * DV + j * 8;
-      cp_async16(dv + swizzled(BN, r, j), src, ok ? 16 : 0);
-    }
-  };
-  load_tile(0, 0);
-  cp_async_commit();
+  __syncthreads();
 
-  // This thread's two rows of its warpgroup's 64 (rows past the end mirror the last).
-  const int row0 = wg * 64 + warp * 16 + lane / 4;
+  if (wg == 0) {  // ---- producer ----
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n");
+    if (tid != 0) return;
+    mbar_expect_tx(&bar.q_full, S::q_bytes);
+    for (int b = 0; b < DQK / 64; ++b)
+      tma_load_3d(sQ + b * BM * 128, &maps.q, b * 64, h, static_cast<int>(q0), &bar.q_full);
+    for (int i = 0; i < keys.tiles; ++i) {
+      const int st = i & 1;
+      const bool rep = keys.is_rep(i);
+      const int row = static_cast<int>(rep ? keys.base(i) : keys.base(i) - a.raw_start);
+      const CUtensorMap* km = rep ? &maps.rep_k : &maps.k;
+      const CUtensorMap* vm = rep ? &maps.rep_v : &maps.v;
+      if (i >= 2) mbar_wait(&bar.k_empty[st], ((i >> 1) - 1) & 1);
+      mbar_expect_tx(&bar.k_full[st], S::k_bytes);
+      for (int b = 0; b < DQK / 64; ++b)
+        tma_load_3d(sK + st * S::k_bytes + b * BN * 128, km, b * 64, kvh, row, &bar.k_full[st]);
+      if (i >= 2) mbar_wait(&bar.v_empty[st], ((i >> 1) - 1) & 1);
+      mbar_expect_tx(&bar.v_full[st], S::v_bytes);
+      for (int b = 0; b < DV / 64; ++b)
+        tma_load_3d(sV + st * S::v_bytes + b * BN * 128, vm, b * 64, kvh, row, &bar.v_full[st]);
+    }
+    return;
+  }
+
+  // ---- consumers: warpgroup cw owns rows [64 cw, 64 cw + 64) ----
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n");
+  const int cw = wg - 1;
+  const int row0 = cw * 64 + warp * 16 + lane / 4;  // and row0 + 8; rows past the end mirror the last
   const RowView row_view[2] = {RowView(t_lo + min(static_cast<int64_t>(row0), rows - 1), w, g),
                                RowView(t_lo + min(static_cast<int64_t>(row0 + 8), rows - 1), w, g)};
+  const uint32_t q_base = smem_u32(sQ) + cw * 64 * 128;
 
   float o[DV / 2];
 #pragma unroll
-  for (int i = 0; i < DV / 2; ++i) o[i] = 0.f;
+  for (int x = 0; x < DV / 2; ++x) o[x] = 0.f;
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
-  const uint32_t q_base = smem_addr(sQ) + wg * 64 * 128;
+  uint32_t p[BN / 16][4], p2[BN / 16][4];  // P of a tile, waiting for its P V product
 
-  for (int i = 0; i < keys.tiles; ++i) {
-    if (i + 1 < keys.tiles) {
-      load_tile(i + 1, (i + 1) & 1);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    // cp.async wrote through the generic proxy; wgmma reads through the async proxy.
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    __syncthreads();
-
-    const uint32_t k_base = smem_addr(sK + (i & 1) * S::k_bytes);
-    const uint32_t v_base = smem_addr(sV + (i & 1) * S::v_bytes);
-
-    // S = Q K^T (64 rows x 128 keys per warpgroup).
-    float s[64];
-    sm90::fence_regs(s);
-    sm90::wgmma_fence();
+  auto issue_qk = [&](float (&s)[64], int i) {
+    const uint32_t k_base = smem_u32(sK + (i & 1) * S::k_bytes);
 #pragma unroll
     for (int kk = 0; kk < DQK / 16; ++kk) {
       const uint32_t off = (kk % 4) * 32;  // 16 values = 32 B into the 128-B row
       mma_qk<T>(s, make_desc(q_base + (kk / 4) * BM * 128 + off, 16, 1024),
                 make_desc(k_base + (kk / 4) * BN * 128 + off, 16, 1024), kk > 0 ? 1 : 0);
     }
-    sm90::wgmma_commit();
-    sm90::wgmma_wait<0>();
-    sm90::fence_regs(s);
-
-    // Scale, bias, mask (edge tiles only), online softmax.
+  };
+  auto issue_pv = [&](const uint32_t (&pv)[BN / 16][4], int i) {
+    const uint32_t v_base = smem_u32(sV + (i & 1) * S::v_bytes);
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) mma_pv<T, DV>(o, pv[kk], make_desc(v_base + kk * 2048, BN * 128, 1024));
+  };
+  // Scale, bias, mask (edge tiles only) and online softmax of tile i: new
+  // row maxima, P into pn, and the factor by which O must be rescaled.
+  auto softmax = [&](float (&s)[64], int i, uint32_t (&pn)[BN / 16][4], float (&corr)[2]) {
     const bool rep = keys.is_rep(i);
     const int64_t base = keys.base(i);
     const bool full_tile = keys.full(i);
@@ -175,7 +172,7 @@ __global__ void __launch_bounds__(kThreads, 1) lca_prefill_sm90_kernel(PrefillAr
       s[x] = val;
       tile_max[ri] = fmaxf(tile_max[ri], val);
     }
-    float corr[2], safe[2];
+    float safe[2];
 #pragma unroll
     for (int ri = 0; ri < 2; ++ri) {
       tile_max[ri] = fmaxf(tile_max[ri], __shfl_xor_sync(0xffffffffu, tile_max[ri], 1));
@@ -186,27 +183,77 @@ __global__ void __launch_bounds__(kThreads, 1) lca_prefill_sm90_kernel(PrefillAr
       row_max[ri] = new_max;
       row_sum[ri] *= corr[ri];
     }
-    uint32_t p[BN / 16][4];
 #pragma unroll
     for (int x = 0; x < 64; x += 2) {
       const int ri = (x % 4) / 2;
       const float e0 = exp2f(s[x] - safe[ri]), e1 = exp2f(s[x + 1] - safe[ri]);
       row_sum[ri] += e0 + e1;
       // n8 block x / 4 -> k-step (x / 4) / 2; register (x % 4) / 2 + 2 * ((x / 4) % 2).
-      p[x / 8][(x % 4) / 2 + 2 * ((x / 4) % 2)] = pack2<T>(e0, e1);
+      pn[x / 8][(x % 4) / 2 + 2 * ((x / 4) % 2)] = pack2<T>(e0, e1);
     }
-#pragma unroll
-    for (int x = 0; x < DV / 2; ++x) o[x] *= corr[(x % 4) / 2];
+  };
+  auto release = [&](uint64_t* b) {
+    __syncwarp();
+    if (lane == 0) mbar_arrive(b);
+  };
 
-    // O += P V.
+  mbar_wait(&bar.q_full, 0);
+  {  // tile 0: S, softmax; its P V waits for the next iteration
+    float s[64];
+    float corr[2];
+    mbar_wait(&bar.k_full[0], 0);
+    sm90::fence_regs(s);
+    sm90::wgmma_fence();
+    issue_qk(s, 0);
+    sm90::wgmma_commit();
+    sm90::wgmma_wait<0>();
+    sm90::fence_regs(s);
+    release(&bar.k_empty[0]);
+    softmax(s, 0, p, corr);
+  }
+  // Tile i: S = Q K_i^T is issued before P_{i-1} V_{i-1}, and the softmax of
+  // tile i (into pn) runs while that product is on the tensor cores. The two P
+  // arrays alternate by name (two steps per loop turn), so no register that an
+  // in-flight wgmma reads is ever written.
+  auto step = [&](int i, uint32_t (&pp)[BN / 16][4], uint32_t (&pn)[BN / 16][4]) {
+    const int st = i & 1, prev = (i - 1) & 1;
+    float s[64];
+    float corr[2];
+    mbar_wait(&bar.k_full[st], (i >> 1) & 1);
+    mbar_wait(&bar.v_full[prev], ((i - 1) >> 1) & 1);
+    sm90::fence_regs(s);
     sm90::fence_regs(o);
     sm90::wgmma_fence();
+    issue_qk(s, i);
+    sm90::wgmma_commit();
+    issue_pv(pp, i - 1);
+    sm90::wgmma_commit();
+    sm90::wgmma_wait<1>();  // S of tile i is done; P V of tile i - 1 may still run
+    sm90::fence_regs(s);
+    release(&bar.k_empty[st]);
+    softmax(s, i, pn, corr);
+    sm90::wgmma_wait<0>();
+    sm90::fence_regs(o);
+    release(&bar.v_empty[prev]);
 #pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) mma_pv<T, DV>(o, p[kk], make_desc(v_base + kk * 2048, BN * 128, 1024));
+    for (int x = 0; x < DV / 2; ++x) o[x] *= corr[(x % 4) / 2];
+  };
+  int i = 1;
+  for (; i + 1 < keys.tiles; i += 2) {
+    step(i, p, p2);
+    step(i + 1, p2, p);
+  }
+  if (i < keys.tiles) step(i, p, p2);
+  {  // P V of the last tile
+    const int last = keys.tiles - 1;
+    mbar_wait(&bar.v_full[last & 1], (last >> 1) & 1);
+    sm90::fence_regs(o);
+    sm90::wgmma_fence();
+    if (keys.tiles % 2 == 0) issue_pv(p2, last);  // the array the last step wrote
+    else issue_pv(p, last);
     sm90::wgmma_commit();
     sm90::wgmma_wait<0>();
     sm90::fence_regs(o);
-    __syncthreads();  // this stage is refilled by the next iteration's load
   }
 
   T* out = static_cast<T*>(a.out);
@@ -245,8 +292,18 @@ void launch(const PrefillArgs& a, float scale_log2, float bias_log2, cudaStream_
   using S = Sm90Smem<DQK, DV>;
   auto kernel = lca_prefill_sm90_kernel<T, DQK, DV>;
   LCA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(S::bytes)));
+  LCA_CHECK(a.q_len < (int64_t(1) << 31) && a.raw_start + a.raw_len < (int64_t(1) << 31), "cuda::lca_prefill",
+            ": TMA coordinates are 32-bit; sequences must stay under 2^31 positions");
+  Maps maps;
+  maps.q = make_tensor_map(a.q, a.dtype, a.q_len, a.q_heads, DQK, BM);
+  maps.k = make_tensor_map(a.k, a.dtype, a.raw_len, a.kv_heads, DQK, BN);
+  maps.v = make_tensor_map(a.v, a.dtype, a.raw_len, a.kv_heads, DV, BN);
+  // With no representatives (full attention) no rep tile is visited: point at k/v.
+  const bool reps = a.reps > 0;
+  maps.rep_k = make_tensor_map(reps ? a.rep_k : a.k, a.dtype, reps ? a.reps : a.raw_len, a.kv_heads, DQK, BN);
+  maps.rep_v = make_tensor_map(reps ? a.rep_v : a.v, a.dtype, reps ? a.reps : a.raw_len, a.kv_heads, DV, BN);
   const dim3 grid(static_cast<unsigned>((a.q_len + BM - 1) / BM), static_cast<unsigned>(a.q_heads));
-  kernel<<<grid, kThreads, S::bytes, stream>>>(a, scale_log2, bias_log2);
+  kernel<<<grid, kThreads, S::bytes, stream>>>(maps, a, scale_log2, bias_log2);
   LCA_CUDA_CHECK_LAUNCH("lca_prefill (sm90)");
 }
 
