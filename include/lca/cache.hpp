@@ -28,13 +28,15 @@ class CondensedKvCache {
   static CondensedKvCache gqa(const GqaDims& dims, const RopeParams& rope, double scale,
                               const LcaParams& params, DType storage = DType::f32);
 
-  // Fill without attention: append L tokens' rows [L, row_width()] and their
-  // summary queries [L, summary_width()] (ref::mla_summary_queries or
-  // ref::gqa_summary_queries); condenses every group whose condensation time
-  // falls among the L new positions and releases its raw rows.
+  // Fill without attention: append L >= 1 tokens' rows [L, row_width()] and
+  // their summary queries, L rows of summary_width() values in any trailing
+  // shape (ref::mla_summary_queries gives [L, d_c], ref::gqa_summary_queries
+  // [L, kv_heads, d]); condenses every group whose condensation time falls
+  // among the L new positions and releases its raw rows. On an error the
+  // cache is left as it was.
   void append(const Tensor<float>& rows, const Tensor<float>& summary);
 
-  // A prefill chunk (any L) or a decode step (L = 1): append, condense, and
+  // A prefill chunk (any L >= 1) or a decode step (L = 1): append, condense, and
   // return each new position's attention output. queries [L, H, query_width()]
   // -> [L, H, output_width()]. Equal to one whole prefill for any chunking.
   Tensor<float> forward(const Tensor<float>& rows, const Tensor<float>& queries);
@@ -66,7 +68,7 @@ class CondensedKvCache {
   // Decoded copies, for tests and inspection.
   Tensor<float> representative_rows() const;  // [m(n), row_width]
   Tensor<float> raw_rows() const;             // [n - g m(n), row_width], positions g m(n)..n-1
-  Tensor<float> summary_ring() const;         // [summary_entries(), summary_width], oldest first
+  Tensor<float> summary_ring() const;         // [summary_entries(), summary_width()], oldest first
 
   CondensedKvCache(CondensedKvCache&&) noexcept;
   CondensedKvCache& operator=(CondensedKvCache&&) noexcept;

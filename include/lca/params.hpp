@@ -8,7 +8,8 @@
 
 namespace lca {
 
-// Section 3: the importance score uses the latent part only (default) or also
+// Section 3 (MLA only; GQA scores keys with the full query): the importance
+// score uses the latent part only (default) or also
 // the rope part of the summary queries.
 enum class ScoreMode { latent, full };
 // Section 5 (GQA): the representative key is the pooled un-rotated key rotated

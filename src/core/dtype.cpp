@@ -90,6 +90,7 @@ float round_to(DType t, float x) {
 }
 
 void encode(DType t, const float* src, int64_t n, void* dst) {
+  if (n <= 0) return;
   if (t == DType::f32) {
     std::memcpy(dst, src, static_cast<size_t>(n) * 4);
     return;
@@ -99,6 +100,7 @@ void encode(DType t, const float* src, int64_t n, void* dst) {
 }
 
 void decode(DType t, const void* src, int64_t n, float* dst) {
+  if (n <= 0) return;
   if (t == DType::f32) {
     std::memcpy(dst, src, static_cast<size_t>(n) * 4);
     return;

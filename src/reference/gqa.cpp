@@ -32,6 +32,9 @@ Tensor<T> gqa_pack_rows(const Tensor<T>& k, const Tensor<T>& v, const GqaDims& d
 template <class T>
 Tensor<T> gqa_attention(const Tensor<T>& q, const Tensor<T>& kv_rows, int64_t q_start, double scale,
                         const GqaDims& dims) {
+  dims.validate();
+  expect_shape("gqa_attention", "q", q, {-1, dims.q_heads, dims.head_dim});
+  expect_shape("gqa_attention", "kv_rows", kv_rows, {-1, dims.row_width()});
   return lca_attention_gqa(q, q_start, Tensor<T>({0, dims.row_width()}), kv_rows, 0, scale, dims,
                            LcaParams::full());
 }

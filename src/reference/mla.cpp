@@ -84,6 +84,9 @@ Tensor<T> mla_attention_decompressed(const Tensor<T>& q_nope, const Tensor<T>& q
 template <class T>
 Tensor<T> mla_attention_absorbed(const Tensor<T>& q_abs, const Tensor<T>& kv_rows, int64_t q_start, double scale,
                                  const MlaDims& dims) {
+  dims.validate();
+  expect_shape("mla_attention_absorbed", "q_abs", q_abs, {-1, dims.heads, dims.row_width()});
+  expect_shape("mla_attention_absorbed", "kv_rows", kv_rows, {-1, dims.row_width()});
   return lca_attention_mla(q_abs, q_start, Tensor<T>({0, dims.row_width()}), kv_rows, 0, scale, dims,
                            LcaParams::full());
 }
