@@ -84,4 +84,10 @@ void lca_prefill(const PrefillArgs& a, cudaStream_t stream = nullptr);
 // Head dims the prefill kernel is built for: (d_qk, d_v).
 bool prefill_supports(int64_t d_qk, int64_t d_v);
 
+// The launchers' argument checks (each launcher calls its own first): throw
+// lca::Error naming the problem. Bindings call them before launching.
+void check_prefill(const PrefillArgs& a);
+void check_condense_mla(const CondenseMlaArgs& a);
+void check_condense_gqa(const CondenseGqaArgs& a);
+
 }  // namespace lca::cuda

@@ -2,9 +2,11 @@
 // function and the offending argument, so a user sees what to fix.
 #pragma once
 
-#include <sstream>
+#include <cstdio>
 #include <stdexcept>
 #include <string>
+#include <string_view>
+#include <type_traits>
 
 namespace lca {
 
@@ -14,12 +16,33 @@ class Error : public std::invalid_argument {
 };
 
 namespace detail {
+// Messages are built without iostreams: a PyTorch extension may carry its own
+// instantiation of the stream code, and formatting a number through it into
+// the process's locale facets crashed (seen on the device, torch 2.11).
+inline void append(std::string& s, std::string_view x) { s += x; }
+inline void append(std::string& s, const char* x) { s += x; }  // before the pointer overload
+inline void append(std::string& s, char x) { s += x; }
+inline void append(std::string& s, const void* p) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%p", p);
+  s += buf;
+}
+template <class T>
+  requires std::is_arithmetic_v<T>
+void append(std::string& s, T x) {
+  if constexpr (std::is_floating_point_v<T>) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g", static_cast<double>(x));
+    s += buf;
+  } else {
+    s += std::to_string(x);
+  }
+}
 template <class... Parts>
 [[noreturn]] void fail(const Parts&... parts) {
-  std::ostringstream os;
-  os << "lca: ";
-  (os << ... << parts);
-  throw Error(os.str());
+  std::string s = "lca: ";
+  (append(s, parts), ...);
+  throw Error(s);
 }
 }  // namespace detail
 

@@ -94,4 +94,17 @@ inline int64_t cache_entries(int64_t n, const LcaParams& p) {
   return condensed_groups(n, p) + (n - first_raw_position(n, p));
 }
 
+// Coverage checks shared by every implementation (they throw lca::Error
+// naming the missing positions):
+// - condensing groups [first, first + count) needs their tokens' rows, held
+//   at positions [kv_start, kv_start + kv_len), and the summary queries of
+//   every S_j, held at [sum_start, sum_start + sum_len);
+void check_group_coverage(const char* where, const LcaParams& p, int64_t first, int64_t count, int64_t kv_start,
+                          int64_t kv_len, int64_t sum_start, int64_t sum_len);
+// - queries at [q_start, q_start + q_len) (q_len >= 1) need m(t+1) <= reps
+//   representatives and raw rows, held at [raw_start, raw_start + raw_len),
+//   covering [g m(t+1), t] for each t.
+void check_attention_coverage(const char* where, const LcaParams& p, int64_t q_start, int64_t q_len, int64_t reps,
+                              int64_t raw_start, int64_t raw_len);
+
 }  // namespace lca

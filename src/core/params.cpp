@@ -1,5 +1,5 @@
 #include <cmath>
-#include <sstream>
+#include <string>
 
 #include "lca/error.hpp"
 #include "lca/params.hpp"
@@ -13,12 +13,10 @@ void LcaParams::validate() const {
 
 std::string LcaParams::describe() const {
   if (is_full()) return "full";
-  std::ostringstream os;
-  os << "lca(w=" << window << ", g=" << group
-     << ", score=" << (score == ScoreMode::latent ? "latent" : "full")
-     << ", key=" << (key_mode == KeyMode::pooled ? "pooled" : "anchor")
-     << (mass_bias == MassBias::log_g ? ", mass_bias=log_g" : "") << ")";
-  return os.str();
+  return "lca(w=" + std::to_string(window) + ", g=" + std::to_string(group) +
+         ", score=" + (score == ScoreMode::latent ? "latent" : "full") +
+         ", key=" + (key_mode == KeyMode::pooled ? "pooled" : "anchor") +
+         (mass_bias == MassBias::log_g ? ", mass_bias=log_g" : "") + ")";
 }
 
 double MlaDims::default_scale() const { return 1.0 / std::sqrt(static_cast<double>(d_nope + d_rope)); }
@@ -42,6 +40,32 @@ void GqaDims::validate() const {
             ") must be a positive multiple of kv_heads (", kv_heads, ")");
   LCA_CHECK(head_dim >= 2 && head_dim % 2 == 0, "GqaDims: head_dim must be even and >= 2 (RoPE pairs), got ",
             head_dim);
+}
+
+void check_group_coverage(const char* where, const LcaParams& p, int64_t first, int64_t count, int64_t kv_start,
+                          int64_t kv_len, int64_t sum_start, int64_t sum_len) {
+  LCA_CHECK(first >= 0 && count >= 0, where, ": group range first=", first, " count=", count, " is invalid");
+  if (count == 0) return;
+  const int64_t g = p.group, lo = first * g, hi = (first + count) * g;
+  LCA_CHECK(kv_start <= lo && kv_start + kv_len >= hi, where, ": kv rows cover positions [", kv_start, ", ",
+            kv_start + kv_len, "), but groups ", first, "..", first + count - 1, " need [", lo, ", ", hi, ")");
+  const int64_t s_lo = condensation_time(first, p) - g + 1, s_hi = condensation_time(first + count - 1, p) + 1;
+  LCA_CHECK(sum_start <= s_lo && sum_start + sum_len >= s_hi, where, ": summary queries cover positions [",
+            sum_start, ", ", sum_start + sum_len, "), but groups ", first, "..", first + count - 1, " need [", s_lo,
+            ", ", s_hi, ")");
+}
+
+void check_attention_coverage(const char* where, const LcaParams& p, int64_t q_start, int64_t q_len, int64_t reps,
+                              int64_t raw_start, int64_t raw_len) {
+  LCA_CHECK(q_start >= 0, where, ": q_start must be >= 0, got ", q_start);
+  const int64_t last = q_start + q_len - 1;
+  const int64_t need_reps = condensed_groups(last + 1, p);
+  LCA_CHECK(reps >= need_reps, where, ": query at position ", last, " sees ", need_reps,
+            " representatives, but only ", reps, " were given");
+  const int64_t lo = first_raw_position(q_start + 1, p);
+  LCA_CHECK(raw_start >= 0 && raw_start <= lo && raw_start + raw_len > last, where, ": raw rows cover positions [",
+            raw_start, ", ", raw_start + raw_len, "), but queries at [", q_start, ", ", last + 1, ") need [", lo,
+            ", ", last + 1, ")");
 }
 
 }  // namespace lca

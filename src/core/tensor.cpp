@@ -1,16 +1,13 @@
 #include "lca/tensor.hpp"
 
 #include <cmath>
-#include <sstream>
 
 namespace lca {
 
 std::string shape_str(const Shape& s) {
-  std::ostringstream os;
-  os << "[";
-  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
-  os << "]";
-  return os.str();
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
 }
 
 template <class T>
@@ -18,15 +15,10 @@ void expect_shape(const char* where, const char* name, const Tensor<T>& t, const
   bool ok = t.shape().size() == expected.size();
   for (size_t i = 0; ok && i < expected.size(); ++i) ok = expected[i] < 0 || expected[i] == t.shape()[i];
   if (!ok) {
-    Shape shown = expected;
-    std::ostringstream want;
-    want << "[";
-    for (size_t i = 0; i < shown.size(); ++i) {
-      want << (i ? ", " : "");
-      if (shown[i] < 0) want << "*"; else want << shown[i];
-    }
-    want << "]";
-    detail::fail(where, ": ", name, " has shape ", shape_str(t.shape()), ", expected ", want.str());
+    std::string want = "[";
+    for (size_t i = 0; i < expected.size(); ++i)
+      want += (i ? ", " : "") + (expected[i] < 0 ? std::string("*") : std::to_string(expected[i]));
+    detail::fail(where, ": ", name, " has shape ", shape_str(t.shape()), ", expected ", want + "]");
   }
 }
 

@@ -92,23 +92,9 @@ __global__ void condense_gqa_kernel(CondenseGqaArgs a, float norm) {
 
 void condense_groups_gqa(const CondenseGqaArgs& a, cudaStream_t stream) {
   const char* where = "cuda::condense_groups_gqa";
-  a.params.validate();
-  a.rope.validate();
-  LCA_CHECK(!a.params.is_full(), where, ": the full-attention policy has no groups to condense");
-  GqaDims{.q_heads = a.q_heads, .kv_heads = a.kv_heads, .head_dim = a.head_dim}.validate();
-  LCA_CHECK(a.k && a.v && a.summary && a.rep_k && a.rep_v, where,
-            ": k, v, summary, rep_k and rep_v must be device pointers, got a null one");
-  LCA_CHECK(a.params.group <= 1024, where, ": group ", a.params.group, " is larger than the kernel's 1024");
+  check_condense_gqa(a);
   if (a.count == 0) return;
-  LCA_CHECK(a.first >= 0 && a.count > 0, where, ": group range first=", a.first, " count=", a.count, " is invalid");
   const int64_t g = a.params.group;
-  LCA_CHECK(a.kv_start <= a.first * g && a.kv_start + a.kv_len >= (a.first + a.count) * g, where,
-            ": kv rows cover positions [", a.kv_start, ", ", a.kv_start + a.kv_len, "), but groups ", a.first, "..",
-            a.first + a.count - 1, " need [", a.first * g, ", ", (a.first + a.count) * g, ")");
-  const int64_t s_lo = condensation_time(a.first, a.params) - g + 1;
-  const int64_t s_hi = condensation_time(a.first + a.count - 1, a.params) + 1;
-  LCA_CHECK(a.sum_start <= s_lo && a.sum_start + a.sum_len >= s_hi, where, ": summary queries cover positions [",
-            a.sum_start, ", ", a.sum_start + a.sum_len, "), but the groups need [", s_lo, ", ", s_hi, ")");
   const float norm = static_cast<float>(a.scale / static_cast<double>(g * (a.q_heads / a.kv_heads)));
   const size_t smem = kWarps * (a.head_dim + g) * sizeof(float);
   const unsigned blocks = static_cast<unsigned>((a.count * a.kv_heads + kWarps - 1) / kWarps);

@@ -64,22 +64,9 @@ __global__ void condense_mla_kernel(CondenseMlaArgs a, int sw, float norm) {
 
 void condense_groups_mla(const CondenseMlaArgs& a, cudaStream_t stream) {
   const char* where = "cuda::condense_groups_mla";
-  a.params.validate();
-  LCA_CHECK(!a.params.is_full(), where, ": the full-attention policy has no groups to condense");
-  LCA_CHECK(a.heads >= 1 && a.d_latent >= 1 && a.d_rope >= 1, where, ": heads, d_latent and d_rope must be >= 1");
-  LCA_CHECK(a.latent && a.rope_key && a.summary && a.rep_latent && a.rep_rope_key, where,
-            ": latent, rope_key, summary, rep_latent and rep_rope_key must be device pointers, got a null one");
-  LCA_CHECK(a.params.group <= 1024, where, ": group ", a.params.group, " is larger than the kernel's 1024");
+  check_condense_mla(a);
   if (a.count == 0) return;
-  LCA_CHECK(a.first >= 0 && a.count > 0, where, ": group range first=", a.first, " count=", a.count, " is invalid");
   const int64_t g = a.params.group;
-  LCA_CHECK(a.kv_start <= a.first * g && a.kv_start + a.kv_len >= (a.first + a.count) * g, where,
-            ": kv rows cover positions [", a.kv_start, ", ", a.kv_start + a.kv_len, "), but groups ", a.first, "..",
-            a.first + a.count - 1, " need [", a.first * g, ", ", (a.first + a.count) * g, ")");
-  const int64_t s_lo = condensation_time(a.first, a.params) - g + 1;
-  const int64_t s_hi = condensation_time(a.first + a.count - 1, a.params) + 1;
-  LCA_CHECK(a.sum_start <= s_lo && a.sum_start + a.sum_len >= s_hi, where, ": summary queries cover positions [",
-            a.sum_start, ", ", a.sum_start + a.sum_len, "), but the groups need [", s_lo, ", ", s_hi, ")");
   const int sw = static_cast<int>(a.params.score == ScoreMode::full ? a.d_latent + a.d_rope : a.d_latent);
   const float norm = static_cast<float>(a.scale / static_cast<double>(g * a.heads));
   const size_t smem = kWarps * (sw + g) * sizeof(float);

@@ -61,17 +61,8 @@ void check_attention_args(const char* where, const Tensor<T>& q, int64_t q_start
   expect_shape(where, "queries", q, {-1, heads, fmt.key_len});
   expect_shape(where, "representatives", reps, {-1, fmt.row_width});
   expect_shape(where, "raw rows", raw, {-1, fmt.row_width});
-  const int64_t L = q.dim(0);
-  LCA_CHECK(L >= 1, where, ": no queries (queries has shape ", shape_str(q.shape()), ")");
-  LCA_CHECK(q_start >= 0, where, ": q_start must be >= 0, got ", q_start);
-  const int64_t last = q_start + L - 1;
-  const int64_t need_reps = condensed_groups(last + 1, params);
-  LCA_CHECK(reps.dim(0) >= need_reps, where, ": query at position ", last, " sees ", need_reps,
-            " representatives, but only ", reps.dim(0), " were given");
-  const int64_t lo = first_raw_position(q_start + 1, params);
-  LCA_CHECK(raw_start >= 0 && raw_start <= lo && raw_start + raw.dim(0) > last, where, ": raw rows cover positions [",
-            raw_start, ", ", raw_start + raw.dim(0), "), but queries at [", q_start, ", ", last + 1,
-            ") need [", lo, ", ", last + 1, ")");
+  LCA_CHECK(q.dim(0) >= 1, where, ": no queries (queries has shape ", shape_str(q.shape()), ")");
+  check_attention_coverage(where, params, q_start, q.dim(0), reps.dim(0), raw_start, raw.dim(0));
 }
 
 template <class T>
@@ -81,18 +72,7 @@ void check_condense_args(const char* where, const Tensor<T>& kv_rows, int64_t kv
   params.validate();
   LCA_CHECK(!params.is_full(), where, ": the full-attention policy has no groups to condense");
   expect_shape(where, "kv rows", kv_rows, {-1, row_width});
-  LCA_CHECK(first >= 0 && count >= 0, where, ": group range first=", first, " count=", count, " is invalid");
-  if (count == 0) return;
-  const int64_t g = params.group;
-  const int64_t lo = first * g, hi = (first + count) * g;
-  LCA_CHECK(kv_start <= lo && kv_start + kv_rows.dim(0) >= hi, where, ": kv rows cover positions [", kv_start,
-            ", ", kv_start + kv_rows.dim(0), "), but groups ", first, "..", first + count - 1, " need [", lo,
-            ", ", hi, ")");
-  const int64_t s_lo = condensation_time(first, params) - g + 1;
-  const int64_t s_hi = condensation_time(first + count - 1, params) + 1;
-  LCA_CHECK(sum_start <= s_lo && sum_start + summary.dim(0) >= s_hi, where, ": summary queries cover positions [",
-            sum_start, ", ", sum_start + summary.dim(0), "), but groups ", first, "..", first + count - 1,
-            " need [", s_lo, ", ", s_hi, ")");
+  check_group_coverage(where, params, first, count, kv_start, kv_rows.dim(0), sum_start, summary.dim(0));
 }
 
 template <class T>
