@@ -49,6 +49,31 @@ struct RowView {
   __device__ bool sees(bool rep, int64_t key) const { return rep ? key < m : (key >= lo && key <= t); }
 };
 
+// One online-softmax step for a thread's two rows (r and r + 8 of an m16
+// fragment): reduce the tile maxima over the 4 threads sharing a row, raise the
+// running maxima, and return the shift to subtract before exp2 (`safe`: 0 for a
+// row that has seen no key yet, so exp2 gives 0 rather than NaN) and the
+// factor by which the running sums (rescaled here) and outputs must shrink.
+__device__ __forceinline__ void online_softmax_step(float (&tile_max)[2], float (&row_max)[2], float (&row_sum)[2],
+                                                    float (&safe)[2], float (&corr)[2]) {
+#pragma unroll
+  for (int ri = 0; ri < 2; ++ri) {
+    tile_max[ri] = fmaxf(tile_max[ri], __shfl_xor_sync(0xffffffffu, tile_max[ri], 1));
+    tile_max[ri] = fmaxf(tile_max[ri], __shfl_xor_sync(0xffffffffu, tile_max[ri], 2));
+    const float new_max = fmaxf(row_max[ri], tile_max[ri]);
+    safe[ri] = new_max == -INFINITY ? 0.f : new_max;
+    corr[ri] = exp2f(row_max[ri] - safe[ri]);
+    row_max[ri] = new_max;
+    row_sum[ri] *= corr[ri];
+  }
+}
+
+// Sum of a row's partial sums over the 4 threads that hold it.
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }

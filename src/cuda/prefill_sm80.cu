@@ -99,22 +99,19 @@ __global__ void __launch_bounds__(kThreads) lca_prefill_kernel(PrefillArgs a, fl
     T* dv = sV + stage * BN * S::VS;
     const bool rep = keys.is_rep(i);
     const int64_t base = keys.base(i);
-    for (int c = threadIdx.x; c < BN * (DQK / 8); c += kThreads) {
-      const int r = c / (DQK / 8), col = (c % (DQK / 8)) * 8;
-      const int64_t key = base + r;
-      const bool ok = rep ? key < keys.m_hi : (key >= a.raw_start && key < raw_end && key <= t_hi);
-      const T* src = rep ? rk + ((ok ? key : 0) * a.kv_heads + kvh) * DQK + col
-                         : k + ((ok ? key - a.raw_start : 0) * a.kv_heads + kvh) * DQK + col;
-      cp_async16(dk + r * S::KS + col, src, ok ? 16 : 0);
-    }
-    for (int c = threadIdx.x; c < BN * (DV / 8); c += kThreads) {
-      const int r = c / (DV / 8), col = (c % (DV / 8)) * 8;
-      const int64_t key = base + r;
-      const bool ok = rep ? key < keys.m_hi : (key >= a.raw_start && key < raw_end && key <= t_hi);
-      const T* src = rep ? rv + ((ok ? key : 0) * a.kv_heads + kvh) * DV + col
-                         : v + ((ok ? key - a.raw_start : 0) * a.kv_heads + kvh) * DV + col;
-      cp_async16(dv + r * S::VS + col, src, ok ? 16 : 0);
-    }
+    // Rows of width D from the representatives or the raw rows; keys out of range are zeros.
+    auto load_rows = [&]<int D>(T* dst, int stride, const T* rep_src, const T* raw_src) {
+      for (int c = threadIdx.x; c < BN * (D / 8); c += kThreads) {
+        const int r = c / (D / 8), col = (c % (D / 8)) * 8;
+        const int64_t key = base + r;
+        const bool ok = rep ? key < keys.m_hi : (key >= a.raw_start && key < raw_end && key <= t_hi);
+        const T* src = rep ? rep_src + ((ok ? key : 0) * a.kv_heads + kvh) * D + col
+                           : raw_src + ((ok ? key - a.raw_start : 0) * a.kv_heads + kvh) * D + col;
+        cp_async16(dst + r * stride + col, src, ok ? 16 : 0);
+      }
+    };
+    load_rows.template operator()<DQK>(dk, S::KS, rk, k);
+    load_rows.template operator()<DV>(dv, S::VS, rv, v);
   };
   load_tile(0, 0);
   cp_async_commit();
@@ -181,25 +178,17 @@ __global__ void __launch_bounds__(kThreads) lca_prefill_kernel(PrefillArgs a, fl
         s[n][e] = x;
         tile_max[ri] = fmaxf(tile_max[ri], x);
       }
-    float corr[2];
+    float corr[2], safe[2];
+    online_softmax_step(tile_max, row_max, row_sum, safe, corr);
 #pragma unroll
-    for (int ri = 0; ri < 2; ++ri) {
-      tile_max[ri] = fmaxf(tile_max[ri], __shfl_xor_sync(0xffffffffu, tile_max[ri], 1));
-      tile_max[ri] = fmaxf(tile_max[ri], __shfl_xor_sync(0xffffffffu, tile_max[ri], 2));
-      const float new_max = fmaxf(row_max[ri], tile_max[ri]);
-      // A row that has seen nothing yet keeps max -inf: use 0 so exp2 gives 0, not NaN.
-      const float safe = new_max == -INFINITY ? 0.f : new_max;
-      corr[ri] = exp2f(row_max[ri] - safe);
-      row_max[ri] = new_max;
-      row_sum[ri] *= corr[ri];
+    for (int ri = 0; ri < 2; ++ri)
 #pragma unroll
       for (int n = 0; n < BN / 8; ++n)
 #pragma unroll
         for (int e = ri * 2; e < ri * 2 + 2; ++e) {
-          s[n][e] = exp2f(s[n][e] - safe);
+          s[n][e] = exp2f(s[n][e] - safe[ri]);
           row_sum[ri] += s[n][e];
         }
-    }
 #pragma unroll
     for (int n = 0; n < DV / 8; ++n) {
       o[n][0] *= corr[0];
@@ -229,10 +218,7 @@ __global__ void __launch_bounds__(kThreads) lca_prefill_kernel(PrefillArgs a, fl
   T* out = static_cast<T*>(a.out);
 #pragma unroll
   for (int ri = 0; ri < 2; ++ri) {
-    float sum = row_sum[ri];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    const float inv = 1.f / sum;
+    const float inv = 1.f / quad_sum(row_sum[ri]);
     const int64_t r = warp * 16 + lane / 4 + ri * 8;
     if (r >= rows) continue;
     T* dst = out + ((q0 + r) * a.q_heads + h) * DV;

@@ -173,16 +173,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       tile_max[ri] = fmaxf(tile_max[ri], val);
     }
     float safe[2];
-#pragma unroll
-    for (int ri = 0; ri < 2; ++ri) {
-      tile_max[ri] = fmaxf(tile_max[ri], __shfl_xor_sync(0xffffffffu, tile_max[ri], 1));
-      tile_max[ri] = fmaxf(tile_max[ri], __shfl_xor_sync(0xffffffffu, tile_max[ri], 2));
-      const float new_max = fmaxf(row_max[ri], tile_max[ri]);
-      safe[ri] = new_max == -INFINITY ? 0.f : new_max;  // a row that saw nothing yet: exp2 -> 0, not NaN
-      corr[ri] = exp2f(row_max[ri] - safe[ri]);
-      row_max[ri] = new_max;
-      row_sum[ri] *= corr[ri];
-    }
+    online_softmax_step(tile_max, row_max, row_sum, safe, corr);
 #pragma unroll
     for (int x = 0; x < 64; x += 2) {
       const int ri = (x % 4) / 2;
@@ -259,10 +250,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   T* out = static_cast<T*>(a.out);
 #pragma unroll
   for (int ri = 0; ri < 2; ++ri) {
-    float sum = row_sum[ri];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    const float inv = 1.f / sum;
+    const float inv = 1.f / quad_sum(row_sum[ri]);
     const int64_t r = row0 + ri * 8;
     if (r >= rows) continue;
     T* dst = out + ((q0 + r) * a.q_heads + h) * DV;
