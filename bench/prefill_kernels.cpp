@@ -95,7 +95,13 @@ int profile_once() {
 int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
   if (argc > 1 && std::string(argv[1]) == "--profile") return profile_once();
-  const bool quick = argc > 2 && std::string(argv[2]) == "--quick";  // 8K and 32K only
+  // Optional after the JSON path: --quick (8K and 32K only), --only NAME-PREFIX (one shape).
+  bool quick = false;
+  std::string only;
+  for (int i = 2; i < argc; ++i) {
+    if (std::string(argv[i]) == "--quick") quick = true;
+    if (std::string(argv[i]) == "--only" && i + 1 < argc) only = argv[++i];
+  }
   const std::string json = argc > 1 ? argv[1] : "prefill_kernels.json";
   const Shape shapes[] = {{"qwen2.5-7b gqa", 28, 4, 128, 128},
                           {"deepseek-v2-lite mla (decompressed)", 16, 16, 192, 128},
@@ -109,6 +115,7 @@ int main(int argc, char** argv) {
   bool first_row = true;
   std::mt19937_64 rng(1);
   for (const Shape& s : shapes) {
+    if (!only.empty() && std::string(s.name).rfind(only, 0) != 0) continue;
     for (const int64_t n : contexts) {
       if (quick && n > 32768) continue;
       lca::LcaParams lca_p;  // w = 1024, g = 16

@@ -1,5 +1,7 @@
 // The Hopper prefill kernel (sm_90a: TMA, mbarriers, wgmma): the same
-// function as prefill_sm80.cu, for head dims that are multiples of 64.
+// function as prefill_sm80.cu, for head dims that are multiples of 64, and
+// d_qk = 96 (MiniCPM3) run as 128 with TMA's zero fill past the tensor's
+// inner dimension (exact, 1.2x the FLOPs of 96/64).
 //
 // Tile plan (FlashAttention-3 style, warp-specialised):
 // - a block owns BM = 128 query rows of one query head and has 3 warpgroups.
@@ -283,13 +285,15 @@ void launch(const PrefillArgs& a, float scale_log2, float bias_log2, cudaStream_
   LCA_CHECK(a.q_len < (int64_t(1) << 31) && a.raw_start + a.raw_len < (int64_t(1) << 31), "cuda::lca_prefill",
             ": TMA coordinates are 32-bit; sequences must stay under 2^31 positions");
   Maps maps;
-  maps.q = make_tensor_map(a.q, a.dtype, a.q_len, a.q_heads, DQK, BM);
-  maps.k = make_tensor_map(a.k, a.dtype, a.raw_len, a.kv_heads, DQK, BN);
-  maps.v = make_tensor_map(a.v, a.dtype, a.raw_len, a.kv_heads, DV, BN);
+  // Maps over the tensors' own head dims: where the kernel's DQK is wider
+  // (d_qk = 96 runs as 128), the columns past d_qk arrive from TMA as zeros.
+  maps.q = make_tensor_map(a.q, a.dtype, a.q_len, a.q_heads, a.d_qk, BM);
+  maps.k = make_tensor_map(a.k, a.dtype, a.raw_len, a.kv_heads, a.d_qk, BN);
+  maps.v = make_tensor_map(a.v, a.dtype, a.raw_len, a.kv_heads, a.d_v, BN);
   // With no representatives (full attention) no rep tile is visited: point at k/v.
   const bool reps = a.reps > 0;
-  maps.rep_k = make_tensor_map(reps ? a.rep_k : a.k, a.dtype, reps ? a.reps : a.raw_len, a.kv_heads, DQK, BN);
-  maps.rep_v = make_tensor_map(reps ? a.rep_v : a.v, a.dtype, reps ? a.reps : a.raw_len, a.kv_heads, DV, BN);
+  maps.rep_k = make_tensor_map(reps ? a.rep_k : a.k, a.dtype, reps ? a.reps : a.raw_len, a.kv_heads, a.d_qk, BN);
+  maps.rep_v = make_tensor_map(reps ? a.rep_v : a.v, a.dtype, reps ? a.reps : a.raw_len, a.kv_heads, a.d_v, BN);
   const dim3 grid(static_cast<unsigned>((a.q_len + BM - 1) / BM), static_cast<unsigned>(a.q_heads));
   kernel<<<grid, kThreads, S::bytes, stream>>>(maps, a, scale_log2, bias_log2);
   LCA_CUDA_CHECK_LAUNCH("lca_prefill (sm90)");
@@ -298,6 +302,7 @@ void launch(const PrefillArgs& a, float scale_log2, float bias_log2, cudaStream_
 template <class T>
 void dispatch_dims(const PrefillArgs& a, float scale_log2, float bias_log2, cudaStream_t stream) {
   if (a.d_qk == 64 && a.d_v == 64) return launch<T, 64, 64>(a, scale_log2, bias_log2, stream);
+  if (a.d_qk == 96 && a.d_v == 64) return launch<T, 128, 64>(a, scale_log2, bias_log2, stream);  // zero-padded
   if (a.d_qk == 128 && a.d_v == 128) return launch<T, 128, 128>(a, scale_log2, bias_log2, stream);
   if (a.d_qk == 192 && a.d_v == 128) return launch<T, 192, 128>(a, scale_log2, bias_log2, stream);
 }
@@ -306,7 +311,8 @@ void dispatch_dims(const PrefillArgs& a, float scale_log2, float bias_log2, cuda
 
 bool prefill_sm90_supports(int64_t d_qk, int64_t d_v) {
   static const bool built = built_for_sm90a<__nv_bfloat16, 128, 128>();
-  return built && ((d_qk == 64 && d_v == 64) || (d_qk == 128 && d_v == 128) || (d_qk == 192 && d_v == 128));
+  return built && ((d_qk == 64 && d_v == 64) || (d_qk == 96 && d_v == 64) || (d_qk == 128 && d_v == 128) ||
+                    (d_qk == 192 && d_v == 128));
 }
 
 void prefill_sm90(const PrefillArgs& a, float scale_log2, float bias_log2, cudaStream_t stream) {
