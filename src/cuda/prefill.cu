@@ -1,7 +1,7 @@
 // lca_prefill: argument checks and the choice of kernel. The Hopper kernel
-// (prefill_sm90.cu, wgmma) runs on compute capability 9.0 for head dims that
-// are multiples of 64; everything else runs the mma.sync kernel
-// (prefill_sm80.cu). Both compute the same function, tested alike.
+// (prefill_sm90.cu, wgmma) runs on compute capability 9.0 for every built
+// head-dim pair; elsewhere the mma.sync kernel (prefill_sm80.cu) runs. Both
+// compute the same function and are tested alike.
 #include <cmath>
 #include <cstdlib>
 #include <string>
