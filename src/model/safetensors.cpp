@@ -22,12 +22,14 @@
 #include <nlohmann/json.hpp>
 
 #include "lca/error.hpp"
+#include "model/text_file.hpp"
 
 namespace lca {
 
 namespace {
 
 using json = nlohmann::json;
+using model::in_quotes;
 namespace fs = std::filesystem;
 
 // A header longer than this is refused before it is parsed (the reference
@@ -57,12 +59,6 @@ const DTypeEntry* find_dtype(const std::string& name) {
   return nullptr;
 }
 
-std::string in_quotes(std::string_view s) {
-  std::string out = "'";
-  out += s;
-  out += "'";
-  return out;
-}
 
 // What a JSON value is, for messages: "a string", "an array", ...
 std::string json_kind(const json& v) {
@@ -137,28 +133,6 @@ void map_file(const std::string& path, Mapping& m) {
   m.size = static_cast<size_t>(st.st_size);
 }
 
-// Reads a whole (small) text file without iostreams.
-std::string read_text_file(const std::string& path, const char* what) {
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f) {
-    const int err = errno;
-    detail::fail(what, " ", in_quotes(path), ": cannot open: ", errno_text(err));
-  }
-  std::string out;
-  char buf[1 << 16];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) {
-    out.append(buf, n);
-    if (out.size() > kMaxHeaderBytes) {
-      std::fclose(f);
-      detail::fail(what, " ", in_quotes(path), ": larger than ", static_cast<int64_t>(kMaxHeaderBytes), " bytes");
-    }
-  }
-  const bool bad = std::ferror(f) != 0;
-  std::fclose(f);
-  LCA_CHECK(!bad, what, " ", in_quotes(path), ": read error");
-  return out;
-}
 
 uint64_t load_le64(const std::byte* p) {
   uint64_t v = 0;
@@ -431,7 +405,7 @@ Checkpoint Checkpoint::open(const std::string& dir) {
             ": holds neither model.safetensors nor model.safetensors.index.json");
 
   const std::string ipath = index.string();
-  const std::string text = read_text_file(ipath, "checkpoint index");
+  const std::string text = model::read_text_file(ipath, "checkpoint index", kMaxHeaderBytes);
   json root;
   try {
     root = json::parse(text);
