@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "lca/error.hpp"
+#include "model/json_fields.hpp"
 #include "model/text_file.hpp"
 
 namespace lca {
@@ -23,6 +24,8 @@ namespace {
 
 using json = nlohmann::json;
 using model::in_quotes;
+using model::json_int64;
+using model::json_kind;
 
 constexpr size_t kMaxConfigBytes = 16 * 1024 * 1024;
 
@@ -34,27 +37,6 @@ std::string field_name(std::string_view s) {
   return out;
 }
 
-// What a JSON value is, for messages: "a string", "an array", ...
-std::string json_kind(const json& v) {
-  if (v.is_number_float()) return "a non-integer number";
-  if (v.is_null()) return "null";
-  const std::string t = v.type_name();
-  return (t == "object" || t == "array" ? "an " : "a ") + t;
-}
-
-bool json_int64(const json& v, int64_t& out) {
-  if (v.is_number_unsigned()) {
-    const uint64_t u = v.get<uint64_t>();
-    if (u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) return false;
-    out = static_cast<int64_t>(u);
-    return true;
-  }
-  if (v.is_number_integer()) {
-    out = v.get<int64_t>();
-    return true;
-  }
-  return false;
-}
 
 
 // Field access on one JSON object; `where` prefixes nested names ("rope_scaling.").

@@ -22,6 +22,7 @@
 #include <nlohmann/json.hpp>
 
 #include "lca/error.hpp"
+#include "model/json_fields.hpp"
 #include "model/text_file.hpp"
 
 namespace lca {
@@ -30,6 +31,8 @@ namespace {
 
 using json = nlohmann::json;
 using model::in_quotes;
+using model::json_int64;
+using model::json_kind;
 namespace fs = std::filesystem;
 
 // A header longer than this is refused before it is parsed (the reference
@@ -60,29 +63,6 @@ const DTypeEntry* find_dtype(const std::string& name) {
 }
 
 
-// What a JSON value is, for messages: "a string", "an array", ...
-std::string json_kind(const json& v) {
-  if (v.is_number_float()) return "a non-integer number";
-  if (v.is_null()) return "null";
-  const std::string t = v.type_name();
-  return (t == "object" || t == "array" ? "an " : "a ") + t;
-}
-
-// A JSON integer as int64 (negative values returned, for the caller to judge).
-// Returns false for non-integers and for integers beyond int64.
-bool json_int64(const json& v, int64_t& out) {
-  if (v.is_number_unsigned()) {
-    const uint64_t u = v.get<uint64_t>();
-    if (u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) return false;
-    out = static_cast<int64_t>(u);
-    return true;
-  }
-  if (v.is_number_integer()) {
-    out = v.get<int64_t>();
-    return true;
-  }
-  return false;
-}
 
 // a * b into out, false on int64 overflow (a, b >= 0).
 bool mul_ok(int64_t a, int64_t b, int64_t& out) { return !__builtin_mul_overflow(a, b, &out); }
