@@ -1,6 +1,8 @@
 // Shared by the CUDA kernels: error checks, storage types, warp reductions.
 #pragma once
 
+#include <cstdint>
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -14,10 +16,19 @@
     if (lca_err_ != cudaSuccess) ::lca::detail::fail(#expr, " failed: ", cudaGetErrorString(lca_err_)); \
   } while (0)
 
-// After a launch: a bad configuration shows here, a fault at the next sync.
-#define LCA_CUDA_CHECK_LAUNCH(what) LCA_CUDA_CHECK(cudaGetLastError())
+// After a launch: a bad configuration shows here (naming the kernel), a fault at the next sync.
+#define LCA_CUDA_CHECK_LAUNCH(what)                                                           \
+  do {                                                                                        \
+    const cudaError_t lca_err_ = cudaGetLastError();                                          \
+    if (lca_err_ != cudaSuccess) ::lca::detail::fail(what, ": launch failed: ", cudaGetErrorString(lca_err_)); \
+  } while (0)
 
 namespace lca::cuda::detail {
+
+// A generic pointer into shared memory as the 32-bit address PTX takes.
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
 
 __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }

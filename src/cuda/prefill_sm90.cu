@@ -76,7 +76,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   using S = Sm90Smem<DQK, DV>;
   extern __shared__ unsigned char smem_raw[];
   Barriers& bar = *reinterpret_cast<Barriers*>(smem_raw);
-  const uint32_t raw_addr = smem_u32(smem_raw) + 1024;
+  const uint32_t raw_addr = smem_addr(smem_raw) + 1024;
   unsigned char* sQ = smem_raw + 1024 + ((1024 - (raw_addr & 1023)) & 1023);
   unsigned char* sK = sQ + S::q_bytes;
   unsigned char* sV = sK + 2 * S::k_bytes;
@@ -133,7 +133,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int row0 = cw * 64 + warp * 16 + lane / 4;  // and row0 + 8; rows past the end mirror the last
   const RowView row_view[2] = {RowView(t_lo + min(static_cast<int64_t>(row0), rows - 1), w, g),
                                RowView(t_lo + min(static_cast<int64_t>(row0 + 8), rows - 1), w, g)};
-  const uint32_t q_base = smem_u32(sQ) + cw * 64 * 128;
+  const uint32_t q_base = smem_addr(sQ) + cw * 64 * 128;
 
   float o[DV / 2];
 #pragma unroll
@@ -142,7 +142,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint32_t p[BN / 16][4], p2[BN / 16][4];  // P of a tile, waiting for its P V product
 
   auto issue_qk = [&](float (&s)[64], int i) {
-    const uint32_t k_base = smem_u32(sK + (i & 1) * S::k_bytes);
+    const uint32_t k_base = smem_addr(sK + (i & 1) * S::k_bytes);
 #pragma unroll
     for (int kk = 0; kk < DQK / 16; ++kk) {
       const uint32_t off = (kk % 4) * 32;  // 16 values = 32 B into the 128-B row
@@ -151,7 +151,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   };
   auto issue_pv = [&](const uint32_t (&pv)[BN / 16][4], int i) {
-    const uint32_t v_base = smem_u32(sV + (i & 1) * S::v_bytes);
+    const uint32_t v_base = smem_addr(sV + (i & 1) * S::v_bytes);
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk) mma_pv<T, DV>(o, pv[kk], make_desc(v_base + kk * 2048, BN * 128, 1024));
   };
