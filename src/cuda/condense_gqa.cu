@@ -1,91 +1,49 @@
 // condense_groups_gqa: lca-spec.md section 5 on the GPU.
 //
-// Tile plan: one warp per (group, kv head), 4 warps per block. The warp sums
-// the g summary rows of S_j for its kv head into shared memory (d floats),
-// scores the g keys (one warp reduction each), takes softmax and argmax in
-// shared memory (g floats), pools the values (lanes own columns), and for
-// key_mode = pooled un-rotates each key, pools, and rotates the sum to the
-// anchor position: each lane owns RoPE pairs (c, c + d/2), angles in fp64 as
-// the CPU reference does. Shared memory: 4 * (d + g) floats.
+// Tile plan: one block of 128 threads per (group, kv head). Threads sum the g
+// summary rows of S_j for the kv head into shared memory (d floats); then
+// condense_group_gqa (condense_group.cuh): warps score the g keys, warp 0
+// takes softmax and argmax, threads pool the values (columns) and, for
+// key_mode = pooled, un-rotate each key, pool, and rotate the sum to the anchor
+// position (threads own RoPE pairs (c, c + d/2), angles in fp64 as the CPU
+// reference does). Shared memory: d + g + 1 floats.
 // Deterministic: fixed reduction order, no atomics.
-#include "common.cuh"
+#include "condense_group.cuh"
 #include "lca/cuda.hpp"
 
 namespace lca::cuda {
 namespace {
 
-constexpr int kWarps = 4;
-
-// (cos, sin) of pos * theta^(-2c/d), in double for long positions.
-__device__ __forceinline__ void rope_angle(int64_t pos, int c, int d, double theta, float& cs, float& sn) {
-  double s, co;
-  sincos(static_cast<double>(pos) * pow(theta, -2.0 * c / d), &s, &co);
-  cs = static_cast<float>(co);
-  sn = static_cast<float>(s);
-}
+constexpr int kThreads = 128;
 
 template <class T>
-__global__ void condense_gqa_kernel(CondenseGqaArgs a, float norm) {
+__global__ void __launch_bounds__(kThreads) condense_gqa_kernel(CondenseGqaArgs a, float norm) {
   extern __shared__ float smem[];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
-  const int64_t item = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
-  if (item >= a.count * a.kv_heads) return;
-  const int64_t k = item / a.kv_heads;
-  const int kv = static_cast<int>(item % a.kv_heads);
-  const int g = static_cast<int>(a.params.group), d = static_cast<int>(a.head_dim), half = d / 2;
+  const int64_t k = blockIdx.x / a.kv_heads;
+  const int kv = static_cast<int>(blockIdx.x % a.kv_heads);
+  const int g = static_cast<int>(a.params.group), d = static_cast<int>(a.head_dim);
   const int64_t H = a.kv_heads;
-  float* query = smem + warp * (d + g);
+  float* query = smem;
   float* scores = query + d;
+  int* anchor_slot = reinterpret_cast<int*>(scores + g);
 
   const int64_t j = a.first + k;
   const int64_t tau = (j + 1) * g + a.params.window - 1;
-  for (int c = lane; c < d; c += 32) {
+  for (int c = threadIdx.x; c < d; c += kThreads) {
     float acc = 0.f;
+#pragma unroll 8
     for (int64_t s = tau - g + 1; s <= tau; ++s) acc += a.summary[((s - a.sum_start) * H + kv) * d + c];
     query[c] = acc;
   }
-  __syncwarp();
+  __syncthreads();
 
-  const T* keys = static_cast<const T*>(a.k);
-  const T* values = static_cast<const T*>(a.v);
-  const int64_t row0 = j * g - a.kv_start;
-  auto at = [&](const T* base, int i, int c) { return detail::to_float(base[((row0 + i) * H + kv) * d + c]); };
-  for (int i = 0; i < g; ++i) {
-    float acc = 0.f;
-    for (int c = lane; c < d; c += 32) acc += query[c] * at(keys, i, c);
-    acc = detail::warp_sum(acc);
-    if (lane == 0) scores[i] = norm * acc;
-  }
-  __syncwarp();
-  const int anchor = detail::warp_softmax_argmax(scores, g);
-  const int64_t anchor_pos = j * g + anchor;
-
-  T* out_k = static_cast<T*>(a.rep_k) + (k * H + kv) * d;
-  T* out_v = static_cast<T*>(a.rep_v) + (k * H + kv) * d;
-  for (int c = lane; c < d; c += 32) {
-    float acc = 0.f;
-    for (int i = 0; i < g; ++i) acc += scores[i] * at(values, i, c);
-    out_v[c] = detail::from_float<T>(acc);
-  }
-  if (a.params.key_mode == KeyMode::anchor) {
-    for (int c = lane; c < d; c += 32) out_k[c] = keys[((row0 + anchor) * H + kv) * d + c];
-  } else {
-    for (int c = lane; c < half; c += 32) {
-      float lo = 0.f, hi = 0.f;  // sum_i alpha_i Rot(i)^{-1} k_i, pair (c, c + d/2)
-      for (int i = 0; i < g; ++i) {
-        float cs, sn;
-        rope_angle(j * g + i, c, d, a.rope.theta, cs, sn);
-        const float x = at(keys, i, c), y = at(keys, i, c + half);
-        lo += scores[i] * (x * cs + y * sn);  // rotation by -angle
-        hi += scores[i] * (y * cs - x * sn);
-      }
-      float cs, sn;
-      rope_angle(anchor_pos, c, d, a.rope.theta, cs, sn);
-      out_k[c] = detail::from_float<T>(lo * cs - hi * sn);
-      out_k[c + half] = detail::from_float<T>(hi * cs + lo * sn);
-    }
-  }
-  if (a.anchors != nullptr && lane == 0) a.anchors[k * H + kv] = anchor_pos;
+  const int64_t row0 = j * g - a.kv_start;  // first token of the group in the inputs
+  const int64_t base = (row0 * H + kv) * d;
+  const int anchor = detail::condense_group_gqa<T>(
+      query, scores, anchor_slot, d, g, norm, static_cast<const T*>(a.k) + base, static_cast<const T*>(a.v) + base,
+      H * d, j * g, a.params.key_mode, a.rope.theta, static_cast<T*>(a.rep_k) + (k * H + kv) * d,
+      static_cast<T*>(a.rep_v) + (k * H + kv) * d);
+  if (a.anchors != nullptr && threadIdx.x == 0) a.anchors[k * H + kv] = j * g + anchor;
 }
 
 }  // namespace
@@ -96,11 +54,10 @@ void condense_groups_gqa(const CondenseGqaArgs& a, cudaStream_t stream) {
   if (a.count == 0) return;
   const int64_t g = a.params.group;
   const float norm = static_cast<float>(a.scale / static_cast<double>(g * (a.q_heads / a.kv_heads)));
-  const size_t smem = kWarps * (a.head_dim + g) * sizeof(float);
-  const unsigned blocks = static_cast<unsigned>((a.count * a.kv_heads + kWarps - 1) / kWarps);
+  const size_t smem = (a.head_dim + g + 1) * sizeof(float);
   detail::dispatch_dtype(a.dtype, where, [&](auto tag) {
     using T = decltype(tag);
-    condense_gqa_kernel<T><<<blocks, kWarps * 32, smem, stream>>>(a, norm);
+    condense_gqa_kernel<T><<<static_cast<unsigned>(a.count * a.kv_heads), kThreads, smem, stream>>>(a, norm);
     LCA_CUDA_CHECK_LAUNCH(where);
   });
 }
