@@ -1,0 +1,275 @@
+// bench/decode_kernels: one decode step of one layer through PagedKvCache
+// (append + condense + split-KV attention + combine), full attention against
+// LCA, same machinery, for three real shapes at 8K/32K/128K and batch 1/8/32.
+// The step is captured in a CUDA graph and replayed; times are medians of
+// many replays with CUDA events; the cache holds random values (never zeros).
+// The copy bandwidth is measured in the same run. Then the capacity line: how
+// many 128K sequences a 40 GiB pool holds for a 27-layer DeepSeek-V2-Lite-
+// shaped model, counted by allocating them until the pool refuses.
+// Prints a table and writes JSON (argv[1]).
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "lca/cuda.hpp"
+#include "lca/paged_cache.hpp"
+
+namespace {
+
+#define CHECK(x)                                                       \
+  do {                                                                 \
+    cudaError_t e_ = (x);                                              \
+    if (e_ != cudaSuccess) {                                           \
+      std::fprintf(stderr, "%s: %s\n", #x, cudaGetErrorString(e_));    \
+      std::exit(1);                                                    \
+    }                                                                  \
+  } while (0)
+
+// Uniform values in [-1, 1) from a hash of the index (bf16 and f16 alike).
+__global__ void fill_random(__nv_bfloat16* p, int64_t n, uint64_t seed) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    uint64_t x = (i + 1) * 0x9E3779B97F4A7C15ull ^ seed;
+    x ^= x >> 31, x *= 0xBF58476D1CE4E5B9ull, x ^= x >> 29;
+    p[i] = __float2bfloat16(static_cast<float>(x >> 40) / float(1 << 23) - 1.f);
+  }
+}
+void fill(void* p, int64_t bytes, uint64_t seed) {
+  fill_random<<<1024, 256>>>(static_cast<__nv_bfloat16*>(p), bytes / 2, seed);
+  CHECK(cudaGetLastError());
+}
+
+template <class F>
+double median_ms(F&& f, int reps) {
+  cudaEvent_t a, b;
+  CHECK(cudaEventCreate(&a));
+  CHECK(cudaEventCreate(&b));
+  for (int i = 0; i < 5; ++i) f();
+  std::vector<float> t;
+  for (int i = 0; i < reps; ++i) {
+    CHECK(cudaEventRecord(a));
+    f();
+    CHECK(cudaEventRecord(b));
+    CHECK(cudaEventSynchronize(b));
+    float ms;
+    CHECK(cudaEventElapsedTime(&ms, a, b));
+    t.push_back(ms);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+// Device-to-device copy bandwidth, counting bytes read and written.
+double copy_gbps() {
+  const size_t bytes = size_t(1) << 30;
+  void *a, *b;
+  CHECK(cudaMalloc(&a, bytes));
+  CHECK(cudaMalloc(&b, bytes));
+  fill(a, bytes, 1);
+  const double ms = median_ms([&] { CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice)); }, 20);
+  cudaFree(a);
+  cudaFree(b);
+  return 2.0 * bytes / (ms * 1e-3) / 1e9;
+}
+
+struct Shape {
+  const char* name;
+  lca::KvLayout layout;
+  int64_t heads, kv_heads, d_latent_or_head, d_rope;
+};
+
+lca::cuda::PagedCacheConfig config_of(const Shape& s, const lca::LcaParams& p) {
+  lca::cuda::PagedCacheConfig c;
+  c.layout = s.layout;
+  if (s.layout == lca::KvLayout::mla) {
+    c.mla = lca::MlaDims{.heads = s.heads, .d_latent = s.d_latent_or_head, .d_rope = s.d_rope, .d_nope = 128, .d_v = 128};
+    c.scale = 1.0 / std::sqrt(192.0);
+  } else {
+    c.gqa = lca::GqaDims{.q_heads = s.heads, .kv_heads = s.kv_heads, .head_dim = s.d_latent_or_head};
+    c.scale = 1.0 / std::sqrt(double(s.d_latent_or_head));
+  }
+  c.params = p;
+  c.dtype = lca::DType::bf16;
+  c.block_rows = 64;
+  return c;
+}
+
+struct StepTime {
+  double ms = 0;
+  int64_t splits = 0;
+};
+
+// One step at position t of `batch` sequences of t tokens, replayed from a graph.
+StepTime time_step(lca::cuda::PagedCacheConfig cfg, int64_t batch, int64_t t, int reps) {
+  cfg.max_seqs = batch;
+  cfg.max_context = t + 1;
+  lca::cuda::PagedKvCache cache(cfg);
+  std::vector<int64_t> seqs;
+  for (int64_t b = 0; b < batch; ++b) {
+    seqs.push_back(cache.add_sequence());
+    cache.set_tokens(seqs.back(), t);
+  }
+  fill(cache.device_pool(), cache.total_blocks() * cache.block_bytes(), 7);
+  const int64_t rows_bytes = batch * cache.row_width() * 2, q_bytes = batch * cache.query_heads() * cache.query_width() * 2;
+  void *rows, *queries, *out;
+  CHECK(cudaMalloc(&rows, rows_bytes));
+  CHECK(cudaMalloc(&queries, q_bytes));
+  CHECK(cudaMalloc(&out, batch * cache.query_heads() * cache.output_width() * 2));
+  fill(rows, rows_bytes, 11);
+  fill(queries, q_bytes, 13);
+  cudaStream_t stream;
+  CHECK(cudaStreamCreate(&stream));
+  cache.begin_step(seqs, stream);
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  cache.decode_layer(0, rows, queries, out, stream);
+  CHECK(cudaStreamEndCapture(stream, &graph));
+  CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  StepTime st;
+  st.splits = cache.step_splits();
+  // Each replay appends the same token again (and condenses the same group): idempotent.
+  cudaEvent_t a, b;
+  CHECK(cudaEventCreate(&a));
+  CHECK(cudaEventCreate(&b));
+  std::vector<float> times;
+  for (int i = 0; i < reps + 5; ++i) {
+    CHECK(cudaEventRecord(a, stream));
+    CHECK(cudaGraphLaunch(exec, stream));
+    CHECK(cudaEventRecord(b, stream));
+    CHECK(cudaEventSynchronize(b));
+    float ms;
+    CHECK(cudaEventElapsedTime(&ms, a, b));
+    if (i >= 5) times.push_back(ms);
+  }
+  std::sort(times.begin(), times.end());
+  st.ms = times[times.size() / 2];
+  cache.end_step();
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  cudaStreamDestroy(stream);
+  cudaFree(rows);
+  cudaFree(queries);
+  cudaFree(out);
+  return st;
+}
+
+// 128K sequences that a pool of `bytes` holds for `layers` layers.
+int64_t capacity(lca::cuda::PagedCacheConfig cfg, int64_t layers, int64_t bytes, int64_t context) {
+  cfg.layers = layers;
+  cfg.pool_bytes = bytes;
+  cfg.max_context = context;
+  cfg.max_seqs = 1024;
+  lca::cuda::PagedKvCache cache(cfg);
+  int64_t n = 0;
+  for (;; ++n) {
+    const int64_t seq = cache.add_sequence();
+    try {
+      cache.set_tokens(seq, context);
+    } catch (const lca::Error&) {
+      break;
+    }
+  }
+  return n;
+}
+
+}  // namespace
+
+// `--profile SHAPE-INDEX CONTEXT BATCH full|lca`: the step's kernels launched
+// directly (no graph) 20 times, for ncu.
+int profile(int shape, int64_t ctx, int64_t batch, bool full, const Shape* shapes) {
+  lca::cuda::PagedCacheConfig cfg = config_of(shapes[shape], full ? lca::LcaParams::full() : lca::LcaParams{});
+  cfg.max_seqs = batch;
+  cfg.max_context = ctx + 1;
+  lca::cuda::PagedKvCache cache(cfg);
+  std::vector<int64_t> seqs;
+  for (int64_t b = 0; b < batch; ++b) {
+    seqs.push_back(cache.add_sequence());
+    cache.set_tokens(seqs.back(), ctx);
+  }
+  fill(cache.device_pool(), cache.total_blocks() * cache.block_bytes(), 7);
+  void *rows, *queries, *out;
+  CHECK(cudaMalloc(&rows, batch * cache.row_width() * 2));
+  CHECK(cudaMalloc(&queries, batch * cache.query_heads() * cache.query_width() * 2));
+  CHECK(cudaMalloc(&out, batch * cache.query_heads() * cache.output_width() * 2));
+  fill(rows, batch * cache.row_width() * 2, 11);
+  fill(queries, batch * cache.query_heads() * cache.query_width() * 2, 13);
+  cache.begin_step(seqs);
+  for (int i = 0; i < 20; ++i) cache.decode_layer(0, rows, queries, out);
+  CHECK(cudaDeviceSynchronize());
+  std::printf("profiled %s %s context %lld batch %lld, %lld splits\n", shapes[shape].name, full ? "full" : "lca",
+              (long long)ctx, (long long)batch, (long long)cache.step_splits());
+  return 0;
+}
+
+int main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  bool quick = argc > 2 && std::string(argv[2]) == "--quick";
+  const Shape shapes[] = {{"deepseek-v2-lite mla", lca::KvLayout::mla, 16, 1, 512, 64},
+                          {"minicpm3-4b mla", lca::KvLayout::mla, 40, 1, 256, 32},
+                          {"qwen2.5-7b gqa", lca::KvLayout::gqa, 28, 4, 128, 0}};
+  if (argc > 5 && std::string(argv[1]) == "--profile")
+    return profile(std::atoi(argv[2]), std::atoll(argv[3]), std::atoll(argv[4]), std::string(argv[5]) == "full",
+                   shapes);
+  const std::string json = argc > 1 ? argv[1] : "decode_kernels.json";
+  const int64_t contexts[] = {8192, 32768, 131072};
+  const int64_t batches[] = {1, 8, 32};
+  const double bw = copy_gbps();
+  std::printf("device: %s; copy bandwidth %.0f GB/s (read + write)\n", lca::cuda::device_name().c_str(), bw);
+  std::printf("%-22s %7s %5s | %9s %7s %5s | %9s %9s %7s %5s | %7s | %9s %9s\n", "shape", "context", "batch", "full us",
+              "GB/s", "%bw", "LCA us", "close us", "GB/s", "%bw", "full/LCA", "full MiB", "LCA MiB");
+  std::ofstream out(json);
+  out << "{\"device\": \"" << lca::cuda::device_name() << "\", \"copy_gbps\": " << bw << ", \"rows\": [\n";
+  bool first_row = true;
+  const lca::LcaParams lca_p;  // w = 1024, g = 16
+  for (const Shape& s : shapes) {
+    for (int64_t ctx : contexts) {
+      for (int64_t batch : batches) {
+        if (quick && (ctx > 32768 || batch > 8)) continue;
+        const lca::cuda::PagedCacheConfig full_cfg = config_of(s, lca::LcaParams::full());
+        const lca::cuda::PagedCacheConfig lca_cfg = config_of(s, lca_p);
+        const int reps = 100;
+        // The step at position ctx (no group closes there for w = 1024, g = 16 and these contexts),
+        // and the step at ctx + 15, where each sequence closes a group.
+        const StepTime full = time_step(full_cfg, batch, ctx, reps);
+        const StepTime lca_step = time_step(lca_cfg, batch, ctx, reps);
+        const StepTime lca_close = time_step(lca_cfg, batch, ctx + 15, reps);
+        const int64_t row_bytes = (s.layout == lca::KvLayout::mla ? 512 + s.d_rope : 2 * s.kv_heads * 128) * 2;
+        const double full_rows = double(ctx + 1), lca_rows = double(lca::cache_entries(ctx + 1, lca_p));
+        const double full_gbps = batch * full_rows * row_bytes / (full.ms * 1e-3) / 1e9;
+        const double lca_gbps = batch * lca_rows * row_bytes / (lca_step.ms * 1e-3) / 1e9;
+        const double full_mib = full_rows * row_bytes / 1048576.0, lca_mib = lca_rows * row_bytes / 1048576.0;
+        std::printf("%-22s %7lld %5lld | %9.1f %7.0f %4.0f%% | %9.1f %9.1f %7.0f %4.0f%% | %6.2fx | %9.2f %9.2f\n",
+                    s.name, (long long)ctx, (long long)batch, full.ms * 1e3, full_gbps, 100 * full_gbps / bw,
+                    lca_step.ms * 1e3, lca_close.ms * 1e3, lca_gbps, 100 * lca_gbps / bw, full.ms / lca_step.ms,
+                    full_mib, lca_mib);
+        out << (first_row ? "" : ",\n") << "  {\"shape\": \"" << s.name << "\", \"context\": " << ctx
+            << ", \"batch\": " << batch << ", \"full_us\": " << full.ms * 1e3 << ", \"full_splits\": " << full.splits
+            << ", \"full_gbps\": " << full_gbps << ", \"lca_us\": " << lca_step.ms * 1e3
+            << ", \"lca_close_us\": " << lca_close.ms * 1e3 << ", \"lca_splits\": " << lca_step.splits
+            << ", \"lca_gbps\": " << lca_gbps << ", \"full_over_lca\": " << full.ms / lca_step.ms
+            << ", \"full_mib_per_seq\": " << full_mib << ", \"lca_mib_per_seq\": " << lca_mib << "}";
+        first_row = false;
+      }
+    }
+  }
+  out << "\n],\n";
+  // Capacity: 27 layers of DeepSeek-V2-Lite's MLA cache, 40 GiB, 128K tokens each.
+  const int64_t pool = int64_t(40) << 30, ctx = 131072;
+  const int64_t cap_full = capacity(config_of(shapes[0], lca::LcaParams::full()), 27, pool, ctx);
+  const int64_t cap_lca = capacity(config_of(shapes[0], lca_p), 27, pool, ctx);
+  std::printf("capacity: 128K-token sequences in a 40 GiB pool, 27-layer DeepSeek-V2-Lite MLA cache: full %lld, LCA %lld (%.1fx)\n",
+              (long long)cap_full, (long long)cap_lca, double(cap_lca) / std::max<int64_t>(cap_full, 1));
+  out << "\"capacity_40gib_128k_27_layers\": {\"full\": " << cap_full << ", \"lca\": " << cap_lca << "}}\n";
+  return 0;
+}

@@ -1,0 +1,65 @@
+// The decode kernels' view of the paged cache and their launchers (internal:
+// PagedKvCache is the public face). Plain C++, so the host-side cache
+// (src/cache/paged_kv_cache.cpp) includes it without a CUDA compiler.
+#pragma once
+
+#include <cstdint>
+
+#include "lca/dtype.hpp"
+#include "lca/params.hpp"
+
+typedef struct CUstream_st* cudaStream_t;
+
+namespace lca::cuda::detail {
+
+// Where the rows of one layer live. Table row of sequence s: layer * max_seqs + s.
+struct PagedView {
+  void* pool = nullptr;             // blocks of block_rows rows of row_elems values
+  int64_t row_elems = 0;
+  int64_t block_rows = 0;
+  const int32_t* rep_table = nullptr;  // [table rows, rep_stride] block ids, representative j in block j / B
+  const int32_t* raw_table = nullptr;  // [table rows, raw_stride] block ids, position p in block p / B
+  int64_t rep_stride = 0, raw_stride = 0;
+  float* ring = nullptr;            // [table rows, g, ring_width] fp32, position p in slot p % g
+  int64_t ring_width = 0;
+  int64_t table_base = 0;           // layer * max_seqs
+  int64_t window = 0, group = 1;
+  bool full = false;
+};
+
+// The step: batch entry b appends position positions[b] to sequence seqs[b].
+struct StepView {
+  const int32_t* seqs = nullptr;
+  const int64_t* positions = nullptr;
+  int batch = 0;
+};
+
+// Layout of rows and queries. MLA: one kv head, key = row[0 : d_qk] (= [c ; k^R]),
+// value = row[0 : d_v] (= c). GQA: kv head k's key at row[2 d k :], value after it.
+struct DecodeShape {
+  bool mla = true;
+  int q_heads = 0, kv_heads = 1;
+  int d_qk = 0, d_v = 0;            // MLA: d_c + d_r and d_c; GQA: head_dim twice
+  int summary_width = 0;            // per kv head: MLA d_c or d_c + d_r, GQA head_dim
+};
+
+// Copies each new row into its raw block and its head-summed query into the
+// ring, then condenses, per sequence and kv head, the group that closes at this
+// step (if any).
+void decode_append_condense(const PagedView& v, const StepView& s, const DecodeShape& sh, const void* rows,
+                            const void* queries, double scale, const LcaParams& params, const RopeParams& rope,
+                            DType dtype, cudaStream_t stream);
+// Split-KV attention: partial outputs and log-sum-exps per split, then the combine.
+void decode_attention(const PagedView& v, const StepView& s, const DecodeShape& sh, const void* queries,
+                      float* part_out, float* part_lse, int splits, double scale, const LcaParams& params,
+                      DType dtype, cudaStream_t stream);
+void decode_combine(const StepView& s, const DecodeShape& sh, const float* part_out, const float* part_lse,
+                    int splits, void* out, DType dtype, cudaStream_t stream);
+
+// Head dims the decode attention is built for: (d_qk, d_v) of MLA or GQA.
+bool decode_supports(bool mla, int64_t d_qk, int64_t d_v);
+// CTAs of the attention kernel one multiprocessor holds, for choosing splits.
+int decode_ctas_per_sm(const DecodeShape& sh, DType dtype);
+int device_sm_count();
+
+}  // namespace lca::cuda::detail

@@ -1,0 +1,286 @@
+// decode_attention: one new query per sequence attends its rows
+// [representatives ; raw window] (lca-spec.md section 4; full attention: rows
+// [0, t]) in the paged cache, split over the row list (flash-decoding); the
+// combine kernel (decode_combine.cu) merges the splits.
+//
+// Tile plan (mma.sync m16n8k16, fp32 accumulators; 4 warps, 128 threads):
+// - a block owns one (split, batch entry, kv head, block of 16 query heads).
+//   MLA has one kv head, so all heads of a sequence share every row read
+//   (absorbed form: key = [c ; k^R], value = c, one row read serves both);
+//   GQA loads the kv head's [k ; v] slice of each row.
+// - rows come in tiles of 64, double-buffered in shared memory by cp.async
+//   (rows past the split's end zero-filled); the 64 row addresses of a tile are
+//   looked up once in the block tables (into shared memory) before its copies.
+// - S = Q K^T: warp w takes rows 16w..16w+15 of the tile for all 16 heads
+//   (Q and K by ldmatrix), scales, masks, and writes S to shared memory.
+// - softmax: 8 threads per head reduce the tile's 64 scores (online, log2
+//   domain), write P (in the storage dtype) and the rescale factor.
+// - O += P V: warp w owns output columns [w d_v/4, (w+1) d_v/4) of all 16
+//   heads (V by transposed ldmatrix from the same shared rows).
+// - the split's output, normalised, and its log-sum-exp go to fp32 workspace.
+// Shared memory: (16 (d_qk+8) + 2 * 64 (W+8) + 16 * 72) * 2 + 64 * 16 * 4 + ...
+// bytes, W = d_qk (MLA) or 2 d (GQA): 171 KB for DeepSeek (576/512), 86 KB for
+// MiniCPM3 (288/256), 74 KB for GQA d = 128.
+#include <cmath>
+
+#include "decode.cuh"
+#include "mma_sm80.cuh"
+#include "prefill_common.cuh"
+
+namespace lca::cuda::detail {
+namespace {
+
+constexpr int kRows = 64, kHeads = 16, kWarps = 4, kThreads = kWarps * 32, kStages = 2;
+
+template <class T, bool kMla, int DQK, int DV>
+struct Tile {
+  static constexpr int W = kMla ? DQK : 2 * DQK;  // values of a row the block loads
+  static constexpr int VO = kMla ? 0 : DQK;       // the value's offset within them
+  static constexpr int RS = W + 8, QS = DQK + 8, PS = kRows + 8;  // padded shared rows (elements)
+  static constexpr int NV = DV / kWarps;          // output columns per warp
+  static constexpr size_t q_elems = size_t(kHeads) * QS, row_elems = size_t(kStages) * kRows * RS,
+                          p_elems = size_t(kHeads) * PS;
+  static constexpr size_t bytes = (q_elems + row_elems + p_elems) * sizeof(T) + size_t(kHeads) * kRows * 4 +
+                                  3 * kHeads * 4 + kStages * kRows * sizeof(void*);
+  static_assert(DQK % 16 == 0 && NV % 16 == 0, "head dims must be multiples of 16 (d_v of 64)");
+};
+
+template <class T, bool kMla, int DQK, int DV>
+__global__ void __launch_bounds__(kThreads) decode_attention_kernel(PagedView v, StepView s, DecodeShape sh,
+                                                                    const T* queries, float* part_out,
+                                                                    float* part_lse, float scale_log2,
+                                                                    float rep_bias_log2) {
+  using L = Tile<T, kMla, DQK, DV>;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sQ = reinterpret_cast<T*>(smem_raw);
+  T* sRows = sQ + L::q_elems;
+  T* sP = sRows + L::row_elems;
+  float* sS = reinterpret_cast<float*>(sP + L::p_elems);
+  float* sMax = sS + kHeads * kRows;
+  float* sSum = sMax + kHeads;
+  float* sCorr = sSum + kHeads;
+  const T** sPtr = reinterpret_cast<const T**>(sCorr + kHeads);
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, tid = threadIdx.x;
+  const int split = blockIdx.x, b = blockIdx.y, splits = gridDim.x;
+  const int per = sh.q_heads / sh.kv_heads, head_blocks = (per + kHeads - 1) / kHeads;
+  const int kv = blockIdx.z / head_blocks, h0 = kv * per + (blockIdx.z % head_blocks) * kHeads;
+  const int heads = min(kHeads, kv * per + per - h0);  // valid heads of this block
+
+  const int64_t t = s.positions[b];
+  const int64_t tr = table_row(v, s.seqs[b]);
+  const DecodeRows rows(v, t);
+  // Tiles spread evenly over the splits (a sequence shorter than the longest may leave some empty).
+  const int64_t tiles_total = (rows.count + kRows - 1) / kRows;
+  const int64_t r0 = tiles_total * split / splits * kRows, r1 = min(rows.count, tiles_total * (split + 1) / splits * kRows);
+  float* lse_out = part_lse + (static_cast<int64_t>(b) * splits + split) * sh.q_heads + h0;
+  if (r0 >= r1) {  // an empty split: the combine skips it
+    if (tid < heads) lse_out[tid] = -INFINITY;
+    return;
+  }
+  const int tiles = static_cast<int>((r1 - r0 + kRows - 1) / kRows);
+  const int64_t slice = kMla ? 0 : static_cast<int64_t>(kv) * 2 * DQK;
+
+  // Q (heads past `heads` are zeros).
+  const T* qsrc = queries + (static_cast<int64_t>(b) * sh.q_heads + h0) * DQK;
+  for (int c = tid; c < kHeads * (DQK / 8); c += kThreads) {
+    const int hl = c / (DQK / 8), col = (c % (DQK / 8)) * 8;
+    cp_async16(sQ + hl * L::QS + col, qsrc + (hl < heads ? hl : 0) * DQK + col, hl < heads ? 16 : 0);
+  }
+  if (tid < kHeads) sMax[tid] = -INFINITY, sSum[tid] = 0.f;
+  auto find_rows = [&](int i) {  // row addresses of tile i (threads 0..63)
+    const int64_t r = r0 + int64_t(i) * kRows + tid;
+    if (tid < kRows) sPtr[(i & 1) * kRows + tid] = r < r1 ? paged_row<T>(v, tr, rows, r) + slice : nullptr;
+  };
+  auto load_rows = [&](int i) {
+    T* dst = sRows + (i & 1) * kRows * L::RS;
+    for (int c = tid; c < kRows * (L::W / 8); c += kThreads) {
+      const int r = c / (L::W / 8), col = (c % (L::W / 8)) * 8;
+      const T* src = sPtr[(i & 1) * kRows + r];
+      cp_async16(dst + r * L::RS + col, src != nullptr ? src + col : qsrc, src != nullptr ? 16 : 0);
+    }
+  };
+  find_rows(0);
+  __syncthreads();
+  load_rows(0);
+  cp_async_commit();
+
+  float o[L::NV / 8][4];
+#pragma unroll
+  for (int n = 0; n < L::NV / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+
+  for (int i = 0; i < tiles; ++i) {
+    if (i + 1 < tiles) {
+      find_rows(i + 1);
+      __syncthreads();
+      load_rows(i + 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const T* tile = sRows + (i & 1) * kRows * L::RS;
+    const int64_t base = r0 + int64_t(i) * kRows;
+
+    // S for rows 16 warp .. 16 warp + 15 of the tile, all 16 heads; even and
+    // odd k-steps accumulate apart, halving the chain of dependent mma.
+    float acc[2][4] = {}, acc_odd[2][4] = {};
+    auto k_step = [&](int kk, float(&c)[2][4]) {
+      uint32_t a[4], bk[4];
+      ldmatrix_x4(a, sQ + (lane % 16) * L::QS + kk * 16 + (lane / 16) * 8);
+      ldmatrix_x4(bk, tile + (warp * 16 + (lane / 16) * 8 + lane % 8) * L::RS + kk * 16 + ((lane / 8) % 2) * 8);
+      mma16816<T>(c[0], a, bk[0], bk[1]);
+      mma16816<T>(c[1], a, bk[2], bk[3]);
+    };
+    static_assert(DQK % 32 == 0, "k-steps come in pairs");
+#pragma unroll 2
+    for (int kk = 0; kk < DQK / 16; kk += 2) {
+      k_step(kk, acc);
+      k_step(kk + 1, acc_odd);
+    }
+#pragma unroll
+    for (int n = 0; n < 2; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[n][e] += acc_odd[n][e];
+#pragma unroll
+    for (int n = 0; n < 2; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int head = lane / 4 + (e / 2) * 8, key = warp * 16 + n * 8 + (lane % 4) * 2 + (e % 2);
+        const int64_t r = base + key;
+        sS[head * kRows + key] = r < r1 ? acc[n][e] * scale_log2 + (r < rows.m ? rep_bias_log2 : 0.f) : -INFINITY;
+      }
+    __syncthreads();
+
+    // Online softmax over the tile: 8 threads per head, 8 scores each.
+    {
+      const int head = tid / 8, part = tid % 8;
+      float x[8], tile_max = -INFINITY;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) tile_max = fmaxf(tile_max, x[e] = sS[head * kRows + part * 8 + e]);
+#pragma unroll
+      for (int o2 = 1; o2 < 8; o2 <<= 1) tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, o2));
+      const float old_max = sMax[head], new_max = fmaxf(old_max, tile_max);
+      const float safe = new_max == -INFINITY ? 0.f : new_max;
+      float sum = 0.f;
+#pragma unroll
+      for (int e = 0; e < 8; e += 2) {
+        const float p0 = exp2f(x[e] - safe), p1 = exp2f(x[e + 1] - safe);
+        sum += p0 + p1;
+        *reinterpret_cast<uint32_t*>(sP + head * L::PS + part * 8 + e) = pack2<T>(p0, p1);
+      }
+#pragma unroll
+      for (int o2 = 1; o2 < 8; o2 <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o2);
+      if (part == 0) {
+        const float corr = exp2f(old_max - safe);
+        sCorr[head] = corr;
+        sSum[head] = sSum[head] * corr + sum;
+        sMax[head] = new_max;
+      }
+    }
+    __syncthreads();
+
+    // O = O * corr + P V for the warp's columns.
+    const float c0 = sCorr[lane / 4], c1 = sCorr[lane / 4 + 8];
+#pragma unroll
+    for (int n = 0; n < L::NV / 8; ++n) o[n][0] *= c0, o[n][1] *= c0, o[n][2] *= c1, o[n][3] *= c1;
+#pragma unroll
+    for (int kk = 0; kk < kRows / 16; ++kk) {
+      uint32_t a[4];
+      ldmatrix_x4(a, sP + (lane % 16) * L::PS + kk * 16 + (lane / 16) * 8);
+#pragma unroll
+      for (int nd = 0; nd < L::NV / 16; ++nd) {
+        uint32_t bv[4];
+        ldmatrix_x4_trans(bv, tile + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * L::RS + L::VO + warp * L::NV +
+                                  nd * 16 + (lane / 16) * 8);
+        mma16816<T>(o[2 * nd], a, bv[0], bv[1]);
+        mma16816<T>(o[2 * nd + 1], a, bv[2], bv[3]);
+      }
+    }
+    __syncthreads();  // this stage, S and P are refilled next
+  }
+
+  // The split's normalised output and log-sum-exp (log2 domain).
+#pragma unroll
+  for (int ri = 0; ri < 2; ++ri) {
+    const int hl = lane / 4 + ri * 8;
+    if (hl >= heads) continue;
+    const float inv = 1.f / sSum[hl];
+    float* dst = part_out + ((static_cast<int64_t>(b) * splits + split) * sh.q_heads + h0 + hl) * DV + warp * L::NV;
+#pragma unroll
+    for (int n = 0; n < L::NV / 8; ++n)
+      *reinterpret_cast<float2*>(dst + n * 8 + (lane % 4) * 2) = make_float2(o[n][ri * 2] * inv, o[n][ri * 2 + 1] * inv);
+  }
+  if (tid < heads) lse_out[tid] = sMax[tid] + log2f(sSum[tid]);
+}
+
+template <class T, bool kMla, int DQK, int DV>
+auto kernel_of() {
+  return decode_attention_kernel<T, kMla, DQK, DV>;
+}
+
+// Calls f.template operator()<kMla, DQK, DV>() for a built shape; false if none.
+template <class F>
+bool dispatch_shape(bool mla, int64_t d_qk, int64_t d_v, F&& f) {
+  if (mla && d_qk == 576 && d_v == 512) return f.template operator()<true, 576, 512>(), true;
+  if (mla && d_qk == 288 && d_v == 256) return f.template operator()<true, 288, 256>(), true;
+  if (!mla && d_qk == 128 && d_v == 128) return f.template operator()<false, 128, 128>(), true;
+  if (!mla && d_qk == 64 && d_v == 64) return f.template operator()<false, 64, 64>(), true;
+  return false;
+}
+
+}  // namespace
+
+bool decode_supports(bool mla, int64_t d_qk, int64_t d_v) {
+  return mla ? (d_qk == 576 && d_v == 512) || (d_qk == 288 && d_v == 256)
+             : (d_qk == 128 && d_v == 128) || (d_qk == 64 && d_v == 64);
+}
+
+int decode_ctas_per_sm(const DecodeShape& sh, DType dtype) {
+  int ctas = 1;
+  dispatch_dtype(dtype, "cuda::decode_attention", [&](auto tag) {
+    using T = decltype(tag);
+    dispatch_shape(sh.mla, sh.d_qk, sh.d_v, [&]<bool kMla, int DQK, int DV>() {
+      using L = Tile<T, kMla, DQK, DV>;
+      auto kernel = kernel_of<T, kMla, DQK, DV>();
+      LCA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L::bytes)));
+      LCA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, kernel, kThreads, L::bytes));
+    });
+  });
+  return ctas < 1 ? 1 : ctas;
+}
+
+int device_sm_count() {
+  int dev = 0, sms = 0;
+  LCA_CUDA_CHECK(cudaGetDevice(&dev));
+  LCA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  return sms;
+}
+
+void decode_attention(const PagedView& v, const StepView& s, const DecodeShape& sh, const void* queries,
+                      float* part_out, float* part_lse, int splits, double scale, const LcaParams& params,
+                      DType dtype, cudaStream_t stream) {
+  if (s.batch == 0) return;
+  const float scale_log2 = static_cast<float>(scale) * 1.4426950408889634f;
+  const float bias_log2 =
+      !params.is_full() && params.mass_bias == MassBias::log_g ? std::log2(static_cast<float>(params.group)) : 0.f;
+  const int per = sh.q_heads / sh.kv_heads;
+  const dim3 grid(splits, s.batch, sh.kv_heads * ((per + kHeads - 1) / kHeads));
+  dispatch_dtype(dtype, "cuda::decode_attention", [&](auto tag) {
+    using T = decltype(tag);
+    dispatch_shape(sh.mla, sh.d_qk, sh.d_v, [&]<bool kMla, int DQK, int DV>() {
+      using L = Tile<T, kMla, DQK, DV>;
+      auto kernel = kernel_of<T, kMla, DQK, DV>();
+      // Once per kernel, outside any graph capture that later launches run in.
+      static const cudaError_t attr =
+          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L::bytes));
+      LCA_CUDA_CHECK(attr);
+      kernel<<<grid, kThreads, L::bytes, stream>>>(v, s, sh, static_cast<const T*>(queries), part_out, part_lse,
+                                                   scale_log2, bias_log2);
+      LCA_CUDA_CHECK_LAUNCH("decode_attention");
+    });
+  });
+}
+
+}  // namespace lca::cuda::detail

@@ -1,0 +1,79 @@
+// decode_combine: merges the splits of decode_attention. Block (b, h, c) owns
+// 128 output columns of head h of batch entry b: its threads load the splits'
+// log-sum-exps (log2 domain; empty splits hold -inf and weigh 0) in parallel
+// and turn them into weights in shared memory, then 8 groups of 32 threads each sum every 8th split's
+// normalised output (one float4 of columns per thread, loads unrolled so many
+// are in flight), and the groups' sums are added in a fixed order.
+// Shared memory: splits + 8 * 128 floats.
+#include "decode.cuh"
+
+namespace lca::cuda::detail {
+namespace {
+
+constexpr int kCols = 128, kGroups = 8, kThreads = kGroups * (kCols / 4);
+
+template <class T>
+__global__ void __launch_bounds__(kThreads) decode_combine_kernel(int q_heads, int d_v, int splits,
+                                                                  const float* part_out, const float* part_lse,
+                                                                  T* out) {
+  extern __shared__ float smem[];
+  float* weight = smem;             // [splits]
+  float* partial = smem + splits;   // [kGroups][kCols]
+  const int b = blockIdx.x, h = blockIdx.y, col0 = blockIdx.z * kCols, tid = threadIdx.x;
+  __shared__ float reduce[kThreads / 32];
+  // Block-wide max and sum, by shuffles and one shared slot per warp.
+  auto block_reduce = [&](float x, bool is_max) {
+    x = is_max ? warp_max(x) : warp_sum(x);
+    __syncthreads();  // reduce[] is free again
+    if (tid % 32 == 0) reduce[tid / 32] = x;
+    __syncthreads();
+    x = reduce[0];
+    for (int w = 1; w < kThreads / 32; ++w) x = is_max ? fmaxf(x, reduce[w]) : x + reduce[w];
+    return x;
+  };
+  const float* lse = part_lse + static_cast<int64_t>(b) * splits * q_heads + h;
+  float top = -INFINITY;  // every log-sum-exp is loaded once, by its own thread
+  for (int s = tid; s < splits; s += kThreads) top = fmaxf(top, weight[s] = lse[s * q_heads]);
+  top = block_reduce(top, true);
+  float den = 0.f;
+  for (int s = tid; s < splits; s += kThreads) den += weight[s] = weight[s] == -INFINITY ? 0.f : exp2f(weight[s] - top);
+  den = block_reduce(den, false);
+
+  const int group = tid / (kCols / 4), c = col0 + (tid % (kCols / 4)) * 4;
+  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+  if (c < d_v) {
+    const float* src = part_out + (static_cast<int64_t>(b) * splits * q_heads + h) * d_v + c;
+    const int64_t stride = static_cast<int64_t>(q_heads) * d_v;
+#pragma unroll 4
+    for (int s = group; s < splits; s += kGroups) {
+      if (weight[s] == 0.f) continue;  // an empty split's output was never written
+      const float4 x = *reinterpret_cast<const float4*>(src + s * stride);
+      const float w = weight[s];
+      acc.x += w * x.x, acc.y += w * x.y, acc.z += w * x.z, acc.w += w * x.w;
+    }
+  }
+  *reinterpret_cast<float4*>(partial + group * kCols + (tid % (kCols / 4)) * 4) = acc;
+  __syncthreads();
+  if (tid < kCols && col0 + tid < d_v) {
+    float sum = 0.f;
+    for (int gi = 0; gi < kGroups; ++gi) sum += partial[gi * kCols + tid];
+    out[(static_cast<int64_t>(b) * q_heads + h) * d_v + col0 + tid] = from_float<T>(sum / den);
+  }
+}
+
+}  // namespace
+
+void decode_combine(const StepView& s, const DecodeShape& sh, const float* part_out, const float* part_lse,
+                    int splits, void* out, DType dtype, cudaStream_t stream) {
+  if (s.batch == 0) return;
+  const size_t smem = (splits + kGroups * kCols) * sizeof(float);
+  const dim3 grid(s.batch, sh.q_heads, (sh.d_v + kCols - 1) / kCols);
+  dispatch_dtype(dtype, "cuda::decode_combine", [&](auto tag) {
+    using T = decltype(tag);
+    decode_combine_kernel<T><<<grid, kThreads, smem, stream>>>(sh.q_heads, sh.d_v, splits, part_out, part_lse,
+                                                               static_cast<T*>(out));
+    LCA_CUDA_CHECK_LAUNCH("decode_combine");
+  });
+}
+
+}  // namespace lca::cuda::detail

@@ -1,0 +1,484 @@
+// The GPU decode path (PagedKvCache + decode kernels) against the CPU
+// CondensedKvCache, which is tested against the reference and the float64
+// oracle: token-by-token decode after a prefill gives the same outputs and the
+// same cache contents at every step, across many group closings, for batches
+// of sequences of different lengths, sequences leaving and joining (blocks
+// reused), forced split counts and CUDA graph replay. Inputs are rounded to
+// the cache dtype first, so both sides see the same numbers; outputs are
+// poisoned before each step and NaN never passes. Without a GPU the cases
+// that need one report SKIPPED; the configuration checks run everywhere.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "lca/cache.hpp"
+#include "lca/cuda.hpp"
+#include "lca/paged_cache.hpp"
+#include "lca/reference.hpp"
+
+namespace {
+
+using lca::DType;
+using lca::KvLayout;
+using lca::LcaParams;
+using lca::Tensor;
+using lca::cuda::PagedCacheConfig;
+using lca::cuda::PagedKvCache;
+
+#define REQUIRE_GPU() \
+  if (!lca::cuda::device_present()) GTEST_SKIP() << "no CUDA device on this machine"
+
+LcaParams lca_params(int64_t w, int64_t g) {
+  LcaParams p;
+  p.window = w;
+  p.group = g;
+  return p;
+}
+
+Tensor<float> random_rounded(std::mt19937_64& rng, const lca::Shape& shape, DType dtype, float stddev = 1.f) {
+  std::normal_distribution<float> nd(0.f, stddev);
+  Tensor<float> t(shape);
+  for (float& v : t.vec()) v = lca::round_to(dtype, nd(rng));
+  return t;
+}
+
+// ||got - want|| / ||want||; infinity if got holds a NaN or infinity.
+double rel_error(const float* got, const float* want, int64_t n) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (!std::isfinite(got[i])) return INFINITY;
+    const double d = double(got[i]) - want[i];
+    num += d * d;
+    den += double(want[i]) * want[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-300));
+}
+double rel_error(const Tensor<float>& got, const Tensor<float>& want) {
+  EXPECT_EQ(got.shape(), want.shape());
+  if (got.shape() != want.shape()) return INFINITY;
+  return rel_error(got.data(), want.data(), got.numel());
+}
+
+struct DeviceBytes {
+  void* ptr = nullptr;
+  explicit DeviceBytes(size_t bytes) { EXPECT_EQ(cudaMalloc(&ptr, std::max<size_t>(bytes, 16)), cudaSuccess); }
+  ~DeviceBytes() { cudaFree(ptr); }
+};
+
+void to_device(void* dst, const Tensor<float>& t, DType dtype) {
+  std::vector<unsigned char> bytes(static_cast<size_t>(t.numel() * lca::dtype_size(dtype)));
+  lca::encode(dtype, t.data(), t.numel(), bytes.data());
+  ASSERT_EQ(cudaMemcpy(dst, bytes.data(), bytes.size(), cudaMemcpyHostToDevice), cudaSuccess);
+}
+Tensor<float> from_device(const void* src, const lca::Shape& shape, DType dtype) {
+  Tensor<float> t(shape);
+  std::vector<unsigned char> bytes(static_cast<size_t>(t.numel() * lca::dtype_size(dtype)));
+  EXPECT_EQ(cudaMemcpy(bytes.data(), src, bytes.size(), cudaMemcpyDeviceToHost), cudaSuccess);
+  lca::decode(dtype, bytes.data(), t.numel(), t.data());
+  return t;
+}
+
+// One test scenario: a layout, a policy, and the CPU caches that mirror the GPU's sequences.
+struct Scenario {
+  PagedCacheConfig cfg;
+  std::mt19937_64 rng{7};
+  std::unique_ptr<PagedKvCache> gpu;
+  std::map<int64_t, lca::CondensedKvCache> cpu;  // slot -> the same sequence on the CPU (layer 0 only)
+  std::unique_ptr<DeviceBytes> rows_d, queries_d, out_d;
+  int64_t max_batch = 0;
+  double worst_out = 0, worst_reps = 0;
+
+  lca::CondensedKvCache make_cpu() const {
+    return cfg.layout == KvLayout::mla ? lca::CondensedKvCache::mla(cfg.mla, cfg.scale, cfg.params, cfg.dtype)
+                                       : lca::CondensedKvCache::gqa(cfg.gqa, cfg.rope, cfg.scale, cfg.params, cfg.dtype);
+  }
+  int64_t heads() const { return gpu->query_heads(); }
+
+  void start(int64_t batch) {
+    gpu = std::make_unique<PagedKvCache>(cfg);
+    max_batch = batch;
+    const size_t es = static_cast<size_t>(lca::dtype_size(cfg.dtype));
+    rows_d = std::make_unique<DeviceBytes>(batch * gpu->row_width() * es);
+    queries_d = std::make_unique<DeviceBytes>(batch * heads() * gpu->query_width() * es);
+    out_d = std::make_unique<DeviceBytes>(batch * heads() * gpu->output_width() * es);
+  }
+
+  // A new sequence prefilled with n0 random tokens on the CPU, loaded into every GPU layer.
+  int64_t join(int64_t n0) {
+    const int64_t seq = gpu->add_sequence();
+    lca::CondensedKvCache c = make_cpu();
+    if (n0 > 0) {
+      Tensor<float> rows = random_rounded(rng, {n0, gpu->row_width()}, cfg.dtype);
+      Tensor<float> q = random_rounded(rng, {n0, heads(), gpu->query_width()}, cfg.dtype, 0.3f);
+      Tensor<float> summary = cfg.layout == KvLayout::mla
+                                  ? lca::ref::mla_summary_queries(q, cfg.mla, cfg.params.score)
+                                  : lca::ref::gqa_summary_queries(q, cfg.gqa);
+      if (cfg.params.is_full()) summary = Tensor<float>({n0, c.summary_width()});
+      c.append(rows, summary);
+    }
+    gpu->set_tokens(seq, n0);
+    for (int64_t layer = 0; layer < cfg.layers; ++layer) {
+      lca::cuda::PagedLayerContents contents{c.representative_rows(), c.raw_rows(),
+                                             cfg.params.is_full() ? Tensor<float>() : c.summary_ring()};
+      gpu->write_layer(seq, layer, contents);
+    }
+    cpu.erase(seq);
+    cpu.emplace(seq, std::move(c));
+    return seq;
+  }
+
+  void leave(int64_t seq) {
+    gpu->release_sequence(seq);
+    cpu.erase(seq);
+  }
+
+  // Blocks the sequences hold by the spec's counts: representatives and the raw window's blocks.
+  int64_t expected_blocks() const {
+    const int64_t B = cfg.block_rows;
+    int64_t blocks = 0;
+    for (const auto& [seq, c] : cpu) {
+      const int64_t n = c.tokens(), m = lca::condensed_groups(n, cfg.params);
+      if (n == 0) continue;
+      blocks += (m + B - 1) / B + (n - 1) / B - lca::first_raw_position(n, cfg.params) / B + 1;
+    }
+    return blocks * cfg.layers;
+  }
+
+  // One decode step of `seqs` in every layer (layer 0 compared with the CPU).
+  // With a graph, the step's launches come from `graph` (captured on first use).
+  void step(const std::vector<int64_t>& seqs, int64_t splits = 0, cudaGraphExec_t* graph = nullptr,
+            cudaStream_t stream = nullptr) {
+    const int64_t B = static_cast<int64_t>(seqs.size());
+    ASSERT_LE(B, max_batch);
+    Tensor<float> rows = random_rounded(rng, {B, gpu->row_width()}, cfg.dtype);
+    Tensor<float> q = random_rounded(rng, {B, heads(), gpu->query_width()}, cfg.dtype, 0.3f);
+    to_device(rows_d->ptr, rows, cfg.dtype);
+    to_device(queries_d->ptr, q, cfg.dtype);
+    ASSERT_EQ(cudaMemset(out_d->ptr, 0xff, B * heads() * gpu->output_width() * lca::dtype_size(cfg.dtype)),
+              cudaSuccess);
+    gpu->begin_step(seqs, stream, splits);
+    if (graph != nullptr) {
+      if (*graph == nullptr) {
+        cudaGraph_t g;
+        ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+        for (int64_t layer = 0; layer < cfg.layers; ++layer)
+          gpu->decode_layer(layer, rows_d->ptr, queries_d->ptr, out_d->ptr, stream);
+        ASSERT_EQ(cudaStreamEndCapture(stream, &g), cudaSuccess);
+        ASSERT_EQ(cudaGraphInstantiate(graph, g, 0), cudaSuccess);
+        cudaGraphDestroy(g);
+      }
+      ASSERT_EQ(cudaGraphLaunch(*graph, stream), cudaSuccess);
+    } else {
+      // Layers past 0 get the same rows: they must end in the same state.
+      for (int64_t layer = cfg.layers - 1; layer >= 0; --layer)
+        gpu->decode_layer(layer, rows_d->ptr, queries_d->ptr, out_d->ptr, stream);
+    }
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+    gpu->end_step();
+    const Tensor<float> out = from_device(out_d->ptr, {B, heads(), gpu->output_width()}, cfg.dtype);
+    const int64_t ow = heads() * gpu->output_width();
+    for (int64_t b = 0; b < B; ++b) {
+      lca::CondensedKvCache& c = cpu.at(seqs[static_cast<size_t>(b)]);
+      Tensor<float> row({1, gpu->row_width()}), qb({1, heads(), gpu->query_width()});
+      std::copy_n(rows.row(b), gpu->row_width(), row.data());
+      std::copy_n(q.row(b), qb.numel(), qb.data());
+      const Tensor<float> want = c.forward(row, qb);
+      const double err = rel_error(out.data() + b * ow, want.data(), ow);
+      worst_out = std::max(worst_out, err);
+      ASSERT_LT(err, 1e-2) << "output of sequence " << seqs[static_cast<size_t>(b)] << " at position "
+                           << c.tokens() - 1;
+      ASSERT_EQ(gpu->tokens(seqs[static_cast<size_t>(b)]), c.tokens());
+    }
+    ASSERT_EQ(gpu->blocks_in_use(), expected_blocks());
+  }
+
+  // Cache contents of every sequence and layer against the CPU cache.
+  void compare_contents() {
+    for (auto& [seq, c] : cpu) {
+      for (int64_t layer = 0; layer < cfg.layers; ++layer) {
+        SCOPED_TRACE("sequence " + std::to_string(seq) + " layer " + std::to_string(layer) + " at n = " +
+                     std::to_string(c.tokens()));
+        const lca::cuda::PagedLayerContents got = gpu->read_layer(seq, layer);
+        // Raw rows are the inputs as stored: bitwise.
+        ASSERT_EQ(got.raw.shape(), c.raw_rows().shape());
+        EXPECT_EQ(got.raw.vec(), c.raw_rows().vec());
+        // Representatives: fp32 pooling in another order, rounded once: to rounding.
+        ASSERT_EQ(got.representatives.shape(), c.representative_rows().shape());
+        if (got.representatives.numel() > 0) {
+          const double err = rel_error(got.representatives, c.representative_rows());
+          worst_reps = std::max(worst_reps, err);
+          EXPECT_LT(err, 1e-2);
+        }
+        if (!cfg.params.is_full()) EXPECT_LT(rel_error(got.summary_ring, c.summary_ring()), 1e-5);
+      }
+    }
+  }
+};
+
+PagedCacheConfig mla_config(int64_t heads, int64_t d_latent, int64_t d_rope, LcaParams p, DType dtype,
+                            int64_t block_rows) {
+  PagedCacheConfig cfg;
+  cfg.layout = KvLayout::mla;
+  cfg.mla = lca::MlaDims{.heads = heads, .d_latent = d_latent, .d_rope = d_rope, .d_nope = 128, .d_v = 128};
+  cfg.scale = 1.0 / std::sqrt(192.0);
+  cfg.params = p;
+  cfg.dtype = dtype;
+  cfg.block_rows = block_rows;
+  return cfg;
+}
+
+PagedCacheConfig gqa_config(int64_t q_heads, int64_t kv_heads, int64_t d, LcaParams p, DType dtype,
+                            int64_t block_rows) {
+  PagedCacheConfig cfg;
+  cfg.layout = KvLayout::gqa;
+  cfg.gqa = lca::GqaDims{.q_heads = q_heads, .kv_heads = kv_heads, .head_dim = d};
+  cfg.rope.theta = 10000.0;
+  cfg.scale = 1.0 / std::sqrt(double(d));
+  cfg.params = p;
+  cfg.dtype = dtype;
+  cfg.block_rows = block_rows;
+  return cfg;
+}
+
+// A batch of sequences of different lengths decoding `steps` tokens together.
+void run_batch(PagedCacheConfig cfg, const std::vector<int64_t>& prefill, int64_t steps, int64_t compare_every) {
+  Scenario s;
+  cfg.max_seqs = static_cast<int64_t>(prefill.size());
+  cfg.max_context = *std::max_element(prefill.begin(), prefill.end()) + steps + 1;
+  s.cfg = cfg;
+  s.start(cfg.max_seqs);
+  std::vector<int64_t> seqs;
+  for (int64_t n0 : prefill) seqs.push_back(s.join(n0));
+  s.compare_contents();
+  for (int64_t i = 0; i < steps; ++i) {
+    ASSERT_NO_FATAL_FAILURE(s.step(seqs));
+    if ((i + 1) % compare_every == 0) ASSERT_NO_FATAL_FAILURE(s.compare_contents());
+  }
+  s.compare_contents();
+  for (int64_t seq : seqs) s.leave(seq);
+  EXPECT_EQ(s.gpu->free_blocks(), s.gpu->total_blocks());
+  std::printf("  worst relative error: outputs %.2e, representatives %.2e\n", s.worst_out, s.worst_reps);
+}
+
+TEST(GpuDecode, MlaDeepSeekShapeMatchesCpuCache) {
+  REQUIRE_GPU();
+  // w = 64, g = 16: each sequence closes a group every 16 steps; lengths cross w + g.
+  PagedCacheConfig cfg = mla_config(16, 512, 64, lca_params(64, 16), DType::bf16, 64);
+  cfg.layers = 2;
+  run_batch(cfg, {0, 70, 333, 1000}, 72, 12);
+}
+
+TEST(GpuDecode, MlaMiniCpm3ShapeScoreFullMassBias) {
+  REQUIRE_GPU();
+  LcaParams p = lca_params(40, 8);
+  p.score = lca::ScoreMode::full;
+  p.mass_bias = lca::MassBias::log_g;
+  run_batch(mla_config(40, 256, 32, p, DType::f16, 32), {3, 47, 500}, 50, 10);
+}
+
+TEST(GpuDecode, GqaPooledKeys) {
+  REQUIRE_GPU();
+  run_batch(gqa_config(28, 4, 128, lca_params(48, 16), DType::bf16, 64), {5, 64, 400, 1500}, 70, 14);
+}
+
+TEST(GpuDecode, GqaAnchorKeysHeadDim64) {
+  REQUIRE_GPU();
+  LcaParams p = lca_params(16, 4);
+  p.key_mode = lca::KeyMode::anchor;
+  run_batch(gqa_config(9, 3, 64, p, DType::f16, 16), {1, 30, 250}, 40, 8);
+}
+
+TEST(GpuDecode, WindowZeroCondensesTheNewToken) {
+  REQUIRE_GPU();
+  // w = 0: the group that closes at t ends at t, whose row the same step appends.
+  run_batch(mla_config(16, 512, 64, lca_params(0, 8), DType::bf16, 32), {0, 21, 64}, 40, 8);
+  run_batch(gqa_config(8, 2, 64, lca_params(0, 4), DType::f16, 16), {2, 33}, 30, 6);
+}
+
+TEST(GpuDecode, FullAttentionIsTheNoGroupPolicy) {
+  REQUIRE_GPU();
+  run_batch(mla_config(16, 512, 64, LcaParams::full(), DType::bf16, 64), {0, 200, 2100}, 20, 10);
+  run_batch(gqa_config(28, 4, 128, LcaParams::full(), DType::f16, 64), {9, 700}, 20, 10);
+}
+
+TEST(GpuDecode, SequencesLeaveAndJoinReusingBlocks) {
+  REQUIRE_GPU();
+  Scenario s;
+  s.cfg = gqa_config(8, 2, 64, lca_params(32, 8), DType::bf16, 16);
+  s.cfg.layers = 2;
+  s.cfg.max_seqs = 3;
+  s.cfg.max_context = 600;
+  s.start(3);
+  std::vector<int64_t> seqs = {s.join(100), s.join(7)};
+  for (int i = 0; i < 20; ++i) ASSERT_NO_FATAL_FAILURE(s.step(seqs));
+  const int64_t free_before = s.gpu->free_blocks();
+  s.leave(seqs[0]);
+  EXPECT_GT(s.gpu->free_blocks(), free_before);
+  seqs[0] = s.join(300);  // takes the freed slot and blocks
+  seqs.push_back(s.join(40));
+  EXPECT_EQ(s.gpu->active_sequences(), 3);
+  EXPECT_THROW(s.gpu->add_sequence(), lca::Error);
+  for (int i = 0; i < 30; ++i) {
+    ASSERT_NO_FATAL_FAILURE(s.step(seqs));
+    if (i == 12) {  // one sequence finishes, the others go on as a smaller batch
+      s.leave(seqs[1]);
+      seqs.erase(seqs.begin() + 1);
+    }
+  }
+  s.compare_contents();
+}
+
+TEST(GpuDecode, ForcedSplitCountsAgree) {
+  REQUIRE_GPU();
+  Scenario s;
+  s.cfg = mla_config(16, 512, 64, lca_params(128, 16), DType::bf16, 64);
+  s.cfg.max_seqs = 2;
+  s.cfg.max_context = 4000;
+  s.cfg.max_splits = 64;
+  s.start(2);
+  std::vector<int64_t> seqs = {s.join(3000), s.join(130)};
+  for (int64_t splits : {1, 2, 3, 7, 64}) {
+    SCOPED_TRACE("splits " + std::to_string(splits));
+    ASSERT_NO_FATAL_FAILURE(s.step(seqs, splits));
+    EXPECT_EQ(s.gpu->step_splits(), splits);
+  }
+}
+
+TEST(GpuDecode, GraphReplayMatchesCpuCache) {
+  REQUIRE_GPU();
+  Scenario s;
+  s.cfg = mla_config(16, 512, 64, lca_params(64, 16), DType::bf16, 64);
+  s.cfg.layers = 3;
+  s.cfg.max_seqs = 2;
+  s.cfg.max_context = 1000;
+  s.start(2);
+  std::vector<int64_t> seqs = {s.join(90), s.join(500)};
+  cudaStream_t stream;
+  ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+  cudaGraphExec_t graph = nullptr;
+  for (int i = 0; i < 40; ++i) ASSERT_NO_FATAL_FAILURE(s.step(seqs, 8, &graph, stream));
+  s.compare_contents();
+  cudaGraphExecDestroy(graph);
+  cudaStreamDestroy(stream);
+}
+
+TEST(GpuDecode, OutOfBlocksIsAnErrorAndChangesNothing) {
+  REQUIRE_GPU();
+  Scenario s;
+  s.cfg = gqa_config(8, 2, 64, lca_params(32, 8), DType::bf16, 16);
+  s.cfg.max_seqs = 2;
+  s.cfg.max_context = 400;
+  s.cfg.pool_bytes = 4 * 16 * s.cfg.gqa.row_width() * 2;  // four blocks
+  s.start(2);
+  const int64_t a = s.join(80);  // one representative block, raw blocks 3 and 4
+  EXPECT_EQ(s.gpu->free_blocks(), 1);
+  const int64_t b = s.gpu->add_sequence();
+  try {
+    s.gpu->set_tokens(b, 40);
+    FAIL() << "set_tokens beyond the pool did not throw";
+  } catch (const lca::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("out of cache blocks"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(s.gpu->tokens(b), 0);
+  EXPECT_EQ(s.gpu->free_blocks(), 1);
+  // Decode until a step needs a block it cannot have: the step throws, the cache stays as it was.
+  const std::vector<int64_t> seqs = {a};
+  bool threw = false;
+  for (int i = 0; i < 100 && !threw; ++i) {
+    const int64_t n = s.gpu->tokens(a), free = s.gpu->free_blocks();
+    try {
+      ASSERT_NO_FATAL_FAILURE(s.step(seqs));
+    } catch (const lca::Error& e) {
+      threw = true;
+      EXPECT_NE(std::string(e.what()).find("out of cache blocks"), std::string::npos) << e.what();
+      EXPECT_EQ(s.gpu->tokens(a), n);
+      EXPECT_EQ(s.gpu->free_blocks(), free);
+    }
+  }
+  EXPECT_TRUE(threw);
+}
+
+TEST(GpuDecode, BadCallsNameTheProblem) {
+  REQUIRE_GPU();
+  Scenario s;
+  s.cfg = gqa_config(8, 2, 64, lca_params(32, 8), DType::bf16, 16);
+  s.cfg.max_seqs = 2;
+  s.cfg.max_context = 50;
+  s.start(2);
+  const int64_t a = s.join(49);
+  auto expect_error = [](auto&& f, const char* needle) {
+    try {
+      f();
+      ADD_FAILURE() << "no error; expected one naming '" << needle << "'";
+    } catch (const lca::Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  const std::vector<int64_t> twice = {a, a}, unknown = {1};
+  expect_error([&] { s.gpu->begin_step(twice); }, "appears twice");
+  expect_error([&] { s.gpu->begin_step(unknown); }, "not an active slot");
+  expect_error([&] { s.gpu->decode_layer(0, s.rows_d->ptr, s.queries_d->ptr, s.out_d->ptr); }, "no step in progress");
+  expect_error([&] { s.gpu->set_tokens(a, 3); }, "already holds");
+  ASSERT_NO_FATAL_FAILURE(s.step({a}));  // the 50th token
+  expect_error([&] { s.gpu->begin_step(std::vector<int64_t>{a}); }, "max_context");
+  expect_error([&] { s.gpu->read_layer(a, 5); }, "layer 5");
+}
+
+// ---- Configuration checks: no device needed ---------------------------------------
+
+TEST(PagedCacheConfig, InvalidFieldsAreNamed) {
+  auto expect_error = [](PagedCacheConfig cfg, const char* needle) {
+    try {
+      cfg.validate();
+      ADD_FAILURE() << "no error; expected one naming '" << needle << "'";
+    } catch (const lca::Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  PagedCacheConfig ok = mla_config(16, 512, 64, lca_params(1024, 16), DType::bf16, 64);
+  ok.max_context = 1000;
+  EXPECT_NO_THROW(ok.validate());
+  PagedCacheConfig c = ok;
+  c.block_rows = 40;
+  expect_error(c, "multiple of the group size");
+  c = ok;
+  c.dtype = DType::f32;
+  expect_error(c, "dtype");
+  c = ok;
+  c.max_context = 0;
+  expect_error(c, "max_context");
+  c = ok;
+  c.mla.d_latent = 384;
+  expect_error(c, "not built for decode");
+  c = gqa_config(8, 3, 64, lca_params(64, 16), DType::bf16, 64);
+  c.max_context = 100;
+  expect_error(c, "kv_heads");
+  c = gqa_config(8, 2, 96, lca_params(64, 16), DType::bf16, 64);
+  c.max_context = 100;
+  expect_error(c, "head_dim 96");
+  c = ok;
+  c.scale = 0;
+  expect_error(c, "scale");
+}
+
+TEST(PagedCacheConfig, NoDeviceIsAClearError) {
+  if (lca::cuda::device_present()) GTEST_SKIP() << "a CUDA device is present; this checks the error without one";
+  PagedCacheConfig cfg = mla_config(16, 512, 64, lca_params(1024, 16), DType::bf16, 64);
+  cfg.max_context = 1000;
+  try {
+    PagedKvCache cache(cfg);
+    FAIL() << "no error without a device";
+  } catch (const lca::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("no CUDA device"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
