@@ -455,7 +455,8 @@ void PagedKvCache::begin_step(std::span<const int64_t> seqs, cudaStream_t stream
   }
   const int64_t batch = static_cast<int64_t>(seqs.size());
   if (splits == 0) {
-    const int64_t per_split_item = batch * m.shape.kv_heads * ceil_div(m.shape.q_heads / m.shape.kv_heads, 16);
+    const int64_t per_split_item =
+        batch * m.shape.kv_heads * ceil_div(m.shape.q_heads / m.shape.kv_heads, detail::decode_heads_per_block(m.shape));
     // At most one wave of attention blocks (a second, partly filled wave would
     // cost a whole one), and at least two tiles per split where the rows allow
     // (a block's latency is mostly its first tile; more splits, more to combine).

@@ -4,23 +4,26 @@
 // combine kernel (decode_combine.cu) merges the splits.
 //
 // Tile plan (mma.sync m16n8k16, fp32 accumulators; 4 warps, 128 threads):
-// - a block owns one (split, batch entry, kv head, block of 16 query heads).
-//   MLA has one kv head, so all heads of a sequence share every row read
-//   (absorbed form: key = [c ; k^R], value = c, one row read serves both);
-//   GQA loads the kv head's [k ; v] slice of each row.
-// - rows come in tiles of 64, double-buffered in shared memory by cp.async
-//   (rows past the split's end zero-filled); the 64 row addresses of a tile are
-//   looked up once in the block tables (into shared memory) before its copies.
-// - S = Q K^T: warp w takes rows 16w..16w+15 of the tile for all 16 heads
-//   (Q and K by ldmatrix), scales, masks, and writes S to shared memory.
+// - a block owns one (split, batch entry, kv head, block of 16 HT query heads;
+//   HT = 3 for MiniCPM3's 40 heads, 1 elsewhere). MLA has one kv head, so all
+//   heads of a sequence share every row read (absorbed form: key = [c ; k^R],
+//   value = c, one row read serves both); GQA loads the kv head's [k ; v]
+//   slice of each row.
+// - a split's rows are whole tiles of 64, spread evenly over the splits; tiles
+//   are double-buffered in shared memory by cp.async (rows past the end
+//   zero-filled); the 64 row addresses of a tile are looked up once in the
+//   block tables (into shared memory) before its copies are issued.
+// - S = Q K^T: warp w takes rows 16w..16w+15 of the tile for all heads (Q and
+//   K by ldmatrix; even and odd k-steps in separate accumulators), scales,
+//   masks, and writes S to shared memory.
 // - softmax: 8 threads per head reduce the tile's 64 scores (online, log2
 //   domain), write P (in the storage dtype) and the rescale factor.
-// - O += P V: warp w owns output columns [w d_v/4, (w+1) d_v/4) of all 16
-//   heads (V by transposed ldmatrix from the same shared rows).
+// - O += P V: warp w owns output columns [w d_v/4, (w+1) d_v/4) of all heads
+//   (V by transposed ldmatrix from the same shared rows).
 // - the split's output, normalised, and its log-sum-exp go to fp32 workspace.
-// Shared memory: (16 (d_qk+8) + 2 * 64 (W+8) + 16 * 72) * 2 + 64 * 16 * 4 + ...
-// bytes, W = d_qk (MLA) or 2 d (GQA): 171 KB for DeepSeek (576/512), 86 KB for
-// MiniCPM3 (288/256), 74 KB for GQA d = 128.
+// Shared memory: (16 HT (d_qk+8) + 2 * 64 (W+8) + 16 HT * 72) * 2 + 16 HT * 64 * 4
+// bytes and a little, W = d_qk (MLA) or 2 d (GQA): 171 KB for DeepSeek
+// (576/512), 124 KB for MiniCPM3 (288/256, HT = 3), 74 KB for GQA d = 128.
 #include <cmath>
 
 #include "decode.cuh"
@@ -32,40 +35,43 @@ namespace {
 
 constexpr int kRows = 64, kHeads = 16, kWarps = 4, kThreads = kWarps * 32, kStages = 2;
 
-template <class T, bool kMla, int DQK, int DV>
+// HT head tiles of 16 per block: every row a block loads serves 16 HT heads.
+template <class T, bool kMla, int DQK, int DV, int HT>
 struct Tile {
+  static constexpr int MH = kHeads * HT;          // query heads per block
   static constexpr int W = kMla ? DQK : 2 * DQK;  // values of a row the block loads
   static constexpr int VO = kMla ? 0 : DQK;       // the value's offset within them
   static constexpr int RS = W + 8, QS = DQK + 8, PS = kRows + 8;  // padded shared rows (elements)
   static constexpr int NV = DV / kWarps;          // output columns per warp
-  static constexpr size_t q_elems = size_t(kHeads) * QS, row_elems = size_t(kStages) * kRows * RS,
-                          p_elems = size_t(kHeads) * PS;
-  static constexpr size_t bytes = (q_elems + row_elems + p_elems) * sizeof(T) + size_t(kHeads) * kRows * 4 +
-                                  3 * kHeads * 4 + kStages * kRows * sizeof(void*);
-  static_assert(DQK % 16 == 0 && NV % 16 == 0, "head dims must be multiples of 16 (d_v of 64)");
+  static constexpr size_t q_elems = size_t(MH) * QS, row_elems = size_t(kStages) * kRows * RS,
+                          p_elems = size_t(MH) * PS;
+  static constexpr size_t bytes = (q_elems + row_elems + p_elems) * sizeof(T) + size_t(MH) * kRows * 4 +
+                                  3 * MH * 4 + kStages * kRows * sizeof(void*);
+  static_assert(DQK % 32 == 0 && NV % 16 == 0, "head dims must be multiples of 32 (d_v of 64)");
 };
 
-template <class T, bool kMla, int DQK, int DV>
+template <class T, bool kMla, int DQK, int DV, int HT>
 __global__ void __launch_bounds__(kThreads) decode_attention_kernel(PagedView v, StepView s, DecodeShape sh,
                                                                     const T* queries, float* part_out,
                                                                     float* part_lse, float scale_log2,
                                                                     float rep_bias_log2) {
-  using L = Tile<T, kMla, DQK, DV>;
+  using L = Tile<T, kMla, DQK, DV, HT>;
+  constexpr int MH = L::MH;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sRows = sQ + L::q_elems;
   T* sP = sRows + L::row_elems;
   float* sS = reinterpret_cast<float*>(sP + L::p_elems);
-  float* sMax = sS + kHeads * kRows;
-  float* sSum = sMax + kHeads;
-  float* sCorr = sSum + kHeads;
-  const T** sPtr = reinterpret_cast<const T**>(sCorr + kHeads);
+  float* sMax = sS + MH * kRows;
+  float* sSum = sMax + MH;
+  float* sCorr = sSum + MH;
+  const T** sPtr = reinterpret_cast<const T**>(sCorr + MH);
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, tid = threadIdx.x;
   const int split = blockIdx.x, b = blockIdx.y, splits = gridDim.x;
-  const int per = sh.q_heads / sh.kv_heads, head_blocks = (per + kHeads - 1) / kHeads;
-  const int kv = blockIdx.z / head_blocks, h0 = kv * per + (blockIdx.z % head_blocks) * kHeads;
-  const int heads = min(kHeads, kv * per + per - h0);  // valid heads of this block
+  const int per = sh.q_heads / sh.kv_heads, head_blocks = (per + MH - 1) / MH;
+  const int kv = blockIdx.z / head_blocks, h0 = kv * per + (blockIdx.z % head_blocks) * MH;
+  const int heads = min(MH, kv * per + per - h0);  // valid heads of this block
 
   const int64_t t = s.positions[b];
   const int64_t tr = table_row(v, s.seqs[b]);
@@ -75,7 +81,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(PagedView v,
   const int64_t r0 = tiles_total * split / splits * kRows, r1 = min(rows.count, tiles_total * (split + 1) / splits * kRows);
   float* lse_out = part_lse + (static_cast<int64_t>(b) * splits + split) * sh.q_heads + h0;
   if (r0 >= r1) {  // an empty split: the combine skips it
-    if (tid < heads) lse_out[tid] = -INFINITY;
+    for (int h = tid; h < heads; h += kThreads) lse_out[h] = -INFINITY;
     return;
   }
   const int tiles = static_cast<int>((r1 - r0 + kRows - 1) / kRows);
@@ -83,11 +89,11 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(PagedView v,
 
   // Q (heads past `heads` are zeros).
   const T* qsrc = queries + (static_cast<int64_t>(b) * sh.q_heads + h0) * DQK;
-  for (int c = tid; c < kHeads * (DQK / 8); c += kThreads) {
+  for (int c = tid; c < MH * (DQK / 8); c += kThreads) {
     const int hl = c / (DQK / 8), col = (c % (DQK / 8)) * 8;
     cp_async16(sQ + hl * L::QS + col, qsrc + (hl < heads ? hl : 0) * DQK + col, hl < heads ? 16 : 0);
   }
-  if (tid < kHeads) sMax[tid] = -INFINITY, sSum[tid] = 0.f;
+  for (int h = tid; h < MH; h += kThreads) sMax[h] = -INFINITY, sSum[h] = 0.f;
   auto find_rows = [&](int i) {  // row addresses of tile i (threads 0..63)
     const int64_t r = r0 + int64_t(i) * kRows + tid;
     if (tid < kRows) sPtr[(i & 1) * kRows + tid] = r < r1 ? paged_row<T>(v, tr, rows, r) + slice : nullptr;
@@ -105,9 +111,11 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(PagedView v,
   load_rows(0);
   cp_async_commit();
 
-  float o[L::NV / 8][4];
+  float o[HT][L::NV / 8][4];
 #pragma unroll
-  for (int n = 0; n < L::NV / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+  for (int ht = 0; ht < HT; ++ht)
+#pragma unroll
+    for (int n = 0; n < L::NV / 8; ++n) o[ht][n][0] = o[ht][n][1] = o[ht][n][2] = o[ht][n][3] = 0.f;
 
   for (int i = 0; i < tiles; ++i) {
     if (i + 1 < tiles) {
@@ -123,39 +131,41 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(PagedView v,
     const T* tile = sRows + (i & 1) * kRows * L::RS;
     const int64_t base = r0 + int64_t(i) * kRows;
 
-    // S for rows 16 warp .. 16 warp + 15 of the tile, all 16 heads; even and
+    // S for rows 16 warp .. 16 warp + 15 of the tile and every head; even and
     // odd k-steps accumulate apart, halving the chain of dependent mma.
-    float acc[2][4] = {}, acc_odd[2][4] = {};
-    auto k_step = [&](int kk, float(&c)[2][4]) {
-      uint32_t a[4], bk[4];
-      ldmatrix_x4(a, sQ + (lane % 16) * L::QS + kk * 16 + (lane / 16) * 8);
+    float acc[HT][2][4] = {}, acc_odd[HT][2][4] = {};
+    auto k_step = [&](int kk, float(&c)[HT][2][4]) {
+      uint32_t bk[4];
       ldmatrix_x4(bk, tile + (warp * 16 + (lane / 16) * 8 + lane % 8) * L::RS + kk * 16 + ((lane / 8) % 2) * 8);
-      mma16816<T>(c[0], a, bk[0], bk[1]);
-      mma16816<T>(c[1], a, bk[2], bk[3]);
+#pragma unroll
+      for (int ht = 0; ht < HT; ++ht) {
+        uint32_t a[4];
+        ldmatrix_x4(a, sQ + (ht * 16 + lane % 16) * L::QS + kk * 16 + (lane / 16) * 8);
+        mma16816<T>(c[ht][0], a, bk[0], bk[1]);
+        mma16816<T>(c[ht][1], a, bk[2], bk[3]);
+      }
     };
-    static_assert(DQK % 32 == 0, "k-steps come in pairs");
 #pragma unroll 2
     for (int kk = 0; kk < DQK / 16; kk += 2) {
       k_step(kk, acc);
       k_step(kk + 1, acc_odd);
     }
 #pragma unroll
-    for (int n = 0; n < 2; ++n)
+    for (int ht = 0; ht < HT; ++ht)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) acc[n][e] += acc_odd[n][e];
+      for (int n = 0; n < 2; ++n)
 #pragma unroll
-    for (int n = 0; n < 2; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int head = lane / 4 + (e / 2) * 8, key = warp * 16 + n * 8 + (lane % 4) * 2 + (e % 2);
-        const int64_t r = base + key;
-        sS[head * kRows + key] = r < r1 ? acc[n][e] * scale_log2 + (r < rows.m ? rep_bias_log2 : 0.f) : -INFINITY;
-      }
+        for (int e = 0; e < 4; ++e) {
+          const int head = ht * 16 + lane / 4 + (e / 2) * 8, key = warp * 16 + n * 8 + (lane % 4) * 2 + (e % 2);
+          const int64_t r = base + key;
+          const float x = acc[ht][n][e] + acc_odd[ht][n][e];
+          sS[head * kRows + key] = r < r1 ? x * scale_log2 + (r < rows.m ? rep_bias_log2 : 0.f) : -INFINITY;
+        }
     __syncthreads();
 
     // Online softmax over the tile: 8 threads per head, 8 scores each.
-    {
-      const int head = tid / 8, part = tid % 8;
+    for (int item = tid; item < MH * 8; item += kThreads) {
+      const int head = item / 8, part = item % 8;
       float x[8], tile_max = -INFINITY;
 #pragma unroll
       for (int e = 0; e < 8; ++e) tile_max = fmaxf(tile_max, x[e] = sS[head * kRows + part * 8 + e]);
@@ -182,20 +192,28 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(PagedView v,
     __syncthreads();
 
     // O = O * corr + P V for the warp's columns.
-    const float c0 = sCorr[lane / 4], c1 = sCorr[lane / 4 + 8];
 #pragma unroll
-    for (int n = 0; n < L::NV / 8; ++n) o[n][0] *= c0, o[n][1] *= c0, o[n][2] *= c1, o[n][3] *= c1;
+    for (int ht = 0; ht < HT; ++ht) {
+      const float c0 = sCorr[ht * 16 + lane / 4], c1 = sCorr[ht * 16 + lane / 4 + 8];
+#pragma unroll
+      for (int n = 0; n < L::NV / 8; ++n)
+        o[ht][n][0] *= c0, o[ht][n][1] *= c0, o[ht][n][2] *= c1, o[ht][n][3] *= c1;
+    }
 #pragma unroll
     for (int kk = 0; kk < kRows / 16; ++kk) {
-      uint32_t a[4];
-      ldmatrix_x4(a, sP + (lane % 16) * L::PS + kk * 16 + (lane / 16) * 8);
+      uint32_t a[HT][4];
+#pragma unroll
+      for (int ht = 0; ht < HT; ++ht) ldmatrix_x4(a[ht], sP + (ht * 16 + lane % 16) * L::PS + kk * 16 + (lane / 16) * 8);
 #pragma unroll
       for (int nd = 0; nd < L::NV / 16; ++nd) {
         uint32_t bv[4];
         ldmatrix_x4_trans(bv, tile + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * L::RS + L::VO + warp * L::NV +
                                   nd * 16 + (lane / 16) * 8);
-        mma16816<T>(o[2 * nd], a, bv[0], bv[1]);
-        mma16816<T>(o[2 * nd + 1], a, bv[2], bv[3]);
+#pragma unroll
+        for (int ht = 0; ht < HT; ++ht) {
+          mma16816<T>(o[ht][2 * nd], a[ht], bv[0], bv[1]);
+          mma16816<T>(o[ht][2 * nd + 1], a[ht], bv[2], bv[3]);
+        }
       }
     }
     __syncthreads();  // this stage, S and P are refilled next
@@ -203,34 +221,41 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(PagedView v,
 
   // The split's normalised output and log-sum-exp (log2 domain).
 #pragma unroll
-  for (int ri = 0; ri < 2; ++ri) {
-    const int hl = lane / 4 + ri * 8;
-    if (hl >= heads) continue;
-    const float inv = 1.f / sSum[hl];
-    float* dst = part_out + ((static_cast<int64_t>(b) * splits + split) * sh.q_heads + h0 + hl) * DV + warp * L::NV;
+  for (int ht = 0; ht < HT; ++ht)
 #pragma unroll
-    for (int n = 0; n < L::NV / 8; ++n)
-      *reinterpret_cast<float2*>(dst + n * 8 + (lane % 4) * 2) = make_float2(o[n][ri * 2] * inv, o[n][ri * 2 + 1] * inv);
-  }
-  if (tid < heads) lse_out[tid] = sMax[tid] + log2f(sSum[tid]);
+    for (int ri = 0; ri < 2; ++ri) {
+      const int hl = ht * 16 + lane / 4 + ri * 8;
+      if (hl >= heads) continue;
+      const float inv = 1.f / sSum[hl];
+      float* dst =
+          part_out + ((static_cast<int64_t>(b) * splits + split) * sh.q_heads + h0 + hl) * DV + warp * L::NV;
+#pragma unroll
+      for (int n = 0; n < L::NV / 8; ++n)
+        *reinterpret_cast<float2*>(dst + n * 8 + (lane % 4) * 2) =
+            make_float2(o[ht][n][ri * 2] * inv, o[ht][n][ri * 2 + 1] * inv);
+    }
+  for (int h = tid; h < heads; h += kThreads) lse_out[h] = sMax[h] + log2f(sSum[h]);
 }
 
-template <class T, bool kMla, int DQK, int DV>
-auto kernel_of() {
-  return decode_attention_kernel<T, kMla, DQK, DV>;
-}
-
-// Calls f.template operator()<kMla, DQK, DV>() for a built shape; false if none.
+// Calls f.template operator()<kMla, DQK, DV, HT>() for a built shape; false if none.
+// MiniCPM3's 40 heads take three head tiles per block (its rows read once, not three times).
 template <class F>
 bool dispatch_shape(bool mla, int64_t d_qk, int64_t d_v, F&& f) {
-  if (mla && d_qk == 576 && d_v == 512) return f.template operator()<true, 576, 512>(), true;
-  if (mla && d_qk == 288 && d_v == 256) return f.template operator()<true, 288, 256>(), true;
-  if (!mla && d_qk == 128 && d_v == 128) return f.template operator()<false, 128, 128>(), true;
-  if (!mla && d_qk == 64 && d_v == 64) return f.template operator()<false, 64, 64>(), true;
+  if (mla && d_qk == 576 && d_v == 512) return f.template operator()<true, 576, 512, 1>(), true;
+  if (mla && d_qk == 288 && d_v == 256) return f.template operator()<true, 288, 256, 3>(), true;
+  if (!mla && d_qk == 128 && d_v == 128) return f.template operator()<false, 128, 128, 1>(), true;
+  if (!mla && d_qk == 64 && d_v == 64) return f.template operator()<false, 64, 64, 1>(), true;
   return false;
 }
 
+
 }  // namespace
+
+int decode_heads_per_block(const DecodeShape& sh) {
+  int mh = kHeads;
+  dispatch_shape(sh.mla, sh.d_qk, sh.d_v, [&]<bool, int, int, int HT>() { mh = kHeads * HT; });
+  return mh;
+}
 
 bool decode_supports(bool mla, int64_t d_qk, int64_t d_v) {
   return mla ? (d_qk == 576 && d_v == 512) || (d_qk == 288 && d_v == 256)
@@ -241,9 +266,9 @@ int decode_ctas_per_sm(const DecodeShape& sh, DType dtype) {
   int ctas = 1;
   dispatch_dtype(dtype, "cuda::decode_attention", [&](auto tag) {
     using T = decltype(tag);
-    dispatch_shape(sh.mla, sh.d_qk, sh.d_v, [&]<bool kMla, int DQK, int DV>() {
-      using L = Tile<T, kMla, DQK, DV>;
-      auto kernel = kernel_of<T, kMla, DQK, DV>();
+    dispatch_shape(sh.mla, sh.d_qk, sh.d_v, [&]<bool kMla, int DQK, int DV, int HT>() {
+      using L = Tile<T, kMla, DQK, DV, HT>;
+      auto kernel = decode_attention_kernel<T, kMla, DQK, DV, HT>;
       LCA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L::bytes)));
       LCA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, kernel, kThreads, L::bytes));
     });
@@ -265,13 +290,13 @@ void decode_attention(const PagedView& v, const StepView& s, const DecodeShape& 
   const float scale_log2 = static_cast<float>(scale) * 1.4426950408889634f;
   const float bias_log2 =
       !params.is_full() && params.mass_bias == MassBias::log_g ? std::log2(static_cast<float>(params.group)) : 0.f;
-  const int per = sh.q_heads / sh.kv_heads;
-  const dim3 grid(splits, s.batch, sh.kv_heads * ((per + kHeads - 1) / kHeads));
+  const int per = sh.q_heads / sh.kv_heads, mh = decode_heads_per_block(sh);
+  const dim3 grid(splits, s.batch, sh.kv_heads * ((per + mh - 1) / mh));
   dispatch_dtype(dtype, "cuda::decode_attention", [&](auto tag) {
     using T = decltype(tag);
-    dispatch_shape(sh.mla, sh.d_qk, sh.d_v, [&]<bool kMla, int DQK, int DV>() {
-      using L = Tile<T, kMla, DQK, DV>;
-      auto kernel = kernel_of<T, kMla, DQK, DV>();
+    dispatch_shape(sh.mla, sh.d_qk, sh.d_v, [&]<bool kMla, int DQK, int DV, int HT>() {
+      using L = Tile<T, kMla, DQK, DV, HT>;
+      auto kernel = decode_attention_kernel<T, kMla, DQK, DV, HT>;
       // Once per kernel, outside any graph capture that later launches run in.
       static const cudaError_t attr =
           cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L::bytes));
