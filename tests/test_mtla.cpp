@@ -288,7 +288,7 @@ TEST(MtlaCache, StreamingEqualsPrefillEqualsTrainingForm) {
   Rng rng(7101);
   for (int64_t s : kDownRates)
     for (DType dt : {DType::f32, DType::bf16}) {
-      const MtlaStream st = random_stream(rng, s, 3 * s + rng.uniform_int(1, 2 * s + 3));
+      const MtlaStream st = random_stream(rng, s, 3 * s + 16 + rng.uniform_int(1, 2 * s + 3));
       SCOPED_TRACE(st.describe() + " dtype=" + lca::dtype_name(dt));
       const MtlaRun whole = run_cache(st, dt, {st.n()});
       EXPECT_EQ(whole.entries, lca::mtla_rows(st.n(), st.p));
