@@ -1,10 +1,14 @@
 // Plain parameter structs of the public API: the LCA policy (lca-spec.md
-// sections 2-5) and the shapes of the two attention layouts it condenses.
+// sections 2-5), the MTLA policy (mtla-spec.md) and the shapes of the two
+// attention layouts they condense.
 #pragma once
 
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <variant>
+
+#include "lca/tensor.hpp"
 
 namespace lca {
 
@@ -39,6 +43,19 @@ struct LcaParams {
   void validate() const;
   std::string describe() const;  // e.g. "lca(w=1024, g=16, score=latent, key=pooled)"
 };
+
+// MTLA (mtla-spec.md): tokens merged in chunks of s = down_rate with learned
+// sigmoid weights; a query sees the complete rows of earlier chunks and the
+// running merge of its own chunk. s = 1 is full MLA over the scaled latents.
+struct MtlaParams {
+  int64_t down_rate = 2;  // s >= 1 (the mtla package's default)
+  // Throws lca::Error naming the bad field (s = 0, ...).
+  void validate() const;
+  std::string describe() const;  // e.g. "mtla(s=2)"
+};
+
+// The merge rule of a cache: LCA (LcaParams::full() = full attention) or MTLA.
+using Policy = std::variant<LcaParams, MtlaParams>;
 
 // MLA in absorbed form (section 1). A cache row is [c ; k^R] (d_latent + d_rope
 // values); an absorbed query is [q~ ; q^R] of the same width, so every logit is
@@ -94,6 +111,47 @@ inline int64_t cache_entries(int64_t n, const LcaParams& p) {
   return condensed_groups(n, p) + (n - first_raw_position(n, p));
 }
 
+// ---- MTLA chunk arithmetic (mtla-spec.md sections 2-4) -------------------------
+
+// Cache rows after n tokens: ceil(n / s), the last one running when s does not divide n.
+inline int64_t mtla_rows(int64_t n, const MtlaParams& p) { return (n + p.down_rate - 1) / p.down_rate; }
+// Complete rows after n tokens, floor(n / s); query t sees mtla_complete_rows(t) of them.
+inline int64_t mtla_complete_rows(int64_t n, const MtlaParams& p) { return n / p.down_rate; }
+
+// What query t sees, for either policy: condensed rows [0, condensed) and the
+// rows of positions [raw_lo, t]. LCA: m(t+1) representatives and raw tokens
+// [g m(t+1), t]. MTLA: floor(t/s) complete rows and its own running row
+// ("prefix plus diagonal"; raw_lo = t).
+struct Visible {
+  int64_t condensed;
+  int64_t raw_lo;
+};
+inline Visible visible_rows(int64_t t, const LcaParams& p) {
+  return {condensed_groups(t + 1, p), first_raw_position(t + 1, p)};
+}
+inline Visible visible_rows(int64_t t, const MtlaParams& p) { return {mtla_complete_rows(t, p), t}; }
+inline Visible visible_rows(int64_t t, const Policy& p) {
+  return std::visit([t](const auto& q) { return visible_rows(t, q); }, p);
+}
+
+// The MTLA hyper-network of one layer (mtla-spec.md section 1): two affine maps
+// fc_c, fc_p : R^{d_c} -> R^{d_c/4}, laid out as PyTorch's nn.Linear, which is
+// how the mtla package stores them (hypernet_down.fc_c / fc_p): weight
+// [d_c/4, d_c] row-major (output-major, y = W x + b), bias [d_c/4].
+template <class T>
+struct MtlaHyperNet {
+  Tensor<T> fc_c_weight, fc_c_bias;  // applied to the chunk code PE(k)
+  Tensor<T> fc_p_weight, fc_p_bias;  // applied to the latent c_i
+  // Throws lca::Error naming the missing, mis-shaped or non-finite tensor, or
+  // d_latent not divisible by 4.
+  void validate(const MlaDims& dims) const;
+  template <class U>
+  MtlaHyperNet<U> cast() const {
+    return {fc_c_weight.template cast<U>(), fc_c_bias.template cast<U>(), fc_p_weight.template cast<U>(),
+            fc_p_bias.template cast<U>()};
+  }
+};
+
 // Coverage checks shared by every implementation (they throw lca::Error
 // naming the missing positions):
 // - condensing groups [first, first + count) needs their tokens' rows, held
@@ -106,5 +164,9 @@ void check_group_coverage(const char* where, const LcaParams& p, int64_t first, 
 //   covering [g m(t+1), t] for each t.
 void check_attention_coverage(const char* where, const LcaParams& p, int64_t q_start, int64_t q_len, int64_t reps,
                               int64_t raw_start, int64_t raw_len);
+// - MTLA: queries at [q_start, q_start + q_len) need floor(t/s) <= complete
+//   complete rows and their own running rows, held at [run_start, run_start + run_len).
+void check_attention_coverage(const char* where, const MtlaParams& p, int64_t q_start, int64_t q_len,
+                              int64_t complete, int64_t run_start, int64_t run_len);
 
 }  // namespace lca

@@ -1,4 +1,5 @@
-// The CPU reference: lca-spec.md as readable code, one function per section.
+// The CPU reference: lca-spec.md and mtla-spec.md as readable code, one
+// function per section.
 // T is float (the library's compute precision) or double (for tests).
 // Everything else in lca (cache, CUDA kernels, bindings) is tested against it.
 //
@@ -9,7 +10,8 @@
 //   an absorbed query is [q~ ; q^R] of the same width, logit = scale * q . row,
 //   output latent = sum_i p_i row_i[0 : d_latent].
 // - GQA: a cache row is, per kv head, [k (rotated) ; v]; queries are rotated.
-// - Full attention is LCA with LcaParams::full(): one code path.
+// - Full attention is LCA with LcaParams::full(): one code path. MTLA goes
+//   through the same attention with its own visibility (prefix plus diagonal).
 #pragma once
 
 #include <cstdint>
@@ -92,6 +94,49 @@ Tensor<T> lca_attention_mla(const Tensor<T>& q_abs, int64_t q_start, const Tenso
 template <class T>
 Tensor<T> lca_prefill_mla(const Tensor<T>& q_abs, const Tensor<T>& kv_rows, double scale,
                           const MlaDims& dims, const LcaParams& params);
+
+// ---- MTLA (mtla-spec.md) ------------------------------------------------------
+
+// Section 1: the sinusoidal code of chunk k, PE(k) [d] (d even):
+// PE[2j] = sin(k 10000^(-2j/d)), PE[2j+1] = cos(k 10000^(-2j/d)).
+template <class T>
+Tensor<T> mtla_chunk_code(int64_t k, int64_t d);
+
+// Section 2: w_i = sigmoid(fc_c(PE(floor(i/s))) . fc_p(c_i)) for the tokens at
+// positions [start, start + L), kv_rows [L, d_c + d_r] = [c ; k^R]. Returns [L].
+template <class T>
+Tensor<T> mtla_merge_weights(const Tensor<T>& kv_rows, int64_t start, const MlaDims& dims,
+                             const MtlaParams& params, const MtlaHyperNet<T>& hyper);
+
+// Section 2, the running rows of positions [start, start + L): row t =
+// [c~_{floor(t/s)}(t) ; k^R_t], where c~ sums w_i c_i over the chunk up to t
+// in position order. From start = 0 these are the training form's rows. When
+// start is inside a chunk, `open` [d_c] is that chunk's sum up to start - 1
+// (what a cache keeps); otherwise it is not read and may be empty.
+template <class T>
+Tensor<T> mtla_running_rows(const Tensor<T>& kv_rows, const Tensor<T>& weights, int64_t start,
+                            const Tensor<T>& open, const MlaDims& dims, const MtlaParams& params);
+
+// Section 4: the ceil(N/s) rows a cache holds after N tokens, taken from the
+// running rows of positions [0, N): row k is the running row at
+// min((k+1)s, N) - 1 (complete rows, then the open one when s does not divide N).
+template <class T>
+Tensor<T> mtla_cache_rows(const Tensor<T>& running, const MtlaParams& params);
+
+// Section 3, absorbed MLA: queries q_abs [L, H, d_c + d_r] at positions
+// [q_start, q_start + L) over complete rows [M, row] (chunks 0..M-1) and
+// running rows at positions [run_start, run_start + R): query t sees complete
+// rows 0..floor(t/s)-1 and its own running row. Returns latents [L, H, d_c].
+template <class T>
+Tensor<T> mtla_attention_mla(const Tensor<T>& q_abs, int64_t q_start, const Tensor<T>& complete,
+                             const Tensor<T>& running, int64_t run_start, double scale, const MlaDims& dims,
+                             const MtlaParams& params);
+
+// One whole prefill from position 0 (the training form): merge weights,
+// running rows, attention. kv_rows [N, row], q_abs [N, H, row]. Returns [N, H, d_c].
+template <class T>
+Tensor<T> mtla_prefill_mla(const Tensor<T>& q_abs, const Tensor<T>& kv_rows, double scale, const MlaDims& dims,
+                           const MtlaParams& params, const MtlaHyperNet<T>& hyper);
 
 // ---- GQA (section 5) --------------------------------------------------------
 

@@ -19,6 +19,32 @@ std::string LcaParams::describe() const {
          (mass_bias == MassBias::log_g ? ", mass_bias=log_g" : "") + ")";
 }
 
+void MtlaParams::validate() const {
+  LCA_CHECK(down_rate >= 1, "MtlaParams: down_rate (s) must be >= 1, got ", down_rate);
+}
+
+std::string MtlaParams::describe() const { return "mtla(s=" + std::to_string(down_rate) + ")"; }
+
+template <class T>
+void MtlaHyperNet<T>::validate(const MlaDims& dims) const {
+  const char* where = "MtlaHyperNet";
+  const int64_t dc = dims.d_latent;
+  LCA_CHECK(dc >= 4 && dc % 4 == 0, where, ": d_latent (d_c) must be a positive multiple of 4 (fc_c and fc_p map ",
+            "R^d_c to R^(d_c/4)), got ", dc);
+  const int64_t out = dc / 4;
+  auto check = [&](const char* name, const Tensor<T>& t, const Shape& shape) {
+    LCA_CHECK(t.rank() > 0, where, ": ", name, " is missing (expected shape ", shape_str(shape), ")");
+    expect_shape(where, name, t, shape);
+    expect_finite(where, name, t);
+  };
+  check("fc_c_weight", fc_c_weight, {out, dc});
+  check("fc_c_bias", fc_c_bias, {out});
+  check("fc_p_weight", fc_p_weight, {out, dc});
+  check("fc_p_bias", fc_p_bias, {out});
+}
+template struct MtlaHyperNet<float>;
+template struct MtlaHyperNet<double>;
+
 double MlaDims::default_scale() const { return 1.0 / std::sqrt(static_cast<double>(d_nope + d_rope)); }
 
 void MlaDims::validate() const {
@@ -66,6 +92,18 @@ void check_attention_coverage(const char* where, const LcaParams& p, int64_t q_s
   LCA_CHECK(raw_start >= 0 && raw_start <= lo && raw_start + raw_len > last, where, ": raw rows cover positions [",
             raw_start, ", ", raw_start + raw_len, "), but queries at [", q_start, ", ", last + 1, ") need [", lo,
             ", ", last + 1, ")");
+}
+
+void check_attention_coverage(const char* where, const MtlaParams& p, int64_t q_start, int64_t q_len,
+                              int64_t complete, int64_t run_start, int64_t run_len) {
+  LCA_CHECK(q_start >= 0, where, ": q_start must be >= 0, got ", q_start);
+  const int64_t last = q_start + q_len - 1;
+  const int64_t need = mtla_complete_rows(last, p);
+  LCA_CHECK(complete >= need, where, ": query at position ", last, " sees ", need, " complete rows, but only ",
+            complete, " were given");
+  LCA_CHECK(run_start <= q_start && run_start + run_len > last, where, ": running rows cover positions [", run_start,
+            ", ", run_start + run_len, "), but queries at [", q_start, ", ", last + 1, ") need their own rows [",
+            q_start, ", ", last + 1, ")");
 }
 
 }  // namespace lca

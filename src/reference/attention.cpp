@@ -8,10 +8,12 @@ namespace lca::ref::detail {
 
 template <class T>
 Tensor<T> attend_rows(const Tensor<T>& q, int64_t q_start, const Tensor<T>& reps, const Tensor<T>& raw,
-                      int64_t raw_start, double scale, const RowFormat& fmt, const LcaParams& params) {
+                      int64_t raw_start, double scale, const RowFormat& fmt, const Policy& policy) {
   const int64_t L = q.dim(0), H = q.dim(1);
   const int64_t heads_per_kv = H / fmt.kv_heads;
-  const T rep_bias = params.mass_bias == MassBias::log_g ? std::log(static_cast<T>(params.group)) : T(0);
+  const LcaParams* lca = std::get_if<LcaParams>(&policy);
+  const T rep_bias =
+      lca && lca->mass_bias == MassBias::log_g ? std::log(static_cast<T>(lca->group)) : T(0);
   const T s = static_cast<T>(scale);
   Tensor<T> out({L, H, fmt.value_len});
 
@@ -22,8 +24,8 @@ Tensor<T> attend_rows(const Tensor<T>& q, int64_t q_start, const Tensor<T>& reps
     for (int64_t l = 0; l < L; ++l) {
       for (int64_t h = 0; h < H; ++h) {
         const int64_t t = q_start + l;
-        const int64_t m = condensed_groups(t + 1, params);
-        const int64_t lo = first_raw_position(t + 1, params);
+        const Visible visible = visible_rows(t, policy);
+        const int64_t m = visible.condensed, lo = visible.raw_lo;
         const int64_t kv = h / heads_per_kv;
         const int64_t key_at = kv * fmt.kv_block, value_at = key_at + fmt.value_off;
         const T* qv = q.data() + (l * H + h) * fmt.key_len;
@@ -56,13 +58,15 @@ Tensor<T> attend_rows(const Tensor<T>& q, int64_t q_start, const Tensor<T>& reps
 template <class T>
 void check_attention_args(const char* where, const Tensor<T>& q, int64_t q_start, const Tensor<T>& reps,
                           const Tensor<T>& raw, int64_t raw_start, int64_t heads, const RowFormat& fmt,
-                          const LcaParams& params) {
-  params.validate();
+                          const Policy& policy) {
+  const bool mtla = std::holds_alternative<MtlaParams>(policy);
+  std::visit([](const auto& p) { p.validate(); }, policy);
   expect_shape(where, "queries", q, {-1, heads, fmt.key_len});
-  expect_shape(where, "representatives", reps, {-1, fmt.row_width});
-  expect_shape(where, "raw rows", raw, {-1, fmt.row_width});
+  expect_shape(where, mtla ? "complete rows" : "representatives", reps, {-1, fmt.row_width});
+  expect_shape(where, mtla ? "running rows" : "raw rows", raw, {-1, fmt.row_width});
   LCA_CHECK(q.dim(0) >= 1, where, ": no queries (queries has shape ", shape_str(q.shape()), ")");
-  check_attention_coverage(where, params, q_start, q.dim(0), reps.dim(0), raw_start, raw.dim(0));
+  std::visit([&](const auto& p) { check_attention_coverage(where, p, q_start, q.dim(0), reps.dim(0), raw_start, raw.dim(0)); },
+             policy);
 }
 
 template <class T>
@@ -89,9 +93,9 @@ std::vector<T> summed_summary(const Tensor<T>& summary, int64_t sum_start, int64
 
 #define LCA_INSTANTIATE(T)                                                                                     \
   template Tensor<T> attend_rows(const Tensor<T>&, int64_t, const Tensor<T>&, const Tensor<T>&, int64_t,     \
-                                 double, const RowFormat&, const LcaParams&);                                \
+                                 double, const RowFormat&, const Policy&);                                   \
   template void check_attention_args(const char*, const Tensor<T>&, int64_t, const Tensor<T>&,               \
-                                     const Tensor<T>&, int64_t, int64_t, const RowFormat&, const LcaParams&); \
+                                     const Tensor<T>&, int64_t, int64_t, const RowFormat&, const Policy&);    \
   template void check_condense_args(const char*, const Tensor<T>&, int64_t, const Tensor<T>&, int64_t,        \
                                     int64_t, int64_t, int64_t, const LcaParams&);                   \
   template std::vector<T> summed_summary(const Tensor<T>&, int64_t, int64_t, const LcaParams&);

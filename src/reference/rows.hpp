@@ -40,17 +40,20 @@ inline T dot(const T* a, const T* b, int64_t n) {
 }
 
 // Section 4 for queries q [L, H, key_len] at positions [q_start, q_start + L):
-// query t sees representatives 0..m(t+1)-1 and raw positions [g m(t+1), t].
+// query t sees condensed rows 0..v.condensed-1 and the rows of positions
+// [v.raw_lo, t], v = visible_rows(t, policy). LCA: representatives
+// 0..m(t+1)-1 and raw positions [g m(t+1), t]. MTLA (prefix plus diagonal):
+// complete rows 0..floor(t/s)-1 and the running row of t, passed as "raw".
 // Arguments are checked by the caller (check_attention_args).
 template <class T>
 Tensor<T> attend_rows(const Tensor<T>& q, int64_t q_start, const Tensor<T>& reps, const Tensor<T>& raw,
-                      int64_t raw_start, double scale, const RowFormat& fmt, const LcaParams& params);
+                      int64_t raw_start, double scale, const RowFormat& fmt, const Policy& policy);
 
 // Shape and coverage checks shared by the attention entry points.
 template <class T>
 void check_attention_args(const char* where, const Tensor<T>& q, int64_t q_start, const Tensor<T>& reps,
                           const Tensor<T>& raw, int64_t raw_start, int64_t heads, const RowFormat& fmt,
-                          const LcaParams& params);
+                          const Policy& policy);
 
 // Coverage checks shared by the condense entry points: kv rows must hold every
 // group's tokens, summary rows (one per position, shape checked by the caller)
