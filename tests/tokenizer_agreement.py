@@ -52,7 +52,7 @@ FIXED = [
     "émigré naïve façade Ωμέγα Жук", "e\u0301 a\u0308o\u0308 \u1100\u1161\u11a8", "👍🏽 👨‍👩‍👧 🇩🇪 😀😀",
     "<|endoftext|>", "a<|endoftext|>b", "<|endoftext|><|endoftext|> x", "<|im_start|>user\nhi<|im_end|>",
     "<tool_call>{\"a\": 1}</tool_call>", "<s>hello</s> <s>", "<|begin_of_text|>Hi<|eot_id|>",
-    "<0x41> is not a byte", "def f(x):\n    return x ** 2  # square\n", "https://example.com/a?b=c&d=e#f",
+    "<0x41> is not a byte", "sing tion", "ing tion ing tionx", "ing  tion", "def f(x):\n    return x ** 2  # square\n", "https://example.com/a?b=c&d=e#f",
     "ALL CAPS WORDS AND lowercase words", "!!!???...,,,", " !x", " \u0301x", "\u0085\u0085a",
 ]
 
@@ -173,6 +173,21 @@ def build(lines):
         {"type": "Metaspace", "replacement": SPACE, "prepend_scheme": "always", "split": True},
         {"type": "ByteFallback"}, {"type": "Fuse"}]}
     cases.append(("metaspace", j2, None))
+
+    # No byte tokens: characters outside a small alphabet become <unk>, fused
+    # or one each; an added token matched in the normalized text.
+    t = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=False, fuse_unk=True))
+    t.normalizer = normalizers.Sequence([normalizers.Prepend(SPACE), normalizers.Replace(" ", SPACE)])
+    t.pre_tokenizer = pre_tokenizers.Split(SPACE, behavior="merged_with_next")
+    train(t, lines, 600, ["<unk>", "<s>", "</s>"], limit_alphabet=40)
+    t.pre_tokenizer = None
+    t.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    t.add_tokens([AddedToken("ing tion", normalized=True, special=False)])
+    j = json.loads(t.to_str())
+    cases.append(("sp-unk-fused", j, None))
+    j = json.loads(t.to_str())
+    j["model"]["fuse_unk"] = False
+    cases.append(("sp-unk", j, None))
     return cases
 
 
@@ -253,8 +268,8 @@ def main():
                         if ours[key] != want[key]:
                             bad += 1
                             if bad <= 5:
-                                print(f"  {name} ({how}): {key} differs for {text!r}:\n"
-                                      f"    hf  {want[key]!r}\n    lca {ours[key]!r}")
+                                print(f"  {name} ({how}): {key} differs for {text[:200]!r}:\n"
+                                      f"    hf  {repr(want[key])[:300]}\n    lca {repr(ours[key])[:300]}")
                             break
                 total_ids = sum(len(r["ids"]) for r in results)
                 print(f"{'FAIL' if bad else 'ok'}  {name:18s} {how:15s} {len(texts)} strings, {total_ids} ids, "

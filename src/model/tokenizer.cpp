@@ -162,12 +162,16 @@ void Tokenizer::Impl::finish() {
       id_to_token.resize(id + 1);
       id_kind.resize(id + 1, IdKind::none);
     }
-    id_to_token[id] = t.content;
     id_kind[id] = t.special ? IdKind::special : IdKind::added;
-    if (t.normalized && !normalizers.empty())
-      normalized_matcher.add(normalize(t.content), t.id);
-    else
+    if (t.normalized && !normalizers.empty()) {
+      // Matched in the normalized text, and decoded from that form too (what
+      // Hugging Face's decoder is given for such a token).
+      id_to_token[id] = normalize(t.content);
+      normalized_matcher.add(id_to_token[id], t.id);
+    } else {
+      id_to_token[id] = t.content;
       raw_matcher.add(t.content, t.id);
+    }
   }
   raw_matcher.finish();
   normalized_matcher.finish();
