@@ -26,8 +26,9 @@ struct BpeVocab {
   // characters as <0xNN> tokens (byte fallback).
   enum class Kind { byte_level, sentencepiece };
   Kind kind = Kind::byte_level;
-  // byte_level only: "gpt2", "llama3" (or "llama-bpe"), "qwen2", "smollm"
-  // (each number alone, then gpt2): GGUF's tokenizer.ggml.pre.
+  // byte_level only, GGUF's tokenizer.ggml.pre: "gpt2" (or "gpt-2"), "llama3"
+  // (or "llama-v3", "llama-bpe"; merges ignored for a piece that is a token),
+  // "qwen2" (no NFC, as llama.cpp), "smollm" (each number alone, then gpt2).
   std::string pre_tokenizer = "gpt2";
   std::vector<std::string> tokens;  // id -> token as stored (byte_level: GPT-2 byte-to-unicode mapped)
   std::vector<std::string> merges;  // "a b", rank = index

@@ -582,9 +582,9 @@ Tokenizer Tokenizer::from_vocab(BpeVocab v) {
   if (v.kind == BpeVocab::Kind::byte_level) {
     PreTokenizerStep byte_level{.kind = PreTokenizerStep::Kind::byte_level};
     const std::string& pre = v.pre_tokenizer;
-    if (pre == "gpt2") {
+    if (pre == "gpt2" || pre == "gpt-2") {
       t.pre_tokenizers = {byte_level};
-    } else if (pre == "llama3" || pre == "llama-bpe" || pre == "qwen2") {
+    } else if (pre == "llama3" || pre == "llama-v3" || pre == "llama-bpe" || pre == "qwen2") {
       byte_level.use_regex = false;
       const auto pattern = pre == "qwen2" ? model::SplitPattern::qwen2 : model::SplitPattern::llama3;
       t.pre_tokenizers = {{.kind = PreTokenizerStep::Kind::split, .pattern = pattern}, byte_level};
@@ -592,7 +592,8 @@ Tokenizer Tokenizer::from_vocab(BpeVocab v) {
     } else if (pre == "smollm") {
       t.pre_tokenizers = {{.kind = PreTokenizerStep::Kind::digits, .individual_digits = true}, byte_level};
     } else {
-      detail::fail(fn, ": pre_tokenizer '", pre, "' is not supported (gpt2, llama3, llama-bpe, qwen2, smollm)");
+      detail::fail(fn, ": pre_tokenizer '", pre,
+                   "' is not supported (gpt2, gpt-2, llama3, llama-v3, llama-bpe, qwen2, smollm)");
     }
     t.has_decoder = true;
     t.decoders = {{.kind = DecoderStep::Kind::byte_level}};
