@@ -141,7 +141,8 @@ std::string random_text(Rng& rng, int n) {
       "a", "b", "c", "d", "e", "A", "Z", " ", " ", " ", "  ", "\t", "\n", "\r\n", "\r", "\x0B", "1", "2", "9",
       "0", "'", "'s", "'LL", "!", ".", ",", "-", "(", "é", "日", "本", "ä", "\xC2\xA0", "\xE3\x80\x80",
       "\xE2\x80\xA8", "\xF0\x9F\x91\x8D", "\xF0\x9F\x91\x8D\xF0\x9F\x8F\xBD", "\xE2\x80\x8D", "\xCC\x81", "²", "Ⅻ",
-      "\xD9\xA3", "\xEF\xBC\x91", "\xC5\xBF", "\xF0\x9F\x87\xA9\xF0\x9F\x87\xAA", "\xE1\x84\x80"};
+      "\xD9\xA3", "\xEF\xBC\x91", "\xC5\xBF", "\xF0\x9F\x87\xA9\xF0\x9F\x87\xAA", "\xE1\x84\x80", "カ", "$",
+      "+", "(", "\xE2\x80\x8B", "\x01"};
   std::string s;
   for (int i = 0; i < n; ++i) s += rng.pick(pool);
   return s;
@@ -183,8 +184,11 @@ TEST(TokenizerUnicode, CharacterClasses) {
   for (char32_t c : {U' ', U'\t', U'\n', U'\r', U'\v', U'\f', U'\u0085', U'\u00A0', U'\u2028', U'\u2029', U'\u3000', U'\u2009'})
     EXPECT_EQ(char_class(c), C::whitespace) << static_cast<uint32_t>(c);
   // Not \s in Oniguruma or Rust: U+001C..U+001F (Python's isspace), U+180E, U+200B.
-  for (char32_t c : {U'\x1C', U'\x1F', U'\u180E', U'\u200B', U'!', U'\u0301', U'👍', U'\uFFFD'})
+  for (char32_t c : {U'\x1C', U'\x1F', U'\u180E', U'\u200B', U'\x7F', U'\uE000', U'\U000E0001'})
     EXPECT_EQ(char_class(c), C::other) << static_cast<uint32_t>(c);
+  for (char32_t c : {U'!', U'(', U'\'', U'、', U'「', U'\u00BF'}) EXPECT_EQ(char_class(c), C::punctuation) << static_cast<uint32_t>(c);
+  for (char32_t c : {U'$', U'+', U'^', U'`', U'€', U'©', U'👍', U'\uFFFD'}) EXPECT_EQ(char_class(c), C::symbol) << static_cast<uint32_t>(c);
+  for (char32_t c : {U'\u0301', U'\u094D', U'\u20DD', U'\U000E0100'}) EXPECT_EQ(char_class(c), C::mark) << static_cast<uint32_t>(c);
 }
 
 TEST(TokenizerUnicode, NfcComposesReordersAndLeavesComposedTextAlone) {
@@ -232,6 +236,19 @@ TEST(TokenizerPreTokenize, Llama3AndQwen2Patterns) {
   EXPECT_EQ(split("a\r\n\r\nb", P::llama3), (V{"a", "\r\n\r\n", "b"}));
 }
 
+TEST(TokenizerPreTokenize, DeepSeekV3Patterns) {
+  using P = lca::model::SplitPattern;
+  using V = std::vector<std::string>;
+  EXPECT_EQ(split("Hello, world! 12345", P::deepseek3_digits), (V{"Hello, world! ", "123", "45"}));
+  EXPECT_EQ(split("ab日本語cdカタカナ한", P::deepseek3_cjk), (V{"ab", "日本語", "cd", "カタカナ", "한"}));
+  EXPECT_EQ(split("'s (hello) don't\n\n  x", P::deepseek3),
+            (V{"'s", " (", "hello", ")", " don", "'t", "\n\n", " ", " x"}));
+  // What matches nothing (numbers, format characters) stays as gap pieces.
+  EXPECT_EQ(split("12", P::deepseek3), (V{"12"}));
+  EXPECT_EQ(split("x\u200b\u200by 1b", P::deepseek3), (V{"x", "\u200b", "\u200by", " ", "1b"}));
+  EXPECT_EQ(split("e\u0301\u0301!!\r\n", P::deepseek3), (V{"e\u0301\u0301", "!!\r\n"}));
+}
+
 TEST(TokenizerPreTokenize, DigitsAndCoverage) {
   using V = std::vector<std::string>;
   auto digits = [](std::string_view t, bool individual) {
@@ -246,7 +263,9 @@ TEST(TokenizerPreTokenize, DigitsAndCoverage) {
   Rng rng(2);
   for (int i = 0; i < 300; ++i) {
     const std::string s = random_text(rng, static_cast<int>(rng.uniform_int(0, 40)));
-    for (auto p : {lca::model::SplitPattern::gpt2, lca::model::SplitPattern::llama3, lca::model::SplitPattern::qwen2}) {
+    for (auto p : {lca::model::SplitPattern::gpt2, lca::model::SplitPattern::llama3, lca::model::SplitPattern::qwen2,
+                   lca::model::SplitPattern::deepseek3_digits, lca::model::SplitPattern::deepseek3_cjk,
+                   lca::model::SplitPattern::deepseek3}) {
       std::string joined;
       for (const auto& piece : split(s, p)) {
         EXPECT_FALSE(piece.empty());
@@ -261,7 +280,7 @@ TEST(TokenizerPreTokenize, DigitsAndCoverage) {
 
 TEST(TokenizerBpe, MatchesNaiveMergeByRankOnRandomVocabularies) {
   Rng rng(3);
-  for (const char* pre : {"gpt2", "llama3", "qwen2", "smollm"}) {
+  for (const char* pre : {"gpt2", "llama3", "qwen2", "smollm", "deepseek-v3"}) {
     for (int trial = 0; trial < 4; ++trial) {
       RandomVocab r = random_byte_level(rng, pre, static_cast<int>(rng.uniform_int(20, 200)));
       const Tokenizer tok = Tokenizer::from_vocab(r.vocab);
@@ -294,7 +313,7 @@ TEST(TokenizerBpe, HandBuiltMergesGiveKnownTokens) {
 
 TEST(TokenizerBpe, RoundTripsArbitraryUtf8AndStreamsByteExact) {
   Rng rng(4);
-  for (const char* pre : {"gpt2", "llama3", "qwen2", "smollm"}) {
+  for (const char* pre : {"gpt2", "llama3", "qwen2", "smollm", "deepseek-v3"}) {
     RandomVocab r = random_byte_level(rng, pre, 150);
     const Tokenizer tok = Tokenizer::from_vocab(r.vocab);
     for (int i = 0; i < 200; ++i) {

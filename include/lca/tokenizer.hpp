@@ -5,7 +5,7 @@
 //
 // Encoding follows Hugging Face `tokenizers` step by step: added tokens are
 // matched literally first, the rest is normalized, pre-tokenized (the GPT-2,
-// Llama-3 and Qwen2 split patterns and Digits, hand-coded), byte-mapped where
+// Llama-3, Qwen2 and DeepSeek-V3 split patterns and Digits, hand-coded), byte-mapped where
 // the tokenizer is byte-level, and merged by rank. Anything a file asks for
 // that is not supported throws lca::Error naming the file and the field.
 #pragma once
@@ -28,7 +28,8 @@ struct BpeVocab {
   Kind kind = Kind::byte_level;
   // byte_level only, GGUF's tokenizer.ggml.pre: "gpt2" (or "gpt-2"), "llama3"
   // (or "llama-v3", "llama-bpe"; merges ignored for a piece that is a token),
-  // "qwen2" (no NFC, as llama.cpp), "smollm" (each number alone, then gpt2).
+  // "qwen2" (no NFC, as llama.cpp), "smollm" (each number alone, then gpt2),
+  // "deepseek-v3".
   std::string pre_tokenizer = "gpt2";
   std::vector<std::string> tokens;  // id -> token as stored (byte_level: GPT-2 byte-to-unicode mapped)
   std::vector<std::string> merges;  // "a b", rank = index

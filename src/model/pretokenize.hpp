@@ -15,6 +15,11 @@ enum class SplitPattern {
   gpt2,    // 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
   llama3,  // (?i:'s|...|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
   qwen2,   // as llama3 with \p{N} (one digit) for \p{N}{1,3}
+  // DeepSeek-V3's three splits, in this order:
+  deepseek3_digits,  // \p{N}{1,3}
+  deepseek3_cjk,     // [一-龥぀-ゟ゠-ヿ]+ (U+4E00-9FA5, U+3040-30FF)
+  deepseek3,         // [!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+
+                     // | ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
 };
 
 // The pattern whose regex source is exactly `regex` (as tokenizer.json stores it), if any.

@@ -591,9 +591,14 @@ Tokenizer Tokenizer::from_vocab(BpeVocab v) {
       t.ignore_merges = pre != "qwen2";  // Llama-3's tokenizer.json sets ignore_merges
     } else if (pre == "smollm") {
       t.pre_tokenizers = {{.kind = PreTokenizerStep::Kind::digits, .individual_digits = true}, byte_level};
+    } else if (pre == "deepseek-v3") {
+      byte_level.use_regex = false;
+      auto split = [](model::SplitPattern p) { return PreTokenizerStep{.kind = PreTokenizerStep::Kind::split, .pattern = p}; };
+      t.pre_tokenizers = {split(model::SplitPattern::deepseek3_digits), split(model::SplitPattern::deepseek3_cjk),
+                          split(model::SplitPattern::deepseek3), byte_level};
     } else {
       detail::fail(fn, ": pre_tokenizer '", pre,
-                   "' is not supported (gpt2, gpt-2, llama3, llama-v3, llama-bpe, qwen2, smollm)");
+                   "' is not supported (gpt2, gpt-2, llama3, llama-v3, llama-bpe, qwen2, smollm, deepseek-v3)");
     }
     t.has_decoder = true;
     t.decoders = {{.kind = DecoderStep::Kind::byte_level}};

@@ -177,13 +177,15 @@ void parse_pre_tokenizer(const Field& f, Tokenizer::Impl& t) {
     step.kind = PreTokenizerStep::Kind::split;
     const Field pattern = f.at("pattern");
     if (!pattern.find("Regex")) {
-      if (pattern.find("String")) pattern.fail("is a literal string; only the GPT-2, Llama-3 and Qwen2 regexes are supported");
+      if (pattern.find("String"))
+        pattern.fail("is a literal string; only the GPT-2, Llama-3, Qwen2 and DeepSeek-V3 regexes are supported");
       pattern.fail("has no \"Regex\"");
     }
     const std::string regex = pattern.at("Regex").str();
     const auto known = model::recognise_pattern(regex);
     if (!known)
-      pattern.at("Regex").fail("is '" + regex + "', not one of the supported regexes (GPT-2, Llama-3, Qwen2)");
+      pattern.at("Regex").fail("is '" + regex +
+                               "', not one of the supported regexes (GPT-2, Llama-3, Qwen2, DeepSeek-V3's three)");
     step.pattern = *known;
     const std::string behavior = f.at("behavior").str();
     if (behavior != "Isolated") f.at("behavior").fail("is '" + behavior + "'; only Isolated is supported");
