@@ -40,10 +40,10 @@ struct BpeVocab {
   std::vector<int64_t> special_ids;       // control tokens: matched literally before BPE, skipped by skip_special
   std::vector<int64_t> user_defined_ids;  // matched literally before BPE, kept by skip_special
   int64_t bos_id = -1, eos_id = -1;
-  int64_t unk_id = -1;          // sentencepiece: for characters with neither a token nor byte tokens
-  bool add_bos = false;         // encode(add_special = true) puts bos_id first
-  bool add_eos = false;         // ... and eos_id last
-  bool add_space_prefix = true; // sentencepiece: "▁" before the text (and after each literal token)
+  int64_t unk_id = -1;           // sentencepiece: for characters with neither a token nor byte tokens
+  bool add_bos = false;          // encode(add_special = true) puts bos_id first
+  bool add_eos = false;          // ... and eos_id last
+  bool add_space_prefix = true;  // sentencepiece: "▁" before the text (and after each literal token)
 };
 
 class Tokenizer {

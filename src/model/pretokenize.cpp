@@ -119,7 +119,7 @@ size_t match_digits(const Chars& t, size_t i, size_t max_digits) {
 
 size_t match_gpt2(const Chars& t, size_t i) {
   if (size_t e = match_contraction(t, i, false); e != i) return e;
-  const size_t j = t.cp[i] == ' ' ? i + 1 : i;  // the optional leading space
+  const size_t j = t.cp[i] == ' ' ? i + 1 : i;                         // the optional leading space
   if (t.is(j, CharClass::letter)) return t.run(j, CharClass::letter);  //  ?\p{L}+
   if (t.is(j, CharClass::number)) return t.run(j, CharClass::number);  //  ?\p{N}+
   if (t.is_rest(j)) return t.run_rest(j);                              //  ?[^\s\p{L}\p{N}]+
@@ -155,8 +155,8 @@ size_t match_deepseek3(const Chars& t, size_t i) {
     return k < t.size() && ((t.cp[k] >= 'a' && t.cp[k] <= 'z') || (t.cp[k] >= 'A' && t.cp[k] <= 'Z'));
   };
   const char32_t c = t.cp[i];
-  const bool ascii_punct = (c >= '!' && c <= '/') || (c >= ':' && c <= '@') || (c >= '[' && c <= '`') ||
-                           (c >= '{' && c <= '~');
+  const bool ascii_punct =
+      (c >= '!' && c <= '/') || (c >= ':' && c <= '@') || (c >= '[' && c <= '`') || (c >= '{' && c <= '~');
   if (ascii_punct && ascii_letter(i + 1)) {
     size_t e = i + 1;
     while (ascii_letter(e)) ++e;

@@ -32,8 +32,7 @@ constexpr size_t kMaxTokenizerBytes = size_t{512} << 20;
 // One JSON value and its path ("pre_tokenizer.pretokenizers[1]"), for messages.
 class Field {
  public:
-  Field(const json& v, const std::string& source, std::string path)
-      : v_(v), source_(source), path_(std::move(path)) {}
+  Field(const json& v, const std::string& source, std::string path) : v_(v), source_(source), path_(std::move(path)) {}
 
   const json& value() const { return v_; }
   const std::string& path() const { return path_; }
@@ -41,9 +40,7 @@ class Field {
   [[noreturn]] void fail(std::string_view what) const {
     detail::fail("tokenizer ", in_quotes(source_), ": \"", path_, "\" ", what);
   }
-  [[noreturn]] void fail_kind(const char* expected) const {
-    fail("is " + json_kind(v_) + ", expected " + expected);
-  }
+  [[noreturn]] void fail_kind(const char* expected) const { fail("is " + json_kind(v_) + ", expected " + expected); }
 
   Field at(std::string_view key) const {
     if (!v_.is_object()) fail_kind("an object");
@@ -260,7 +257,8 @@ void parse_post_processor(const Field& f, Tokenizer::Impl& t) {
       } else if (item.find("SpecialToken")) {
         const std::string name = item.at("SpecialToken").at("id").str();
         const json* entry = specials.find(name);
-        if (!entry) item.at("SpecialToken").at("id").fail("is '" + name + "', which \"special_tokens\" does not define");
+        if (!entry)
+          item.at("SpecialToken").at("id").fail("is '" + name + "', which \"special_tokens\" does not define");
         const Field ids = specials.member(name, *entry).at("ids");
         for (size_t k = 0; k < ids.array().size(); ++k)
           (seen_sequence ? t.suffix_ids : t.prefix_ids).push_back(ids.element(k).integer(0));
