@@ -213,9 +213,9 @@ TEST(TokenizerUnicode, NfcComposesReordersAndLeavesComposedTextAlone) {
 
 // ---- pre-tokenizer splits ----------------------------------------------------------
 
-std::vector<std::string> split(std::string_view text, lca::model::SplitPattern p) {
+std::vector<std::string> split(std::string_view text, lca::model::SplitPattern p, bool keep_gaps = true) {
   std::vector<std::string_view> v;
-  lca::model::split_pattern(text, p, v);
+  lca::model::split_pattern(text, p, v, keep_gaps);
   return {v.begin(), v.end()};
 }
 
@@ -248,6 +248,7 @@ TEST(TokenizerPreTokenize, DeepSeekV3Patterns) {
   // What matches nothing (numbers, format characters) stays as gap pieces.
   EXPECT_EQ(split("12", P::deepseek3), (V{"12"}));
   EXPECT_EQ(split("x\u200b\u200by 1b", P::deepseek3), (V{"x", "\u200b", "\u200by", " ", "1b"}));
+  EXPECT_EQ(split("x\u200b\u200by 12", P::deepseek3, false), (V{"x", "\u200by", " "}));  // Removed + invert
   EXPECT_EQ(split("e\u0301\u0301!!\r\n", P::deepseek3), (V{"e\u0301\u0301", "!!\r\n"}));
 }
 
@@ -589,7 +590,7 @@ TEST(TokenizerJson, ErrorsNameTheFileAndTheField) {
                               {"behavior", "Removed"},
                               {"invert", false}};
       },
-      {"\"pre_tokenizer.behavior\"", "Removed"});
+      {"\"pre_tokenizer.behavior\"", "Removed", "invert false"});
   expect(
       [](json& j) {
         j["pre_tokenizer"] = {{"type", "Sequence"},

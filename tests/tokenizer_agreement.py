@@ -138,6 +138,9 @@ def build(lines):
     j = json.loads(t.to_str())
     j["model"]["ignore_merges"] = True
     cases.append(("llama3", j, "llama3"))
+    j2 = json.loads(json.dumps(j))  # the same split written as OLMo's dolma2 tokenizer has it
+    j2["pre_tokenizer"]["pretokenizers"][0].update(behavior="Removed", invert=True)
+    cases.append(("llama3-removed", j2, None))
 
     # Qwen2: its regex, NFC, a non-special added token.
     pre = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN2), behavior="isolated"),

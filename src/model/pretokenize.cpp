@@ -217,7 +217,8 @@ const char* pattern_regex(SplitPattern p) {
   return "";
 }
 
-void split_pattern(std::string_view text, SplitPattern pattern, std::vector<std::string_view>& out) {
+void split_pattern(std::string_view text, SplitPattern pattern, std::vector<std::string_view>& out,
+                   bool keep_gaps) {
   Chars& t = tls_chars;
   t.load(text);
   size_t i = 0, gap = 0;  // characters [gap, i) matched nothing
@@ -238,11 +239,11 @@ void split_pattern(std::string_view text, SplitPattern pattern, std::vector<std:
       ++i;
       continue;
     }
-    piece(gap, i);
+    if (keep_gaps) piece(gap, i);
     piece(i, e);
     i = gap = e;
   }
-  piece(gap, t.size());
+  if (keep_gaps) piece(gap, t.size());
 }
 
 void split_digits(std::string_view text, bool individual, std::vector<std::string_view>& out) {

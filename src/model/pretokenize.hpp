@@ -26,8 +26,10 @@ enum class SplitPattern {
 std::optional<SplitPattern> recognise_pattern(std::string_view regex);
 const char* pattern_regex(SplitPattern p);
 
-// text must be valid UTF-8.
-void split_pattern(std::string_view text, SplitPattern pattern, std::vector<std::string_view>& out);
+// text must be valid UTF-8. Without keep_gaps, text no match covers is dropped
+// (Split with behavior "Removed" and invert true).
+void split_pattern(std::string_view text, SplitPattern pattern, std::vector<std::string_view>& out,
+                   bool keep_gaps = true);
 
 // Hugging Face's Digits pre-tokenizer: numbers (\p{N}) apart from the rest,
 // each digit alone (individual) or in runs.

@@ -238,7 +238,7 @@ std::vector<std::string> Tokenizer::Impl::pre_tokenize(std::string_view text, bo
       std::string& piece = pieces[k];
       views.clear();
       switch (p.kind) {
-        case PreTokenizerStep::Kind::split: model::split_pattern(piece, p.pattern, views); break;
+        case PreTokenizerStep::Kind::split: model::split_pattern(piece, p.pattern, views, p.keep_gaps); break;
         case PreTokenizerStep::Kind::digits: model::split_digits(piece, p.individual_digits, views); break;
         case PreTokenizerStep::Kind::byte_level:
           if (p.add_prefix_space && piece[0] != ' ') piece.insert(0, " ");

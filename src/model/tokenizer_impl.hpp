@@ -32,6 +32,7 @@ struct PreTokenizerStep {
   enum class Kind { split, digits, byte_level, metaspace };
   Kind kind{};
   SplitPattern pattern = SplitPattern::gpt2;  // split
+  bool keep_gaps = true;                      // split: Isolated (true) or Removed + invert (false)
   bool individual_digits = false;             // digits
   bool add_prefix_space = false;              // byte_level
   bool use_regex = true;                      // byte_level

@@ -184,9 +184,18 @@ void parse_pre_tokenizer(const Field& f, Tokenizer::Impl& t) {
       pattern.at("Regex").fail("is '" + regex +
                                "', not one of the supported regexes (GPT-2, Llama-3, Qwen2, DeepSeek-V3's three)");
     step.pattern = *known;
+    // Isolated keeps the matches and the text between them; Removed with invert
+    // keeps the matches only.
     const std::string behavior = f.at("behavior").str();
-    if (behavior != "Isolated") f.at("behavior").fail("is '" + behavior + "'; only Isolated is supported");
-    if (f.opt_bool("invert", false)) f.at("invert").fail("is true; only false is supported");
+    const bool invert = f.opt_bool("invert", false);
+    if (behavior == "Isolated" && !invert) {
+      step.keep_gaps = true;
+    } else if (behavior == "Removed" && invert) {
+      step.keep_gaps = false;
+    } else {
+      f.at("behavior").fail("is '" + behavior + "' with invert " + (invert ? "true" : "false") +
+                            "; supported: Isolated (invert false), Removed (invert true)");
+    }
   } else if (type == "Digits") {
     step.kind = PreTokenizerStep::Kind::digits;
     step.individual_digits = f.opt_bool("individual_digits", false);
