@@ -46,6 +46,8 @@ struct BpeVocab {
   bool add_space_prefix = true;  // sentencepiece: "▁" before the text (and after each literal token)
 };
 
+// Immutable once built: copies share it, and every method may be called from
+// several threads at once.
 class Tokenizer {
  public:
   // A Hugging Face tokenizer.json (model BPE).
