@@ -182,6 +182,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(PagedView v,
       }
 #pragma unroll
       for (int o2 = 1; o2 < 8; o2 <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o2);
+      __syncwarp();  // every lane of the head has read sMax before lane 0 rewrites it
       if (part == 0) {
         const float corr = exp2f(old_max - safe);
         sCorr[head] = corr;
