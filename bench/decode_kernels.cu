@@ -5,7 +5,8 @@
 // many replays with CUDA events; the cache holds random values (never zeros).
 // The copy bandwidth is measured in the same run. Then the capacity line: how
 // many 128K sequences a 40 GiB pool holds for a 27-layer DeepSeek-V2-Lite-
-// shaped model, counted by allocating them until the pool refuses.
+// shaped model, counted by allocating them until the pool refuses. MTLA
+// (s = 2, 4, 16) runs through the same cache and attention kernel beside LCA.
 // Prints a table and writes JSON (argv[1]).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -16,6 +17,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include "lca/cuda.hpp"
@@ -86,7 +88,22 @@ struct Shape {
   int64_t heads, kv_heads, d_latent_or_head, d_rope;
 };
 
-lca::cuda::PagedCacheConfig config_of(const Shape& s, const lca::LcaParams& p) {
+// MTLA hyper-networks with random weights at nn.Linear's initial scale, one per layer.
+std::vector<lca::MtlaHyperNet<float>> random_hyper(int64_t dc, int64_t layers) {
+  uint64_t state = 12345;
+  auto rand = [&](lca::Shape shape) {
+    lca::Tensor<float> t(std::move(shape));
+    for (float& x : t.vec()) {
+      state = state * 6364136223846793005ull + 1442695040888963407ull;
+      x = (static_cast<float>(state >> 40) / float(1 << 24) * 2.f - 1.f) / std::sqrt(float(dc));
+    }
+    return t;
+  };
+  lca::MtlaHyperNet<float> h{rand({dc / 4, dc}), rand({dc / 4}), rand({dc / 4, dc}), rand({dc / 4})};
+  return std::vector<lca::MtlaHyperNet<float>>(static_cast<size_t>(layers), h);
+}
+
+lca::cuda::PagedCacheConfig config_of(const Shape& s, const lca::Policy& p, int64_t layers = 1) {
   lca::cuda::PagedCacheConfig c;
   c.layout = s.layout;
   if (s.layout == lca::KvLayout::mla) {
@@ -96,7 +113,9 @@ lca::cuda::PagedCacheConfig config_of(const Shape& s, const lca::LcaParams& p) {
     c.gqa = lca::GqaDims{.q_heads = s.heads, .kv_heads = s.kv_heads, .head_dim = s.d_latent_or_head};
     c.scale = 1.0 / std::sqrt(double(s.d_latent_or_head));
   }
-  c.params = p;
+  c.policy = p;
+  c.layers = layers;
+  if (std::holds_alternative<lca::MtlaParams>(p)) c.mtla_hyper = random_hyper(s.d_latent_or_head, layers);
   c.dtype = lca::DType::bf16;
   c.block_rows = 64;
   return c;
@@ -165,8 +184,7 @@ StepTime time_step(lca::cuda::PagedCacheConfig cfg, int64_t batch, int64_t t, in
 }
 
 // 128K sequences that a pool of `bytes` holds for `layers` layers.
-int64_t capacity(lca::cuda::PagedCacheConfig cfg, int64_t layers, int64_t bytes, int64_t context) {
-  cfg.layers = layers;
+int64_t capacity(lca::cuda::PagedCacheConfig cfg, int64_t bytes, int64_t context) {
   cfg.pool_bytes = bytes;
   cfg.max_context = context;
   cfg.max_seqs = 1024;
@@ -263,13 +281,47 @@ int main(int argc, char** argv) {
       }
     }
   }
+  out << "\n],\n\"mtla_rows\": [\n";
+  // MTLA (mtla-spec.md) in the same cache and attention kernel, MLA shapes.
+  std::printf("\n%-22s %7s %5s | %9s %9s %9s | %9s | %10s %10s %10s\n", "MTLA (same kernels)", "context", "batch",
+              "s=2 us", "s=4 us", "s=16 us", "LCA us", "s=2 MiB", "s=4 MiB", "s=16 MiB");
+  first_row = true;
+  for (int si = 0; si < 2; ++si) {
+    const Shape& s = shapes[si];
+    for (int64_t ctx : contexts) {
+      for (int64_t batch : batches) {
+        if (quick && (ctx > 32768 || batch > 8)) continue;
+        double us[3];
+        const int64_t rates[3] = {2, 4, 16};
+        for (int k = 0; k < 3; ++k)
+          us[k] = time_step(config_of(s, lca::MtlaParams{.down_rate = rates[k]}), batch, ctx, 100).ms * 1e3;
+        const double lca_us = time_step(config_of(s, lca_p), batch, ctx, 100).ms * 1e3;
+        const int64_t row_bytes = (s.d_latent_or_head + s.d_rope) * 2;
+        auto mib = [&](int64_t rate) { return double((ctx + 1 + rate - 1) / rate) * row_bytes / 1048576.0; };
+        std::printf("%-22s %7lld %5lld | %9.1f %9.1f %9.1f | %9.1f | %10.2f %10.2f %10.2f\n", s.name, (long long)ctx,
+                    (long long)batch, us[0], us[1], us[2], lca_us, mib(2), mib(4), mib(16));
+        out << (first_row ? "" : ",\n") << "  {\"shape\": \"" << s.name << "\", \"context\": " << ctx
+            << ", \"batch\": " << batch << ", \"mtla_s2_us\": " << us[0] << ", \"mtla_s4_us\": " << us[1]
+            << ", \"mtla_s16_us\": " << us[2] << ", \"lca_us\": " << lca_us << "}";
+        first_row = false;
+      }
+    }
+  }
   out << "\n],\n";
   // Capacity: 27 layers of DeepSeek-V2-Lite's MLA cache, 40 GiB, 128K tokens each.
   const int64_t pool = int64_t(40) << 30, ctx = 131072;
-  const int64_t cap_full = capacity(config_of(shapes[0], lca::LcaParams::full()), 27, pool, ctx);
-  const int64_t cap_lca = capacity(config_of(shapes[0], lca_p), 27, pool, ctx);
-  std::printf("capacity: 128K-token sequences in a 40 GiB pool, 27-layer DeepSeek-V2-Lite MLA cache: full %lld, LCA %lld (%.1fx)\n",
-              (long long)cap_full, (long long)cap_lca, double(cap_lca) / std::max<int64_t>(cap_full, 1));
-  out << "\"capacity_40gib_128k_27_layers\": {\"full\": " << cap_full << ", \"lca\": " << cap_lca << "}}\n";
+  const int64_t cap_full = capacity(config_of(shapes[0], lca::LcaParams::full(), 27), pool, ctx);
+  const int64_t cap_lca = capacity(config_of(shapes[0], lca_p, 27), pool, ctx);
+  int64_t cap_mtla[3];
+  const int64_t rates[3] = {2, 4, 16};
+  for (int k = 0; k < 3; ++k)
+    cap_mtla[k] = capacity(config_of(shapes[0], lca::MtlaParams{.down_rate = rates[k]}, 27), pool, ctx);
+  std::printf("\ncapacity: 128K-token sequences in a 40 GiB pool, 27-layer DeepSeek-V2-Lite MLA cache: full %lld, "
+              "LCA %lld (%.1fx), MTLA s=2 %lld, s=4 %lld, s=16 %lld\n",
+              (long long)cap_full, (long long)cap_lca, double(cap_lca) / std::max<int64_t>(cap_full, 1),
+              (long long)cap_mtla[0], (long long)cap_mtla[1], (long long)cap_mtla[2]);
+  out << "\"capacity_40gib_128k_27_layers\": {\"full\": " << cap_full << ", \"lca\": " << cap_lca
+      << ", \"mtla_s2\": " << cap_mtla[0] << ", \"mtla_s4\": " << cap_mtla[1] << ", \"mtla_s16\": " << cap_mtla[2]
+      << "}}\n";
   return 0;
 }

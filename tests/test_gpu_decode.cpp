@@ -16,6 +16,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include "lca/cache.hpp"
@@ -95,9 +96,24 @@ struct Scenario {
   int64_t max_batch = 0;
   double worst_out = 0, worst_reps = 0;
 
+  bool mtla() const { return std::holds_alternative<lca::MtlaParams>(cfg.policy); }
+  // The LCA policy (full attention stands in for MTLA: no groups, no ring).
+  LcaParams lca() const { return mtla() ? LcaParams::full() : std::get<LcaParams>(cfg.policy); }
   lca::CondensedKvCache make_cpu() const {
-    return cfg.layout == KvLayout::mla ? lca::CondensedKvCache::mla(cfg.mla, cfg.scale, cfg.params, cfg.dtype)
-                                       : lca::CondensedKvCache::gqa(cfg.gqa, cfg.rope, cfg.scale, cfg.params, cfg.dtype);
+    if (mtla())
+      return lca::CondensedKvCache::mtla(cfg.mla, cfg.scale, std::get<lca::MtlaParams>(cfg.policy), cfg.mtla_hyper[0],
+                                         cfg.dtype);
+    return cfg.layout == KvLayout::mla ? lca::CondensedKvCache::mla(cfg.mla, cfg.scale, lca(), cfg.dtype)
+                                       : lca::CondensedKvCache::gqa(cfg.gqa, cfg.rope, cfg.scale, lca(), cfg.dtype);
+  }
+  // What the GPU cache holds for a CPU cache: MTLA keeps its open row with the complete ones.
+  lca::cuda::PagedLayerContents contents_of(const lca::CondensedKvCache& c) const {
+    if (!mtla()) return {c.representative_rows(), c.raw_rows(), lca().is_full() ? Tensor<float>() : c.summary_ring(), {}};
+    const Tensor<float> complete = c.representative_rows(), open = c.raw_rows();
+    Tensor<float> rows({complete.dim(0) + open.dim(0), c.row_width()});
+    std::copy(complete.vec().begin(), complete.vec().end(), rows.data());
+    std::copy(open.vec().begin(), open.vec().end(), rows.data() + complete.numel());
+    return {rows, Tensor<float>({0, c.row_width()}), Tensor<float>(), open.dim(0) > 0 ? c.open_row_sum() : Tensor<float>()};
   }
   int64_t heads() const { return gpu->query_heads(); }
 
@@ -117,18 +133,18 @@ struct Scenario {
     if (n0 > 0) {
       Tensor<float> rows = random_rounded(rng, {n0, gpu->row_width()}, cfg.dtype);
       Tensor<float> q = random_rounded(rng, {n0, heads(), gpu->query_width()}, cfg.dtype, 0.3f);
-      Tensor<float> summary = cfg.layout == KvLayout::mla
-                                  ? lca::ref::mla_summary_queries(q, cfg.mla, cfg.params.score)
-                                  : lca::ref::gqa_summary_queries(q, cfg.gqa);
-      if (cfg.params.is_full()) summary = Tensor<float>({n0, c.summary_width()});
-      c.append(rows, summary);
+      if (mtla()) {
+        c.append(rows);
+      } else {
+        Tensor<float> summary = cfg.layout == KvLayout::mla
+                                    ? lca::ref::mla_summary_queries(q, cfg.mla, lca().score)
+                                    : lca::ref::gqa_summary_queries(q, cfg.gqa);
+        if (lca().is_full()) summary = Tensor<float>({n0, c.summary_width()});
+        c.append(rows, summary);
+      }
     }
     gpu->set_tokens(seq, n0);
-    for (int64_t layer = 0; layer < cfg.layers; ++layer) {
-      lca::cuda::PagedLayerContents contents{c.representative_rows(), c.raw_rows(),
-                                             cfg.params.is_full() ? Tensor<float>() : c.summary_ring()};
-      gpu->write_layer(seq, layer, contents);
-    }
+    for (int64_t layer = 0; layer < cfg.layers; ++layer) gpu->write_layer(seq, layer, contents_of(c));
     cpu.erase(seq);
     cpu.emplace(seq, std::move(c));
     return seq;
@@ -144,9 +160,14 @@ struct Scenario {
     const int64_t B = cfg.block_rows;
     int64_t blocks = 0;
     for (const auto& [seq, c] : cpu) {
-      const int64_t n = c.tokens(), m = lca::condensed_groups(n, cfg.params);
+      const int64_t n = c.tokens();
       if (n == 0) continue;
-      blocks += (m + B - 1) / B + (n - 1) / B - lca::first_raw_position(n, cfg.params) / B + 1;
+      if (mtla()) {
+        blocks += (lca::mtla_rows(n, std::get<lca::MtlaParams>(cfg.policy)) + B - 1) / B;
+        continue;
+      }
+      const int64_t m = lca::condensed_groups(n, lca());
+      blocks += (m + B - 1) / B + (n - 1) / B - lca::first_raw_position(n, lca()) / B + 1;
     }
     return blocks * cfg.layers;
   }
@@ -206,18 +227,20 @@ struct Scenario {
       for (int64_t layer = 0; layer < cfg.layers; ++layer) {
         SCOPED_TRACE("sequence " + std::to_string(seq) + " layer " + std::to_string(layer) + " at n = " +
                      std::to_string(c.tokens()));
-        const lca::cuda::PagedLayerContents got = gpu->read_layer(seq, layer);
+        const lca::cuda::PagedLayerContents got = gpu->read_layer(seq, layer), want = contents_of(c);
         // Raw rows are the inputs as stored: bitwise.
-        ASSERT_EQ(got.raw.shape(), c.raw_rows().shape());
-        EXPECT_EQ(got.raw.vec(), c.raw_rows().vec());
-        // Representatives: fp32 pooling in another order, rounded once: to rounding.
-        ASSERT_EQ(got.representatives.shape(), c.representative_rows().shape());
+        ASSERT_EQ(got.raw.shape(), want.raw.shape());
+        EXPECT_EQ(got.raw.vec(), want.raw.vec());
+        // Representatives (MTLA: merged rows): fp32 sums in another order, rounded once: to rounding.
+        ASSERT_EQ(got.representatives.shape(), want.representatives.shape());
         if (got.representatives.numel() > 0) {
-          const double err = rel_error(got.representatives, c.representative_rows());
+          const double err = rel_error(got.representatives, want.representatives);
           worst_reps = std::max(worst_reps, err);
           EXPECT_LT(err, 1e-2);
         }
-        if (!cfg.params.is_full()) EXPECT_LT(rel_error(got.summary_ring, c.summary_ring()), 1e-5);
+        if (!lca().is_full()) EXPECT_LT(rel_error(got.summary_ring, want.summary_ring), 1e-5);
+        ASSERT_EQ(got.open_sum.shape(), want.open_sum.shape());
+        if (got.open_sum.numel() > 0) EXPECT_LT(rel_error(got.open_sum, want.open_sum), 1e-5);
       }
     }
   }
@@ -229,7 +252,7 @@ PagedCacheConfig mla_config(int64_t heads, int64_t d_latent, int64_t d_rope, Lca
   cfg.layout = KvLayout::mla;
   cfg.mla = lca::MlaDims{.heads = heads, .d_latent = d_latent, .d_rope = d_rope, .d_nope = 128, .d_v = 128};
   cfg.scale = 1.0 / std::sqrt(192.0);
-  cfg.params = p;
+  cfg.policy = p;
   cfg.dtype = dtype;
   cfg.block_rows = block_rows;
   return cfg;
@@ -242,7 +265,7 @@ PagedCacheConfig gqa_config(int64_t q_heads, int64_t kv_heads, int64_t d, LcaPar
   cfg.gqa = lca::GqaDims{.q_heads = q_heads, .kv_heads = kv_heads, .head_dim = d};
   cfg.rope.theta = 10000.0;
   cfg.scale = 1.0 / std::sqrt(double(d));
-  cfg.params = p;
+  cfg.policy = p;
   cfg.dtype = dtype;
   cfg.block_rows = block_rows;
   return cfg;
@@ -301,6 +324,35 @@ TEST(GpuDecode, WindowZeroCondensesTheNewToken) {
   // w = 0: the group that closes at t ends at t, whose row the same step appends.
   run_batch(mla_config(16, 512, 64, lca_params(0, 8), DType::bf16, 32), {0, 21, 64}, 40, 8);
   run_batch(gqa_config(8, 2, 64, lca_params(0, 4), DType::f16, 16), {2, 33}, 30, 6);
+}
+
+// Random hyper-network weights at the scale nn.Linear initialises them (1/sqrt(d_c)).
+lca::MtlaHyperNet<float> random_hyper(std::mt19937_64& rng, int64_t dc) {
+  const float scale = 1.f / std::sqrt(float(dc));
+  auto rand = [&](lca::Shape shape) {
+    std::uniform_real_distribution<float> u(-scale, scale);
+    Tensor<float> t(std::move(shape));
+    for (float& x : t.vec()) x = u(rng);
+    return t;
+  };
+  return {rand({dc / 4, dc}), rand({dc / 4}), rand({dc / 4, dc}), rand({dc / 4})};
+}
+
+TEST(GpuDecode, MtlaMatchesCpuCache) {
+  REQUIRE_GPU();
+  std::mt19937_64 rng(31);
+  for (int64_t s : {2, 3, 4, 16}) {
+    SCOPED_TRACE("s = " + std::to_string(s));
+    PagedCacheConfig cfg = mla_config(16, 512, 64, LcaParams{}, DType::bf16, 16);
+    cfg.policy = lca::MtlaParams{.down_rate = s};
+    cfg.layers = 2;
+    cfg.mtla_hyper.assign(2, random_hyper(rng, 512));
+    run_batch(cfg, {0, 5, 64, 301}, 3 * s + 5, 4);
+  }
+  PagedCacheConfig cfg = mla_config(40, 256, 32, LcaParams{}, DType::f16, 8);
+  cfg.policy = lca::MtlaParams{.down_rate = 4};
+  cfg.mtla_hyper.assign(1, random_hyper(rng, 256));
+  run_batch(cfg, {1, 2, 3, 100}, 21, 5);
 }
 
 TEST(GpuDecode, FullAttentionIsTheNoGroupPolicy) {
@@ -467,6 +519,13 @@ TEST(PagedCacheConfig, InvalidFieldsAreNamed) {
   c = ok;
   c.scale = 0;
   expect_error(c, "scale");
+  c = ok;
+  c.policy = lca::MtlaParams{.down_rate = 2};
+  expect_error(c, "mtla_hyper holds 0 hyper-networks for 1 layers");
+  c = gqa_config(8, 2, 64, lca_params(64, 16), DType::bf16, 64);
+  c.max_context = 100;
+  c.policy = lca::MtlaParams{.down_rate = 2};
+  expect_error(c, "MLA layout only");
 }
 
 TEST(PagedCacheConfig, NoDeviceIsAClearError) {

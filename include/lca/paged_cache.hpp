@@ -3,7 +3,10 @@
 //
 // It holds what lca-spec.md section 6 says, per (layer, sequence): m(n)
 // representatives, the raw rows [g m(n), n) and the head-summed summary
-// queries of the last g positions (a ring of g fp32 rows). Rows live in
+// queries of the last g positions (a ring of g fp32 rows). With an MTLA policy
+// (mtla-spec.md section 4, MLA only) it holds ceil(n/s) rows in the
+// representative segment, the open one the rounding of an fp32 running sum
+// kept beside it, and no raw rows. Rows live in
 // blocks of `block_rows` rows (a multiple of g, so a group never straddles
 // two blocks) drawn from one pool; each (layer, sequence) has two block
 // tables, one for the representative segment (append-only) and one for the
@@ -29,6 +32,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "lca/cache.hpp"
 #include "lca/dtype.hpp"
@@ -45,12 +49,13 @@ struct PagedCacheConfig {
   GqaDims gqa{};          // layout gqa: rows [k ; v] per kv head, queries rotated
   RopeParams rope{};      // gqa with key_mode = pooled
   double scale = 0;       // softmax scale (the model's, with its corrections)
-  LcaParams params{};     // LcaParams::full(): a plain paged full cache
+  Policy policy = LcaParams{};  // LCA, LcaParams::full() (a plain paged full cache) or MTLA
+  std::vector<MtlaHyperNet<float>> mtla_hyper;  // MTLA: one hyper-network per layer
   DType dtype = DType::bf16;
   int64_t layers = 1;
   int64_t max_seqs = 1;       // sequence slots
   int64_t max_context = 0;    // tokens per sequence at most
-  int64_t block_rows = 64;    // rows per block, a multiple of g
+  int64_t block_rows = 64;    // rows per block, a multiple of g (LCA)
   int64_t pool_bytes = 0;     // 0: room for max_seqs sequences of max_context tokens in every layer
   int64_t max_splits = 132;   // KV splits per (sequence, kv head) in decode attention, at most
   // Throws lca::Error naming the bad field.
@@ -60,9 +65,10 @@ struct PagedCacheConfig {
 
 // One layer of one sequence, decoded to float (for tests and inspection).
 struct PagedLayerContents {
-  Tensor<float> representatives;  // [m(n), row_width]
-  Tensor<float> raw;              // [n - g m(n), row_width], positions g m(n) .. n-1
-  Tensor<float> summary_ring;     // [min(n, g-1), summary_width], oldest first (empty for full)
+  Tensor<float> representatives;  // [m(n), row_width]; MTLA: the ceil(n/s) rows, the open one last
+  Tensor<float> raw;              // [n - g m(n), row_width], positions g m(n) .. n-1; MTLA: [0, row_width]
+  Tensor<float> summary_ring;     // [min(n, g-1), summary_width], oldest first (empty for full and MTLA)
+  Tensor<float> open_sum;         // MTLA: the open row's fp32 latent sum [d_c], empty when none is open
 };
 
 class PagedKvCache {

@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <variant>
 #include <cmath>
 #include <vector>
 
@@ -45,7 +46,16 @@ T* device_alloc(const char* where, const char* what, int64_t count) {
 
 void PagedCacheConfig::validate() const {
   const char* where = "PagedCacheConfig";
+  const bool is_mtla = std::holds_alternative<MtlaParams>(policy);
+  const LcaParams params = is_mtla ? LcaParams::full() : std::get<LcaParams>(policy);
   params.validate();
+  if (is_mtla) {
+    std::get<MtlaParams>(policy).validate();
+    LCA_CHECK(layout == KvLayout::mla, where, ": MTLA is defined for the MLA layout only (mtla-spec.md)");
+    LCA_CHECK(static_cast<int64_t>(mtla_hyper.size()) == layers, where, ": mtla_hyper holds ", mtla_hyper.size(),
+              " hyper-networks for ", layers, " layers (one per layer)");
+    for (const MtlaHyperNet<float>& h : mtla_hyper) h.validate(mla);
+  }
   LCA_CHECK(std::isfinite(scale) && scale > 0, where, ": scale must be finite and > 0, got ", scale);
   LCA_CHECK(dtype == DType::bf16 || dtype == DType::f16, where, ": dtype must be bf16 or f16, got ",
             dtype_name(dtype));
@@ -82,7 +92,7 @@ void PagedCacheConfig::validate() const {
 
 std::string PagedCacheConfig::describe() const {
   std::string s = layout == KvLayout::mla ? "mla" : "gqa";
-  s += " " + params.describe() + " " + std::string(dtype_name(dtype)) + ", " + std::to_string(layers) + " layers, " +
+  s += " " + std::visit([](const auto& p) { return p.describe(); }, policy) + " " + std::string(dtype_name(dtype)) + ", " + std::to_string(layers) + " layers, " +
        std::to_string(max_seqs) + " sequences of up to " + std::to_string(max_context) + " tokens, blocks of " +
        std::to_string(block_rows) + " rows";
   return s;
@@ -94,7 +104,12 @@ struct PagedKvCache::Impl {
   int64_t row_elems = 0, ring_width = 0, rep_stride = 0, raw_stride = 0, total_blocks = 0, g = 1;
   int64_t block_bytes = 0;
   int64_t split_target = 1;  // attention CTAs that fill the device once
-  bool full = false;
+  LcaParams lca;             // LCA, or LcaParams::full() for full attention and for MTLA (no groups, no ring)
+  int64_t mtla_s = 0;        // MTLA's down rate s; 0 for LCA and full
+  bool full = false;         // no ring and no condensing: full attention or MTLA
+  float* d_open = nullptr;   // MTLA: [layers * max_seqs, d_c] fp32 open-row sums
+  float* d_hyper = nullptr;  // MTLA: per layer fc_c W, b, fc_p W, b
+  int64_t hyper_floats = 0;
 
   void* pool = nullptr;
   std::vector<int32_t> free_list;  // block ids, taken from the back
@@ -130,9 +145,15 @@ struct PagedKvCache::Impl {
     cudaFree(d_step_positions);
     cudaFree(d_part_out);
     cudaFree(d_part_lse);
+    cudaFree(d_open);
+    cudaFree(d_hyper);
   }
 
-  int64_t groups(int64_t n) const { return condensed_groups(n, cfg.params); }
+  // Rows of the representative segment after n tokens (MTLA: every row, ceil(n/s)),
+  // and the first position held raw.
+  int64_t groups(int64_t n) const { return mtla_s > 0 ? ceil_div(n, mtla_s) : condensed_groups(n, lca); }
+  int64_t raw_from(int64_t n) const { return mtla_s > 0 ? n : first_raw_position(n, lca); }
+  int64_t entries(int64_t n) const { return groups(n) + n - raw_from(n); }
   int64_t tr(int64_t layer, int64_t seq) const { return layer * cfg.max_seqs + seq; }
   int32_t& rep_at(int64_t layer, int64_t seq, int64_t i) { return rep_table[tr(layer, seq) * rep_stride + i]; }
   int32_t& raw_at(int64_t layer, int64_t seq, int64_t i) { return raw_table[tr(layer, seq) * raw_stride + i]; }
@@ -183,9 +204,12 @@ struct PagedKvCache::Impl {
     v.ring = d_ring;
     v.ring_width = ring_width;
     v.table_base = layer * cfg.max_seqs;
-    v.window = full ? 0 : cfg.params.window;
+    v.window = full ? 0 : lca.window;
     v.group = g;
     v.full = full;
+    v.mtla_s = mtla_s;
+    v.open_sum = d_open;
+    v.hyper = d_hyper == nullptr ? nullptr : d_hyper + layer * hyper_floats;
     return v;
   }
 };
@@ -196,8 +220,14 @@ PagedKvCache::PagedKvCache(const PagedCacheConfig& config) : impl_(std::make_uni
   LCA_CHECK(device_present(), where, ": no CUDA device is present");
   Impl& m = *impl_;
   m.cfg = config;
-  m.full = config.params.is_full();
-  m.g = m.full ? 1 : config.params.group;
+  if (const MtlaParams* mp = std::get_if<MtlaParams>(&config.policy)) {
+    m.mtla_s = mp->down_rate;
+    m.lca = LcaParams::full();
+  } else {
+    m.lca = std::get<LcaParams>(config.policy);
+  }
+  m.full = m.lca.is_full();
+  m.g = m.full ? 1 : m.lca.group;
   auto& sh = m.shape;
   if (config.layout == KvLayout::mla) {
     sh.mla = true;
@@ -205,7 +235,7 @@ PagedKvCache::PagedKvCache(const PagedCacheConfig& config) : impl_(std::make_uni
     sh.kv_heads = 1;
     sh.d_qk = static_cast<int>(config.mla.row_width());
     sh.d_v = static_cast<int>(config.mla.d_latent);
-    sh.summary_width = config.params.score == ScoreMode::full ? sh.d_qk : sh.d_v;
+    sh.summary_width = m.lca.score == ScoreMode::full ? sh.d_qk : sh.d_v;
     m.row_elems = config.mla.row_width();
   } else {
     sh.mla = false;
@@ -225,9 +255,10 @@ PagedKvCache::PagedKvCache(const PagedCacheConfig& config) : impl_(std::make_uni
   } else {
     // Per (layer, sequence): every representative block, and the raw blocks the
     // window spans during a step (w + g rows, one more block when unaligned).
-    const int64_t raw_blocks =
-        m.full ? m.raw_stride : std::min(m.raw_stride, ceil_div(config.params.window + m.g, B) + 1);
-    const int64_t rep_blocks = m.full ? 0 : ceil_div(m.groups(config.max_context), B);
+    const int64_t raw_blocks = m.mtla_s > 0 ? 0
+                               : m.full     ? m.raw_stride
+                                            : std::min(m.raw_stride, ceil_div(m.lca.window + m.g, B) + 1);
+    const int64_t rep_blocks = ceil_div(m.groups(config.max_context), B);
     m.total_blocks = config.layers * config.max_seqs * (raw_blocks + rep_blocks);
   }
   LCA_CHECK(m.total_blocks >= 1, where, ": pool_bytes ", config.pool_bytes, " holds no block of ", m.block_bytes,
@@ -251,6 +282,21 @@ PagedKvCache::PagedKvCache(const PagedCacheConfig& config) : impl_(std::make_uni
   m.seqs.resize(static_cast<size_t>(config.max_seqs));
   m.d_step_seqs = device_alloc<int32_t>(where, "the step's sequence list", config.max_seqs);
   m.d_step_positions = device_alloc<int64_t>(where, "the step's positions", config.max_seqs);
+  if (m.mtla_s > 0) {
+    const int64_t dc = config.mla.d_latent, dq = dc / 4;
+    m.d_open = device_alloc<float>(where, "the MTLA open-row sums", rows * dc);
+    LCA_CUDA_OK(where, cudaMemset(m.d_open, 0, rows * dc * sizeof(float)));
+    m.hyper_floats = 2 * (dq * dc + dq);
+    m.d_hyper = device_alloc<float>(where, "the MTLA hyper-networks", config.layers * m.hyper_floats);
+    for (int64_t layer = 0; layer < config.layers; ++layer) {
+      const MtlaHyperNet<float>& h = config.mtla_hyper[static_cast<size_t>(layer)];
+      float* dst = m.d_hyper + layer * m.hyper_floats;
+      for (const Tensor<float>* part : {&h.fc_c_weight, &h.fc_c_bias, &h.fc_p_weight, &h.fc_p_bias}) {
+        LCA_CUDA_OK(where, cudaMemcpy(dst, part->data(), part->numel() * sizeof(float), cudaMemcpyHostToDevice));
+        dst += part->numel();
+      }
+    }
+  }
   m.split_target = int64_t(detail::device_sm_count()) * detail::decode_ctas_per_sm(m.shape, config.dtype);
 }
 
@@ -307,7 +353,7 @@ int64_t PagedKvCache::active_sequences() const {
 }
 
 int64_t PagedKvCache::entries(int64_t seq) const {
-  return cache_entries(tokens(seq), impl_->cfg.params);
+  return impl_->entries(tokens(seq));
 }
 
 void PagedKvCache::set_tokens(int64_t seq, int64_t n) {
@@ -320,19 +366,23 @@ void PagedKvCache::set_tokens(int64_t seq, int64_t n) {
   LCA_CHECK(n >= 0 && n <= m.cfg.max_context, where, ": n = ", n, " is outside [0, max_context = ",
             m.cfg.max_context, "]");
   if (n == 0) return;
-  const int64_t B = m.cfg.block_rows, reps = m.groups(n), raw_first = m.g * reps / B, raw_last = (n - 1) / B;
-  const int64_t per_layer = ceil_div(reps, B) + (raw_last - raw_first + 1);
+  const int64_t B = m.cfg.block_rows, reps = m.groups(n), raw_first = m.raw_from(n) / B, raw_last = (n - 1) / B;
+  const int64_t raw_blocks = m.mtla_s > 0 ? 0 : raw_last - raw_first + 1;  // MTLA holds no raw rows
+  const int64_t per_layer = ceil_div(reps, B) + raw_blocks;
   m.require_blocks(where, per_layer * m.cfg.layers);
   for (int64_t layer = 0; layer < m.cfg.layers; ++layer) {
     for (int64_t i = 0; i < ceil_div(reps, B); ++i) m.rep_at(layer, seq, i) = m.take();
-    for (int64_t i = raw_first; i <= raw_last; ++i) m.raw_at(layer, seq, i) = m.take();
+    for (int64_t i = raw_first; i < raw_first + raw_blocks; ++i) m.raw_at(layer, seq, i) = m.take();
     for (int64_t i = 0; i < ceil_div(reps, B); ++i)
       LCA_CUDA_OK(where, cudaMemset(m.row_address(m.rep_at(layer, seq, i), 0), 0, m.block_bytes));
-    for (int64_t i = raw_first; i <= raw_last; ++i)
+    for (int64_t i = raw_first; i < raw_first + raw_blocks; ++i)
       LCA_CUDA_OK(where, cudaMemset(m.row_address(m.raw_at(layer, seq, i), 0), 0, m.block_bytes));
     if (!m.full)
       LCA_CUDA_OK(where, cudaMemset(m.d_ring + m.tr(layer, seq) * m.g * m.ring_width, 0,
                                     m.g * m.ring_width * sizeof(float)));
+    if (m.mtla_s > 0)
+      LCA_CUDA_OK(where, cudaMemset(m.d_open + m.tr(layer, seq) * m.cfg.mla.d_latent, 0,
+                                    m.cfg.mla.d_latent * sizeof(float)));
   }
   m.upload_tables(where, seq);
   s.n = n;
@@ -344,12 +394,15 @@ void PagedKvCache::write_layer(int64_t seq, int64_t layer, const PagedLayerConte
   Impl& m = *impl_;
   m.check_seq(where, seq);
   m.check_layer(where, layer);
-  const int64_t n = m.seqs[static_cast<size_t>(seq)].n, reps = m.groups(n), first_raw = m.g * reps;
+  const int64_t n = m.seqs[static_cast<size_t>(seq)].n, reps = m.groups(n), first_raw = m.raw_from(n);
   const int64_t ring_rows = m.full ? 0 : std::min(n, m.g - 1);
   expect_shape(where, "representatives", c.representatives, {reps, m.row_elems});
   expect_shape(where, "raw", c.raw, {n - first_raw, m.row_elems});
-  if (m.full) LCA_CHECK(c.summary_ring.numel() == 0, where, ": summary_ring must be empty for full attention");
+  if (m.full) LCA_CHECK(c.summary_ring.numel() == 0, where, ": summary_ring must be empty for full attention and MTLA");
   else expect_shape(where, "summary_ring", c.summary_ring, {ring_rows, m.ring_width});
+  const bool open = m.mtla_s > 0 && n % m.mtla_s != 0;
+  if (open) expect_shape(where, "open_sum", c.open_sum, {m.cfg.mla.d_latent});
+  else LCA_CHECK(c.open_sum.numel() == 0, where, ": open_sum must be empty when no MTLA row is open");
   const int64_t B = m.cfg.block_rows, dsize = dtype_size(m.cfg.dtype);
   std::vector<unsigned char> bytes;
   // Rows [0, count) of `rows` go to consecutive indices from `first` of a segment.
@@ -367,6 +420,9 @@ void PagedKvCache::write_layer(int64_t seq, int64_t layer, const PagedLayerConte
   };
   put(c.representatives, 0, true);
   put(c.raw, first_raw, false);
+  if (open)
+    LCA_CUDA_OK(where, cudaMemcpy(m.d_open + m.tr(layer, seq) * m.cfg.mla.d_latent, c.open_sum.data(),
+                                  c.open_sum.numel() * sizeof(float), cudaMemcpyHostToDevice));
   for (int64_t r = 0; r < ring_rows; ++r) {
     const int64_t pos = n - ring_rows + r;
     LCA_CUDA_OK(where, cudaMemcpy(m.d_ring + (m.tr(layer, seq) * m.g + pos % m.g) * m.ring_width,
@@ -380,7 +436,7 @@ PagedLayerContents PagedKvCache::read_layer(int64_t seq, int64_t layer) const {
   m.check_seq(where, seq);
   m.check_layer(where, layer);
   LCA_CUDA_OK(where, cudaDeviceSynchronize());
-  const int64_t n = m.seqs[static_cast<size_t>(seq)].n, reps = m.groups(n), first_raw = m.g * reps;
+  const int64_t n = m.seqs[static_cast<size_t>(seq)].n, reps = m.groups(n), first_raw = m.raw_from(n);
   const int64_t B = m.cfg.block_rows, dsize = dtype_size(m.cfg.dtype);
   auto get = [&](int64_t count, int64_t first, bool rep) {
     Tensor<float> out({count, m.row_elems});
@@ -399,6 +455,11 @@ PagedLayerContents PagedKvCache::read_layer(int64_t seq, int64_t layer) const {
   PagedLayerContents c;
   c.representatives = get(reps, 0, true);
   c.raw = get(n - first_raw, first_raw, false);
+  if (m.mtla_s > 0 && n % m.mtla_s != 0) {
+    c.open_sum = Tensor<float>({m.cfg.mla.d_latent});
+    LCA_CUDA_OK(where, cudaMemcpy(c.open_sum.data(), m.d_open + m.tr(layer, seq) * m.cfg.mla.d_latent,
+                                  c.open_sum.numel() * sizeof(float), cudaMemcpyDeviceToHost));
+  }
   if (!m.full) {
     const int64_t ring_rows = std::min(n, m.g - 1);
     c.summary_ring = Tensor<float>({ring_rows, m.ring_width});
@@ -428,10 +489,10 @@ void PagedKvCache::begin_step(std::span<const int64_t> seqs, cudaStream_t stream
     const int64_t t = m.seqs[static_cast<size_t>(seq)].n;
     LCA_CHECK(t < m.cfg.max_context, where, ": sequence ", seq, " is at max_context (", m.cfg.max_context,
               " tokens); it cannot take another");
-    if (t % B == 0) need += m.cfg.layers;
+    if (t % B == 0 && m.mtla_s == 0) need += m.cfg.layers;  // a raw block opens
     const int64_t closed = m.groups(t + 1);
-    if (closed > m.groups(t) && (closed - 1) % B == 0) need += m.cfg.layers;
-    longest = std::max(longest, cache_entries(t + 1, m.cfg.params));
+    if (closed > m.groups(t) && (closed - 1) % B == 0) need += m.cfg.layers;  // a representative block opens
+    longest = std::max(longest, m.entries(t + 1));
   }
   m.require_blocks(where, need);
 
@@ -441,7 +502,7 @@ void PagedKvCache::begin_step(std::span<const int64_t> seqs, cudaStream_t stream
     const int64_t t = m.seqs[static_cast<size_t>(seq)].n;
     const int64_t closed = m.groups(t + 1);
     for (int64_t layer = 0; layer < m.cfg.layers; ++layer) {
-      if (t % B == 0) {
+      if (t % B == 0 && m.mtla_s == 0) {
         m.raw_at(layer, seq, t / B) = m.take();
         m.upload_entry(where, m.d_raw_table, m.raw_table, m.tr(layer, seq) * m.raw_stride + t / B, stream);
       }
@@ -491,10 +552,12 @@ void PagedKvCache::decode_layer(int64_t layer, const void* rows, const void* que
   s.seqs = m.d_step_seqs;
   s.positions = m.d_step_positions;
   s.batch = static_cast<int>(m.step_seqs.size());
-  detail::decode_append_condense(v, s, m.shape, rows, queries, m.cfg.scale, m.cfg.params, m.cfg.rope, m.cfg.dtype,
-                                 stream);
+  if (m.mtla_s > 0)
+    detail::decode_append_mtla(v, s, m.shape, rows, m.cfg.dtype, stream);
+  else
+    detail::decode_append_condense(v, s, m.shape, rows, queries, m.cfg.scale, m.lca, m.cfg.rope, m.cfg.dtype, stream);
   detail::decode_attention(v, s, m.shape, queries, m.d_part_out, m.d_part_lse, static_cast<int>(m.splits),
-                           m.cfg.scale, m.cfg.params, m.cfg.dtype, stream);
+                           m.cfg.scale, m.lca, m.cfg.dtype, stream);
   detail::decode_combine(s, m.shape, m.d_part_out, m.d_part_lse, static_cast<int>(m.splits), out, m.cfg.dtype,
                          stream);
 }
@@ -508,7 +571,7 @@ void PagedKvCache::end_step() {
     Impl::Seq& s = m.seqs[static_cast<size_t>(seq)];
     s.n += 1;
     // Raw blocks below the first raw position hold only condensed groups.
-    while (!m.full && (s.raw_first + 1) * B <= m.g * m.groups(s.n)) {
+    while (!m.full && (s.raw_first + 1) * B <= m.raw_from(s.n)) {
       for (int64_t layer = 0; layer < m.cfg.layers; ++layer) {
         int32_t& b = m.raw_at(layer, seq, s.raw_first);
         m.free_list.push_back(b);

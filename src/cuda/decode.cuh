@@ -8,13 +8,20 @@
 namespace lca::cuda::detail {
 
 // The rows query t of a sequence attends: m representatives, then the raw
-// positions [g m, t]; E = m + t + 1 - g m rows in all (m = 0 for full attention).
+// positions [g m, t]; E = m + t + 1 - g m rows in all (m = 0 for full
+// attention). MTLA: the complete rows and t's own running row, t/s + 1 rows of
+// the representative segment, no raw rows.
 struct DecodeRows {
   int64_t m, first_raw, count;
   __device__ DecodeRows(const PagedView& v, int64_t t) {
     const int64_t n = t + 1;
-    m = (v.full || n <= v.window) ? 0 : (n - v.window) / v.group;
-    first_raw = v.group * m;
+    if (v.mtla_s > 0) {
+      m = t / v.mtla_s + 1;
+      first_raw = n;
+    } else {
+      m = (v.full || n <= v.window) ? 0 : (n - v.window) / v.group;
+      first_raw = v.group * m;
+    }
     count = m + n - first_raw;
   }
 };

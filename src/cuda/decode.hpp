@@ -25,6 +25,9 @@ struct PagedView {
   int64_t table_base = 0;           // layer * max_seqs
   int64_t window = 0, group = 1;
   bool full = false;
+  int64_t mtla_s = 0;               // MTLA's down rate s (0: LCA or full)
+  float* open_sum = nullptr;        // MTLA: [table rows, d_c] fp32 running sums of the open rows
+  const float* hyper = nullptr;     // MTLA: this layer's fc_c W, b, fc_p W, b (fp32, nn.Linear layout)
 };
 
 // The step: batch entry b appends position positions[b] to sequence seqs[b].
@@ -49,6 +52,10 @@ struct DecodeShape {
 void decode_append_condense(const PagedView& v, const StepView& s, const DecodeShape& sh, const void* rows,
                             const void* queries, double scale, const LcaParams& params, const RopeParams& rope,
                             DType dtype, cudaStream_t stream);
+// MTLA (mtla-spec.md section 4): merge weight of each new token, its running
+// sum into the open row's fp32 sum, and the stored row [round(sum) ; k^R_t].
+void decode_append_mtla(const PagedView& v, const StepView& s, const DecodeShape& sh, const void* rows,
+                        DType dtype, cudaStream_t stream);
 // Split-KV attention: partial outputs and log-sum-exps per split, then the combine.
 void decode_attention(const PagedView& v, const StepView& s, const DecodeShape& sh, const void* queries,
                       float* part_out, float* part_lse, int splits, double scale, const LcaParams& params,
