@@ -251,6 +251,7 @@ struct PrefillCase {
   int64_t q_start, q_len;
   DType dtype;
   bool mass_bias = false;
+  int64_t mtla_s = 0;   // > 0: MTLA visibility (complete rows and each query's own running row)
 };
 
 // Random representatives and raw rows; the kernel against the reference's one
@@ -262,9 +263,12 @@ void check_prefill(const PrefillCase& c, std::mt19937_64& rng) {
                lca::dtype_name(c.dtype));
   LcaParams p = c.w < 0 ? LcaParams::full() : lca_params(c.w, c.g);
   if (c.mass_bias) p.mass_bias = lca::MassBias::log_g;
+  const lca::MtlaParams mp{.down_rate = std::max<int64_t>(c.mtla_s, 1)};
+  const lca::Policy policy = c.mtla_s > 0 ? lca::Policy(mp) : lca::Policy(p);
   const int64_t last = c.q_start + c.q_len - 1;
-  const int64_t reps = lca::condensed_groups(last + 1, p);
-  const int64_t raw_start = lca::first_raw_position(c.q_start + 1, p);
+  // MTLA: the complete rows query `last` sees, and one running row per query position.
+  const int64_t reps = c.mtla_s > 0 ? lca::mtla_complete_rows(last, mp) : lca::condensed_groups(last + 1, p);
+  const int64_t raw_start = c.mtla_s > 0 ? c.q_start : lca::first_raw_position(c.q_start + 1, p);
   const int64_t raw_len = last + 1 - raw_start;
   const double scale = 1.0 / std::sqrt(static_cast<double>(c.d_qk));
 
@@ -299,6 +303,7 @@ void check_prefill(const PrefillCase& c, std::mt19937_64& rng) {
   a.scale = scale;
   a.dtype = c.dtype;
   a.params = p;
+  a.mtla_down_rate = c.mtla_s;
 
   // Rows per kv head [k ; v], as the reference's RowFormat reads them.
   const int64_t block = c.d_qk + c.d_v;
@@ -314,7 +319,8 @@ void check_prefill(const PrefillCase& c, std::mt19937_64& rng) {
   const lca::ref::detail::RowFormat fmt{.kv_heads = c.kv_heads, .kv_block = block, .key_len = c.d_qk,
                                         .value_off = c.d_qk, .value_len = c.d_v, .row_width = c.kv_heads * block};
   const Tensor<double> want =
-      lca::ref::detail::attend_rows(q.cast<double>(), c.q_start, pack(rk, rv), pack(k, v), raw_start, scale, fmt, p);
+      lca::ref::detail::attend_rows(q.cast<double>(), c.q_start, pack(rk, rv), pack(k, v), raw_start, scale, fmt,
+                                    policy);
   // Each kernel generation that can run here: the default choice (the wgmma
   // kernel on Hopper for head dims that are multiples of 64) and the sm80 one.
   for (const char* kernel : {"default", "sm80"}) {
@@ -328,6 +334,20 @@ void check_prefill(const PrefillCase& c, std::mt19937_64& rng) {
     EXPECT_LT(err, 1e-2);
   }
   unsetenv("LCA_PREFILL_KERNEL");
+}
+
+// MTLA's visibility through the same kernels: complete rows [0, floor(t/s))
+// and the query's own running row, for MLA (decompressed) and GQA head dims,
+// chunk starts inside and at chunk boundaries.
+TEST(GpuPrefill, MtlaPrefixPlusDiagonal) {
+  REQUIRE_GPU();
+  std::mt19937_64 rng(404);
+  for (int64_t s : {2, 4, 16}) {
+    check_prefill({16, 16, 192, 128, 0, 1, 0, 300, DType::bf16, false, s}, rng);
+    check_prefill({8, 2, 128, 128, 0, 1, 333, 257, DType::f16, false, s}, rng);
+    check_prefill({40, 40, 96, 64, 0, 1, 64, 129, DType::bf16, false, s}, rng);
+    check_prefill({6, 3, 64, 64, 0, 1, 7, 1, DType::f16, false, s}, rng);  // one decode-like query
+  }
 }
 
 TEST(GpuPrefill, GqaHeadDim128) {

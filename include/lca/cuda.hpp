@@ -78,6 +78,11 @@ struct PrefillArgs {
   double scale = 0;
   DType dtype = DType::bf16;
   LcaParams params;
+  // MTLA (mtla-spec.md section 3) when > 0, the down rate s (params is then
+  // not read): rep_k/rep_v hold the complete rows, query t seeing rows
+  // [0, floor(t/s)), and k/v hold one running row per position, query t
+  // seeing only its own (raw_start <= q_start).
+  int64_t mtla_down_rate = 0;
 };
 void lca_prefill(const PrefillArgs& a, cudaStream_t stream = nullptr);
 

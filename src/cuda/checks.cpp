@@ -18,8 +18,13 @@ void check_prefill(const PrefillArgs& a) {
   LCA_CHECK(a.q_len >= 0 && a.q_start >= 0 && a.raw_start >= 0 && a.raw_len >= 0 && a.reps >= 0, where,
             ": lengths and starts must be >= 0");
   LCA_CHECK(a.dtype != DType::f32, where, ": the CUDA kernels take bf16 or f16 storage, got f32");
+  LCA_CHECK(a.mtla_down_rate >= 0, where, ": mtla_down_rate must be >= 0 (0: LCA), got ", a.mtla_down_rate);
   if (a.q_len == 0) return;
-  check_attention_coverage(where, a.params, a.q_start, a.q_len, a.reps, a.raw_start, a.raw_len);
+  if (a.mtla_down_rate > 0)
+    check_attention_coverage(where, MtlaParams{.down_rate = a.mtla_down_rate}, a.q_start, a.q_len, a.reps, a.raw_start,
+                             a.raw_len);
+  else
+    check_attention_coverage(where, a.params, a.q_start, a.q_len, a.reps, a.raw_start, a.raw_len);
   LCA_CHECK(a.reps == 0 || (a.rep_k && a.rep_v), where, ": rep_k and rep_v are null but ", a.reps,
             " representatives were given");
   LCA_CHECK(a.q_heads <= 65535, where, ": at most 65535 query heads, got ", a.q_heads);

@@ -37,7 +37,9 @@ void lca_prefill(const PrefillArgs& a, cudaStream_t stream) {
   check_prefill(a);
   if (a.q_len == 0) return;
   const float scale_log2 = static_cast<float>(a.scale) * 1.4426950408889634f;
-  const float bias_log2 = a.params.mass_bias == MassBias::log_g ? std::log2(static_cast<float>(a.params.group)) : 0.f;
+  const float bias_log2 = a.mtla_down_rate == 0 && a.params.mass_bias == MassBias::log_g
+                              ? std::log2(static_cast<float>(a.params.group))
+                              : 0.f;
   if (use_sm90(a)) detail::prefill_sm90(a, scale_log2, bias_log2, stream);
   else detail::prefill_sm80(a, scale_log2, bias_log2, stream);
 }

@@ -14,6 +14,17 @@ namespace lca::cuda::detail {
 // m(n) of section 2 (0 for the full policy, whose window is "infinite").
 __device__ __forceinline__ int64_t groups_seen(int64_t n, int64_t w, int64_t g) { return n <= w ? 0 : (n - w) / g; }
 
+// What query t sees (lca-spec.md section 4, mtla-spec.md section 3): condensed
+// rows [0, condensed(t)) and raw rows [raw_lo(t), t]. LCA: m(t+1) and g m(t+1)
+// (the full policy: 0 and 0); MTLA (s > 0): floor(t/s) complete rows and its
+// own running row, the raw rows being one running row per position.
+struct Visibility {
+  int64_t w, g, s;
+  __device__ int64_t condensed(int64_t t) const { return s > 0 ? t / s : groups_seen(t + 1, w, g); }
+  __device__ int64_t raw_lo(int64_t t) const { return s > 0 ? t : g * groups_seen(t + 1, w, g); }
+};
+__host__ __device__ inline Visibility visibility_of(const PrefillArgs& a) { return {a.params.window, a.params.group, a.mtla_down_rate}; }
+
 // The keys a block of query positions [t_lo, t_hi] visits, in tiles of BN:
 // representative tiles [0, m_hi) first, then raw tiles from raw_lo (rounded
 // down to BN so that inner tiles need no mask) to t_hi. A tile that no row
@@ -23,11 +34,11 @@ struct TileKeys {
   int64_t t_lo, t_hi, m_lo, m_hi, raw_lo_max, raw_base;
   int rep_tiles, tiles;
 
-  __device__ TileKeys(int64_t lo, int64_t hi, int64_t w, int64_t g) : t_lo(lo), t_hi(hi) {
-    m_lo = groups_seen(t_lo + 1, w, g);
-    m_hi = groups_seen(t_hi + 1, w, g);
-    const int64_t raw_lo = g * m_lo;
-    raw_lo_max = g * m_hi;
+  __device__ TileKeys(int64_t lo, int64_t hi, const Visibility& v) : t_lo(lo), t_hi(hi) {
+    m_lo = v.condensed(t_lo);
+    m_hi = v.condensed(t_hi);
+    const int64_t raw_lo = v.raw_lo(t_lo);
+    raw_lo_max = v.raw_lo(t_hi);
     raw_base = raw_lo - raw_lo % BN;
     rep_tiles = static_cast<int>((m_hi + BN - 1) / BN);
     tiles = rep_tiles + static_cast<int>((t_hi - raw_base) / BN + 1);
@@ -45,7 +56,7 @@ struct TileKeys {
 // What one query row sees: representatives [0, m), raw positions [lo, t].
 struct RowView {
   int64_t t, m, lo;
-  __device__ RowView(int64_t pos, int64_t w, int64_t g) : t(pos), m(groups_seen(pos + 1, w, g)), lo(g * m) {}
+  __device__ RowView(int64_t pos, const Visibility& v) : t(pos), m(v.condensed(pos)), lo(v.raw_lo(pos)) {}
   __device__ bool sees(bool rep, int64_t key) const { return rep ? key < m : (key >= lo && key <= t); }
 };
 

@@ -47,12 +47,12 @@ __global__ void __launch_bounds__(kThreads) lca_prefill_kernel(PrefillArgs a, fl
   const int64_t tile = gridDim.x - 1 - blockIdx.x;  // heaviest first
   const int h = blockIdx.y;
   const int64_t kvh = h / (a.q_heads / a.kv_heads);
-  const int64_t w = a.params.window, g = a.params.group;
+  const Visibility vis = visibility_of(a);
   const int64_t q0 = tile * BM;
   const int64_t rows = min(static_cast<int64_t>(BM), a.q_len - q0);
   const int64_t t_lo = a.q_start + q0, t_hi = t_lo + rows - 1;
 
-  const TileKeys<BN> keys(t_lo, t_hi, w, g);
+  const TileKeys<BN> keys(t_lo, t_hi, vis);
   const T* q = static_cast<const T*>(a.q);
   const T* k = static_cast<const T*>(a.k);
   const T* v = static_cast<const T*>(a.v);
@@ -91,8 +91,8 @@ __global__ void __launch_bounds__(kThreads) lca_prefill_kernel(PrefillArgs a, fl
 
   // Per-thread rows: r0 = lane / 4 and r0 + 8 of the warp's 16.
   // (rows past the end mirror the last row; they are never stored)
-  const RowView row_view[2] = {RowView(t_lo + min(static_cast<int64_t>(warp * 16 + lane / 4), rows - 1), w, g),
-                               RowView(t_lo + min(static_cast<int64_t>(warp * 16 + lane / 4 + 8), rows - 1), w, g)};
+  const RowView row_view[2] = {RowView(t_lo + min(static_cast<int64_t>(warp * 16 + lane / 4), rows - 1), vis),
+                               RowView(t_lo + min(static_cast<int64_t>(warp * 16 + lane / 4 + 8), rows - 1), vis)};
 
   uint32_t qf[DQK / 16][4];
   float o[DV / 8][4];

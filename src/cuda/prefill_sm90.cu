@@ -85,11 +85,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int64_t tile = gridDim.x - 1 - blockIdx.x;  // heaviest first
   const int h = blockIdx.y;
   const int kvh = static_cast<int>(h / (a.q_heads / a.kv_heads));
-  const int64_t w = a.params.window, g = a.params.group;
+  const Visibility vis = visibility_of(a);
   const int64_t q0 = tile * BM;
   const int64_t rows = min(static_cast<int64_t>(BM), a.q_len - q0);
   const int64_t t_lo = a.q_start + q0, t_hi = t_lo + rows - 1;
-  const TileKeys<BN> keys(t_lo, t_hi, w, g);
+  const TileKeys<BN> keys(t_lo, t_hi, vis);
 
   if (tid == 0) {
     mbar_init(&bar.q_full, 1);
@@ -131,8 +131,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n");
   const int cw = wg - 1;
   const int row0 = cw * 64 + warp * 16 + lane / 4;  // and row0 + 8; rows past the end mirror the last
-  const RowView row_view[2] = {RowView(t_lo + min(static_cast<int64_t>(row0), rows - 1), w, g),
-                               RowView(t_lo + min(static_cast<int64_t>(row0 + 8), rows - 1), w, g)};
+  const RowView row_view[2] = {RowView(t_lo + min(static_cast<int64_t>(row0), rows - 1), vis),
+                               RowView(t_lo + min(static_cast<int64_t>(row0 + 8), rows - 1), vis)};
   const uint32_t q_base = smem_addr(sQ) + cw * 64 * 128;
 
   float o[DV / 2];
