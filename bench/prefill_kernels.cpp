@@ -1,5 +1,6 @@
 // bench/prefill_kernels: our CUDA prefill (condense + attention) against our
-// full causal attention, same machinery, one layer, batch 1. Prints a table
+// full causal attention, same machinery, one layer, batch 1; for the MLA
+// shapes also MTLA (s = 2, 4, 16): its rows and its attention. Prints a table
 // and writes JSON. Times are medians over many runs with CUDA events, inputs
 // random (never zeros). The PyTorch baselines (SDPA/cuDNN, FlexAttention)
 // are measured beside these by bench/prefill.py.
@@ -173,7 +174,48 @@ int main(int argc, char** argv) {
       out << (first_row ? "" : ",\n") << "  {\"shape\": \"" << s.name << "\", \"context\": " << n
           << ", \"full_ms\": " << full_ms << ", \"full_tflops\": " << full_tf << ", \"condense_ms\": " << cond_ms
           << ", \"lca_attention_ms\": " << attn_ms << ", \"lca_ms\": " << lca_ms << ", \"lca_attention_tflops\": "
-          << lca_tf << "}";
+          << lca_tf;
+      // MTLA (MLA shapes): the rows (merge weights, running and complete rows of the latents,
+      // d_c = 512 or 256 as the shape's model) + the attention with MTLA's visibility.
+      if (!gqa_condense) {
+        const int64_t dc = s.d_v == 128 ? 512 : 256, dr = s.d_v == 128 ? 64 : 32, row = dc + dr;
+        void* latents = random_device(n * row, rng);
+        std::vector<float> hyper_h(2 * (dc / 4) * dc + 2 * (dc / 4));
+        for (size_t i = 0; i < hyper_h.size(); ++i) hyper_h[i] = float((i * 2654435761u) % 2001) / 1000.f - 1.f;
+        for (float& x : hyper_h) x /= std::sqrt(float(dc));
+        float *hyper, *open, *weights;
+        void *running, *complete, *crk, *crv;
+        CHECK(cudaMalloc(&hyper, hyper_h.size() * 4));
+        CHECK(cudaMemcpy(hyper, hyper_h.data(), hyper_h.size() * 4, cudaMemcpyHostToDevice));
+        CHECK(cudaMalloc(&open, dc * 4));
+        CHECK(cudaMalloc(&weights, n * 4));
+        CHECK(cudaMalloc(&running, n * row * 2));
+        CHECK(cudaMalloc(&complete, n * row * 2));
+        CHECK(cudaMalloc(&crk, n / 2 * s.kv_heads * s.d_qk * 2));
+        CHECK(cudaMalloc(&crv, n / 2 * s.kv_heads * s.d_v * 2));
+        std::printf("%-38s %7s |", "  MTLA (rows + attention) ms", "");
+        out << ", \"mtla\": [";
+        for (int64_t rate : {2, 4, 16}) {
+          lca::cuda::MtlaRowsArgs r;
+          r.rows = latents, r.hyper = hyper, r.open_out = open, r.weights = weights, r.running = running;
+          r.complete = complete, r.start = 0, r.len = n, r.d_latent = dc, r.d_rope = dr;
+          r.params.down_rate = rate;
+          const double rows_ms = median_ms([&] { lca::cuda::mtla_rows(r); }, reps);
+          lca::cuda::PrefillArgs ma = a;
+          ma.rep_k = crk, ma.rep_v = crv, ma.reps = n / rate, ma.mtla_down_rate = rate;
+          const double mattn_ms = median_ms([&] { lca::cuda::lca_prefill(ma); }, reps);
+          CHECK(cudaDeviceSynchronize());
+          std::printf(" s=%lld %.3f + %.3f", (long long)rate, rows_ms, mattn_ms);
+          out << (rate == 2 ? "" : ", ") << "{\"s\": " << rate << ", \"rows_ms\": " << rows_ms
+              << ", \"attention_ms\": " << mattn_ms << "}";
+        }
+        std::printf("\n");
+        out << "]";
+        for (void* p : {latents, static_cast<void*>(hyper), static_cast<void*>(open), static_cast<void*>(weights),
+                        running, complete, crk, crv})
+          CHECK(cudaFree(p));
+      }
+      out << "}";
       first_row = false;
       for (void* p : {q, k, v, rk, rv, o, static_cast<void*>(sum)}) CHECK(cudaFree(p));
     }

@@ -478,3 +478,97 @@ TEST(GpuPrefill, BadArgumentsNameTheProblem) {
 }
 
 }  // namespace
+
+// ---- MTLA rows (prefill) --------------------------------------------------------------
+
+// mtla_rows in two consecutive calls (the second continues the open chunk)
+// against the reference's merge weights and running rows in float64.
+TEST(GpuMtla, RowsMatchReference) {
+  REQUIRE_GPU();
+  std::mt19937_64 rng(505);
+  for (int64_t s : {2, 3, 16}) {
+    for (DType dtype : {DType::bf16, DType::f16}) {
+      SCOPED_TRACE("s " + std::to_string(s) + " " + lca::dtype_name(dtype));
+      const lca::MlaDims dims{.heads = 16, .d_latent = 512, .d_rope = 64, .d_nope = 128, .d_v = 128};
+      const lca::MtlaParams p{.down_rate = s};
+      const int64_t n = 101, split = 37, dc = dims.d_latent, row = dims.row_width();
+      Tensor<float> rows = random_tensor(rng, {n, row});
+      auto d_rows = upload(rows, dtype);  // rows now hold the rounded values
+      const float bound = 1.f / std::sqrt(float(dc));
+      auto uniform = [&](lca::Shape shape) {
+        std::uniform_real_distribution<float> u(-bound, bound);
+        Tensor<float> t(std::move(shape));
+        for (float& x : t.vec()) x = u(rng);
+        return t;
+      };
+      const lca::MtlaHyperNet<float> hyper{uniform({dc / 4, dc}), uniform({dc / 4}), uniform({dc / 4, dc}),
+                                           uniform({dc / 4})};
+      Tensor<float> packed({2 * (dc / 4) * dc + 2 * (dc / 4)});
+      float* at = packed.data();
+      for (const Tensor<float>* t : {&hyper.fc_c_weight, &hyper.fc_c_bias, &hyper.fc_p_weight, &hyper.fc_p_bias})
+        at = std::copy(t->data(), t->data() + t->numel(), at);
+      auto d_hyper = upload_f32(packed);
+
+      const Tensor<double> w = lca::ref::mtla_merge_weights(rows.cast<double>(), 0, dims, p, hyper.cast<double>());
+      const Tensor<double> running = lca::ref::mtla_running_rows(rows.cast<double>(), w, 0, Tensor<double>(), dims, p);
+
+      DeviceBuffer open_a(dc * 4), open_b(dc * 4), weights(n * 4), out_running(n * row * 2), out_complete(n * row * 2);
+      out_running.poison();
+      out_complete.poison();
+      for (auto [start, len] : {std::pair<int64_t, int64_t>{0, split}, {split, n - split}}) {
+        lca::cuda::MtlaRowsArgs a;
+        a.rows = static_cast<char*>(d_rows->ptr) + start * row * 2;
+        a.hyper = static_cast<const float*>(d_hyper->ptr);
+        a.open_in = static_cast<const float*>(open_a.ptr);
+        a.open_out = static_cast<float*>(start == 0 ? open_a.ptr : open_b.ptr);
+        if (start == 0) a.open_in = static_cast<const float*>(open_b.ptr);  // not read: start = 0
+        a.weights = static_cast<float*>(weights.ptr) + start;
+        a.running = static_cast<char*>(out_running.ptr) + start * row * 2;
+        a.complete = static_cast<char*>(out_complete.ptr) + (start / s) * row * 2;
+        a.start = start;
+        a.len = len;
+        a.d_latent = dc;
+        a.d_rope = dims.d_rope;
+        a.dtype = dtype;
+        a.params = p;
+        lca::cuda::mtla_rows(a);
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      }
+      Tensor<float> got_w({n});
+      cudaMemcpy(got_w.data(), weights.ptr, n * 4, cudaMemcpyDeviceToHost);
+      EXPECT_LT(rel_error(got_w, w), 1e-5);
+      // Running rows: one rounding of the fp32 sum; complete rows: the running row of each chunk's last position.
+      EXPECT_LT(rel_error(download(out_running, {n, row}, dtype), running), 1e-2);
+      const int64_t complete = n / s;
+      Tensor<double> want_complete({complete, row});
+      for (int64_t k = 0; k < complete; ++k)
+        std::copy(running.row((k + 1) * s - 1), running.row((k + 1) * s - 1) + row, want_complete.row(k));
+      EXPECT_LT(rel_error(download(out_complete, {complete, row}, dtype), want_complete), 1e-2);
+      // The rope keys are copies.
+      const Tensor<float> got = download(out_running, {n, row}, dtype);
+      for (int64_t t = 0; t < n; ++t)
+        for (int64_t x = dc; x < row; ++x) ASSERT_EQ(got.row(t)[x], rows.row(t)[x]) << "position " << t;
+    }
+  }
+}
+
+TEST(GpuMtla, BadArgumentsNameTheProblem) {
+  lca::cuda::MtlaRowsArgs a;
+  a.d_latent = 500;
+  a.len = 1;
+  EXPECT_THROW(lca::cuda::check_mtla_rows(a), lca::Error);
+  a.d_latent = 512;
+  a.params.down_rate = 0;
+  EXPECT_THROW(lca::cuda::check_mtla_rows(a), lca::Error);
+  a.params.down_rate = 2;
+  float buf[4];
+  a.rows = a.hyper = a.weights = buf;
+  a.running = a.complete = buf;
+  a.start = 1;  // the chunk at start is open but open_in is null
+  try {
+    lca::cuda::check_mtla_rows(a);
+    FAIL() << "no error";
+  } catch (const lca::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("open_in"), std::string::npos) << e.what();
+  }
+}

@@ -86,6 +86,28 @@ struct PrefillArgs {
 };
 void lca_prefill(const PrefillArgs& a, cudaStream_t stream = nullptr);
 
+// ---- MTLA rows (mtla-spec.md sections 2-4) ---------------------------------
+//
+// For the tokens at positions [start, start + len): their merge weights, their
+// running rows (query t's own row [round(c~_{t/s}(t)) ; k^R_t], what MTLA
+// prefill attends as "raw" rows) and the complete rows of the chunks that close
+// among them, chunks [floor(start/s), floor((start + len)/s)) (what the cache
+// keeps). Sums are fp32; the chunk open at `start` continues from open_in, and
+// the chunk open at start + len leaves its sum in open_out.
+struct MtlaRowsArgs {
+  const void* rows = nullptr;       // [len, d_latent + d_rope] = [c ; k^R]
+  const float* hyper = nullptr;     // fc_c W [d_c/4, d_c], fc_c b [d_c/4], fc_p W, fc_p b: fp32, packed
+  const float* open_in = nullptr;   // [d_latent], read when s does not divide start
+  float* open_out = nullptr;        // [d_latent], written when s does not divide start + len (not open_in)
+  float* weights = nullptr;         // [len] out: the merge weights
+  void* running = nullptr;          // [len, d_latent + d_rope] out
+  void* complete = nullptr;         // [floor((start+len)/s) - floor(start/s), d_latent + d_rope] out
+  int64_t start = 0, len = 0, d_latent = 0, d_rope = 0;
+  DType dtype = DType::bf16;
+  MtlaParams params;
+};
+void mtla_rows(const MtlaRowsArgs& a, cudaStream_t stream = nullptr);
+
 // Head dims the prefill kernel is built for: (d_qk, d_v).
 bool prefill_supports(int64_t d_qk, int64_t d_v);
 
@@ -94,5 +116,6 @@ bool prefill_supports(int64_t d_qk, int64_t d_v);
 void check_prefill(const PrefillArgs& a);
 void check_condense_mla(const CondenseMlaArgs& a);
 void check_condense_gqa(const CondenseGqaArgs& a);
+void check_mtla_rows(const MtlaRowsArgs& a);
 
 }  // namespace lca::cuda

@@ -53,4 +53,23 @@ void check_condense_gqa(const CondenseGqaArgs& a) {
   check_group_coverage(where, a.params, a.first, a.count, a.kv_start, a.kv_len, a.sum_start, a.sum_len);
 }
 
+void check_mtla_rows(const MtlaRowsArgs& a) {
+  const char* where = "cuda::mtla_rows";
+  a.params.validate();
+  LCA_CHECK(a.d_latent >= 16 && a.d_latent % 16 == 0, where, ": d_latent must be a positive multiple of 16, got ",
+            a.d_latent);
+  LCA_CHECK(a.d_rope >= 0, where, ": d_rope must be >= 0, got ", a.d_rope);
+  LCA_CHECK(a.start >= 0 && a.len >= 0, where, ": start and len must be >= 0, got ", a.start, " and ", a.len);
+  LCA_CHECK(a.dtype != DType::f32, where, ": the CUDA kernels take bf16 or f16 storage, got f32");
+  if (a.len == 0) return;
+  const int64_t s = a.params.down_rate;
+  LCA_CHECK(a.rows && a.hyper && a.weights && a.running, where,
+            ": rows, hyper, weights and running must be device pointers, got a null one");
+  LCA_CHECK((a.start + a.len) / s == a.start / s || a.complete, where, ": complete is null but chunks close");
+  LCA_CHECK(a.start % s == 0 || a.open_in, where, ": open_in is null but the chunk at start ", a.start, " is open");
+  LCA_CHECK((a.start + a.len) % s == 0 || a.open_out, where, ": open_out is null but a chunk stays open");
+  LCA_CHECK(a.open_in == nullptr || a.open_in != a.open_out, where,
+            ": open_in and open_out must be distinct buffers");
+}
+
 }  // namespace lca::cuda
