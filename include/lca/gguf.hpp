@@ -51,6 +51,7 @@ enum class GgmlType : uint32_t {
   q2_k = 10, q3_k = 11, q4_k = 12, q5_k = 13, q6_k = 14, q8_k = 15,
   iq2_xxs = 16, iq2_xs = 17, iq3_xxs = 18, iq1_s = 19, iq4_nl = 20, iq3_s = 21, iq2_s = 22, iq4_xs = 23,
   i8 = 24, i16 = 25, i32 = 26, i64 = 27, f64 = 28, iq1_m = 29, bf16 = 30, tq1_0 = 34, tq2_0 = 35, mxfp4 = 39,
+  nvfp4 = 40, q1_0 = 41,
 };
 const char* ggml_type_name(GgmlType t);  // "F32", "Q4_1", ...
 // True for the types GgufFile::read converts to float: F32, F16, BF16, Q8_0, Q4_0, Q4_1.

@@ -40,12 +40,13 @@ struct TypeEntry {
   int64_t block_bytes;  // bytes per block
 };
 
-// Every ggml type a GGUF file may hold, with its block geometry (ggml-common.h).
+// Every ggml type a GGUF file may hold, with its block geometry as gguf-py's
+// GGML_QUANT_SIZES gives it (the cross-check test compares the two).
 constexpr TypeEntry kTypes[] = {
     {GgmlType::f32, "F32", 1, 4},          {GgmlType::f16, "F16", 1, 2},
     {GgmlType::q4_0, "Q4_0", 32, 18},      {GgmlType::q4_1, "Q4_1", 32, 20},
     {GgmlType::q5_0, "Q5_0", 32, 22},      {GgmlType::q5_1, "Q5_1", 32, 24},
-    {GgmlType::q8_0, "Q8_0", 32, 34},      {GgmlType::q8_1, "Q8_1", 32, 36},
+    {GgmlType::q8_0, "Q8_0", 32, 34},      {GgmlType::q8_1, "Q8_1", 32, 40},
     {GgmlType::q2_k, "Q2_K", 256, 84},     {GgmlType::q3_k, "Q3_K", 256, 110},
     {GgmlType::q4_k, "Q4_K", 256, 144},    {GgmlType::q5_k, "Q5_K", 256, 176},
     {GgmlType::q6_k, "Q6_K", 256, 210},    {GgmlType::q8_k, "Q8_K", 256, 292},
@@ -58,6 +59,7 @@ constexpr TypeEntry kTypes[] = {
     {GgmlType::f64, "F64", 1, 8},          {GgmlType::iq1_m, "IQ1_M", 256, 56},
     {GgmlType::bf16, "BF16", 1, 2},        {GgmlType::tq1_0, "TQ1_0", 256, 54},
     {GgmlType::tq2_0, "TQ2_0", 256, 66},   {GgmlType::mxfp4, "MXFP4", 32, 17},
+    {GgmlType::nvfp4, "NVFP4", 64, 36},    {GgmlType::q1_0, "Q1_0", 128, 18},
 };
 
 const TypeEntry* find_type(uint32_t id) {
