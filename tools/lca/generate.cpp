@@ -4,7 +4,7 @@
 // Progress and the summary go to stderr, the generated text to stdout.
 #include "generate.hpp"
 
-#include <fmt/core.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -115,31 +115,39 @@ int run_generate(const GenerateOptions& o) {
                dtype_name(storage).c_str(), static_cast<long long>(n_prompt));
 
   const auto t_prefill = Clock::now();
-  const bool show_progress = n_prompt > o.chunk;
+  // One progress line, rewritten in place on a terminal (one line per chunk otherwise).
+  const bool show_progress = n_prompt > o.chunk, tty = ::isatty(2) != 0;
   Tensor<float> logits = seq.prefill(ids, o.chunk, [&](int64_t done, int64_t total) {
     if (!show_progress) return;
     const double s = seconds_since(t_prefill);
-    std::fprintf(stderr, "\rprefill %lld/%lld tokens, %.1f s, %.0f tokens/s   ", static_cast<long long>(done),
-                 static_cast<long long>(total), s, static_cast<double>(done) / s);
-    if (done == total) std::fputc('\n', stderr);
+    std::fprintf(stderr, "%sprefill %lld/%lld tokens, %.1f s, %.0f tokens/s%s", tty ? "\r" : "",
+                 static_cast<long long>(done), static_cast<long long>(total), s, static_cast<double>(done) / s,
+                 tty && done < total ? "   " : "\n");
   });
   const double prefill_s = seconds_since(t_prefill);
 
   std::mt19937_64 rng(o.seed);
   const int64_t eos = -1;
-  int64_t generated = 0;
-  const auto t_decode = Clock::now();
-  while (generated < o.max_new_tokens && seq.tokens() < model.context_length()) {
+  int64_t generated = 0, steps = 0;
+  double decode_s = 0.0;
+  while (generated < o.max_new_tokens) {
     const int64_t next = pick_token(logits.row(0), model.vocab_size(), o.temperature, rng);
     ++generated;
     if (next == eos && !o.ignore_eos) break;
     std::printf("%lld,", static_cast<long long>(next));
     std::fflush(stdout);
     if (generated == o.max_new_tokens) break;
+    if (seq.tokens() >= model.context_length()) {
+      std::fprintf(stderr, "\nlca generate: stopped at the model's context of %lld tokens\n",
+                   static_cast<long long>(model.context_length()));
+      break;
+    }
     const int64_t one[1] = {next};
+    const auto t_step = Clock::now();
     logits = seq.forward(one);
+    decode_s += seconds_since(t_step);
+    ++steps;
   }
-  const double decode_s = seconds_since(t_decode);
   std::printf("\n");
 
   constexpr double kMiB = 1024.0 * 1024.0;
@@ -147,7 +155,7 @@ int run_generate(const GenerateOptions& o) {
                "lca generate: prompt %lld tokens, prefill %.2f s (%.1f tokens/s); decode %lld tokens, %.2f tokens/s; "
                "KV cache %.2f MiB full-equivalent, %.2f MiB actual (%s)\n",
                static_cast<long long>(n_prompt), prefill_s, static_cast<double>(n_prompt) / prefill_s,
-               static_cast<long long>(generated), decode_s > 0 ? static_cast<double>(generated) / decode_s : 0.0,
+               static_cast<long long>(generated), decode_s > 0 ? static_cast<double>(steps) / decode_s : 0.0,
                static_cast<double>(seq.full_cache_bytes()) / kMiB, static_cast<double>(seq.cache_bytes()) / kMiB,
                params.is_full() ? "full" : "lca");
   return 0;
