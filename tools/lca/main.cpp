@@ -5,6 +5,7 @@
 
 #include "demo.hpp"
 #include "generate.hpp"
+#include "tokenize.hpp"
 
 int main(int argc, char** argv) {
   CLI::App app{"lca: Latent-Condensed Attention for long-context inference"};
@@ -39,10 +40,23 @@ int main(int argc, char** argv) {
   gen_cmd->add_option("--seed", gen.seed, "Sampling seed");
   gen_cmd->add_flag("--ignore-eos", gen.ignore_eos, "Keep generating past the end-of-text token");
 
+  lca::tools::TokenizeOptions tokenize;
+  CLI::App* tokenize_cmd =
+      app.add_subcommand("tokenize", "Encode text or decode ids with a tokenizer.json or a vocabulary");
+  tokenize_cmd->add_option("--tokenizer", tokenize.tokenizer_json, "A Hugging Face tokenizer.json");
+  tokenize_cmd->add_option("--vocab", tokenize.vocab_json, "Or a BpeVocab as JSON (see tools/lca/tokenize.cpp)");
+  tokenize_cmd->add_option("--text", tokenize.text, "Encode this text and print the ids");
+  tokenize_cmd->add_option("--ids", tokenize.ids, "Decode these ids ('1 2 3') and print the text");
+  tokenize_cmd->add_option("--jsonl", tokenize.jsonl,
+                           "Encode each line (a JSON string) of this file, '-' for stdin; print JSON lines");
+  tokenize_cmd->add_flag("--no-special", tokenize.no_special, "Do not add BOS/EOS");
+  tokenize_cmd->add_flag("--skip-special", tokenize.skip_special, "Decoding: leave out special tokens");
+
   CLI11_PARSE(app, argc, argv);
   try {
     if (demo_cmd->parsed()) return lca::tools::run_demo(demo);
     if (gen_cmd->parsed()) return lca::tools::run_generate(gen);
+    if (tokenize_cmd->parsed()) return lca::tools::run_tokenize(tokenize);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;
