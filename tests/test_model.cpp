@@ -479,6 +479,63 @@ TEST_F(ModelTest, ForwardErrorsLeaveTheSequenceUsable) {
   EXPECT_THROW(Sequence(model, broken), lca::Error);
 }
 
+// ---- Tokenizer and end-of-text ids of a model -------------------------------------------
+
+TEST_F(ModelTest, GgufTokenizerMetadataBecomesABpeVocab) {
+  lca_test::GgufWriter w;
+  w.add_string("tokenizer.ggml.model", "gpt2");
+  // Byte-level tokens: "\xc4\xa0" is the mapped space.
+  w.add_string_array("tokenizer.ggml.tokens", {"<|end|>", "a", "b", "\xc4\xa0", "ab", "\xc4\xa0" "a", "\xc4\xa0" "ab", "<tool>"});
+  w.add_string_array("tokenizer.ggml.merges", {"\xc4\xa0" " a", "a b", "\xc4\xa0" "a b"});
+  w.add_i32_array("tokenizer.ggml.token_type", {3, 1, 1, 1, 1, 1, 1, 4});
+  w.add_u32("tokenizer.ggml.bos_token_id", 0);
+  w.add_u32("tokenizer.ggml.eos_token_id", 0);
+  w.write(dir_ / "t.gguf");
+  const lca::GgufFile f = lca::GgufFile::open((dir_ / "t.gguf").string());
+  const lca::BpeVocab v = lca::gguf_bpe_vocab(f);
+  EXPECT_EQ(v.kind, lca::BpeVocab::Kind::byte_level);
+  EXPECT_EQ(v.pre_tokenizer, "gpt2");  // no tokenizer.ggml.pre: llama.cpp's default
+  EXPECT_EQ(v.tokens.size(), 8u);
+  EXPECT_EQ(v.merges.size(), 3u);
+  EXPECT_EQ(v.special_ids, (std::vector<int64_t>{0}));
+  EXPECT_EQ(v.user_defined_ids, (std::vector<int64_t>{7}));
+  EXPECT_EQ(v.eos_id, 0);
+  EXPECT_FALSE(v.add_bos);  // gpt2 default
+  const lca::Tokenizer tok = lca::load_tokenizer((dir_ / "t.gguf").string());
+  EXPECT_EQ(tok.encode("ab ab<|end|>"), (std::vector<int64_t>{4, 6, 0}));
+  EXPECT_EQ(lca::load_eos_ids((dir_ / "t.gguf").string()), (std::vector<int64_t>{0}));
+
+  lca_test::GgufWriter spm;
+  spm.add_string("tokenizer.ggml.model", "llama");
+  spm.add_string_array("tokenizer.ggml.tokens", {"<unk>", "<s>", "</s>", "\xe2\x96\x81" "a"});
+  spm.add("tokenizer.ggml.scores", lca_test::kArr,
+          lca_test::le<uint32_t>(lca_test::kF32) + lca_test::le<uint64_t>(4) + lca_test::le(0.0f) + lca_test::le(0.0f) +
+              lca_test::le(0.0f) + lca_test::le(-1.5f));
+  spm.add_u32("tokenizer.ggml.bos_token_id", 1);
+  spm.write(dir_ / "s.gguf");
+  const lca::BpeVocab sv = lca::gguf_bpe_vocab(lca::GgufFile::open((dir_ / "s.gguf").string()));
+  EXPECT_EQ(sv.kind, lca::BpeVocab::Kind::sentencepiece);
+  EXPECT_EQ(sv.scores, (std::vector<float>{0, 0, 0, -1.5f}));
+  EXPECT_TRUE(sv.add_bos);  // SentencePiece default
+  EXPECT_TRUE(sv.add_space_prefix);
+
+  lca_test::GgufWriter bert;
+  bert.add_string("tokenizer.ggml.model", "bert");
+  bert.write(dir_ / "b.gguf");
+  expect_error([&] { lca::load_tokenizer((dir_ / "b.gguf").string()); }, {"b.gguf", "'bert'", "not supported"});
+}
+
+TEST_F(ModelTest, EosIdsOfAHuggingFaceFolder) {
+  fs::create_directories(dir_ / "m");
+  lca_test::write_bytes(dir_ / "m" / "config.json", R"({"eos_token_id": 7})");
+  EXPECT_EQ(lca::load_eos_ids((dir_ / "m").string()), (std::vector<int64_t>{7}));
+  lca_test::write_bytes(dir_ / "m" / "generation_config.json", R"({"eos_token_id": [3, 9]})");
+  EXPECT_EQ(lca::load_eos_ids((dir_ / "m").string()), (std::vector<int64_t>{3, 9}));
+  lca_test::write_bytes(dir_ / "m" / "generation_config.json", R"({"eos_token_id": "x"})");
+  expect_error([&] { lca::load_eos_ids((dir_ / "m").string()); }, {"generation_config.json", "eos_token_id"});
+  expect_error([&] { lca::load_tokenizer((dir_ / "m").string()); }, {"tokenizer.json"});
+}
+
 // ---- The real model, when present --------------------------------------------------------
 
 std::string smollm2_path() {
@@ -501,11 +558,14 @@ TEST(SmolLM2, GreedyContinuationIsParis) {
   const std::vector<int64_t> prompt = {504, 3575, 282, 4649, 314};  // "The capital of France is"
   const lca::GgufFile file = lca::GgufFile::open(path);
   const std::vector<std::string> vocab = file.get_string_array("tokenizer.ggml.tokens");
+  const lca::Tokenizer tok = lca::load_tokenizer(path);
+  EXPECT_EQ(tok.encode("The capital of France is"), prompt);
   for (const LcaParams& p : {LcaParams::full(), LcaParams{}}) {
     Sequence seq(model, p);
     const Tensor<float> logits = seq.forward(prompt);
     const int64_t next = std::max_element(logits.data(), logits.data() + logits.numel()) - logits.data();
     EXPECT_EQ(vocab.at(static_cast<size_t>(next)), "\xc4\xa0Paris") << p.describe();  // "Ġ" + "Paris"
+    EXPECT_EQ(tok.decode(std::vector<int64_t>{next}), " Paris");
   }
 }
 

@@ -21,6 +21,7 @@
 #include "lca/model_config.hpp"
 #include "lca/params.hpp"
 #include "lca/tensor.hpp"
+#include "lca/tokenizer.hpp"
 
 namespace lca {
 
@@ -70,6 +71,18 @@ class Model {
   ModelConfig config_;
   ModelWeights weights_;
 };
+
+// The BpeVocab of a GGUF file's tokenizer.ggml.* metadata: model "gpt2"
+// (byte-level BPE; tokenizer.ggml.pre names the pre-tokenizer) or "llama"
+// (SentencePiece BPE, by merges or scores); control tokens (token_type 3) become
+// special_ids, user-defined ones (4) user_defined_ids; bos/eos/unk ids and the
+// add_bos/add_eos/add_space_prefix flags with llama.cpp's defaults.
+BpeVocab gguf_bpe_vocab(const GgufFile& file);
+// The tokenizer of a model path: a GGUF file's vocabulary or a folder's tokenizer.json.
+Tokenizer load_tokenizer(const std::string& model_path);
+// Token ids that end generation: GGUF eos (and eot) ids; a folder's
+// generation_config.json "eos_token_id" (an id or a list), else config.json's.
+std::vector<int64_t> load_eos_ids(const std::string& model_path);
 
 // The architectures Model accepts (config.json names and GGUF names).
 const char* supported_model_architectures();

@@ -21,6 +21,7 @@
 #include "lca/error.hpp"
 #include "lca/gguf.hpp"
 #include "lca/model.hpp"
+#include "lca/tokenizer.hpp"
 
 namespace lca::tools {
 namespace {
@@ -96,11 +97,32 @@ int run_generate(const GenerateOptions& o) {
                static_cast<long long>(cfg.gqa.kv_heads), static_cast<long long>(cfg.vocab_size),
                static_cast<long long>(cfg.max_position_embeddings), seconds_since(t_load));
 
+  // The tokenizer: needed for text prompts; with --prompt-ids, output falls back to ids without one.
+  std::optional<Tokenizer> tokenizer;
+  if (o.prompt_ids.empty()) {
+    tokenizer = load_tokenizer(o.model);
+  } else {
+    try {
+      tokenizer = load_tokenizer(o.model);
+    } catch (const Error& e) {
+      std::fprintf(stderr, "lca generate: no tokenizer (%s); printing token ids\n", e.what());
+    }
+  }
   std::vector<int64_t> ids;
   if (!o.prompt_ids.empty()) {
+    LCA_CHECK(!o.chat, "generate: --chat needs a text prompt, not --prompt-ids");
     ids = parse_ids(o.prompt_ids);
   } else {
-    detail::fail("generate: text prompts need the tokenizer, which this build does not have yet; use --prompt-ids");
+    std::string text = o.prompt_file.empty() ? o.prompt : read_prompt_file(o.prompt_file);
+    if (o.chat) {
+      // ChatML (SmolLM2, Qwen2): the markers are special tokens, matched literally by encode.
+      LCA_CHECK(tokenizer->token_id("<|im_start|>") >= 0 && tokenizer->token_id("<|im_end|>") >= 0,
+                "generate: --chat needs a ChatML model (<|im_start|> and <|im_end|> tokens); this vocabulary has none");
+      std::string wrapped;
+      if (!o.system.empty()) wrapped += "<|im_start|>system\n" + o.system + "<|im_end|>\n";
+      text = wrapped + "<|im_start|>user\n" + text + "<|im_end|>\n<|im_start|>assistant\n";
+    }
+    ids = tokenizer->encode(text, true);
   }
   LCA_CHECK(!ids.empty(), "generate: the prompt is empty");
   const int64_t n_prompt = static_cast<int64_t>(ids.size());
@@ -127,14 +149,20 @@ int run_generate(const GenerateOptions& o) {
   const double prefill_s = seconds_since(t_prefill);
 
   std::mt19937_64 rng(o.seed);
-  const int64_t eos = -1;
+  std::vector<int64_t> eos = load_eos_ids(o.model);
+  if (tokenizer && tokenizer->eos_id() >= 0) eos.push_back(tokenizer->eos_id());
   int64_t generated = 0, steps = 0;
   double decode_s = 0.0;
   while (generated < o.max_new_tokens) {
     const int64_t next = pick_token(logits.row(0), model.vocab_size(), o.temperature, rng);
     ++generated;
-    if (next == eos && !o.ignore_eos) break;
-    std::printf("%lld,", static_cast<long long>(next));
+    if (!o.ignore_eos && std::find(eos.begin(), eos.end(), next) != eos.end()) break;
+    if (tokenizer) {
+      const std::string piece = tokenizer->token(next);
+      std::fwrite(piece.data(), 1, piece.size(), stdout);
+    } else {
+      std::printf("%lld,", static_cast<long long>(next));
+    }
     std::fflush(stdout);
     if (generated == o.max_new_tokens) break;
     if (seq.tokens() >= model.context_length()) {
@@ -149,6 +177,7 @@ int run_generate(const GenerateOptions& o) {
     ++steps;
   }
   std::printf("\n");
+  std::fflush(stdout);
 
   constexpr double kMiB = 1024.0 * 1024.0;
   std::fprintf(stderr,

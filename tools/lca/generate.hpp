@@ -11,6 +11,7 @@ struct GenerateOptions {
   std::string prompt_file;   // or text from a file
   std::string prompt_ids;    // or token ids "1,2,3" (no tokenizer needed)
   bool chat = false;         // wrap the prompt in the model's ChatML turn markers
+  std::string system;        // with chat: a system turn first
   std::string attention = "lca";  // lca | full
   int64_t window = 1024;
   int64_t group = 16;

@@ -30,6 +30,7 @@ int main(int argc, char** argv) {
   gen_cmd->add_option("--prompt-file", gen.prompt_file, "Read the prompt text from this file");
   gen_cmd->add_option("--prompt-ids", gen.prompt_ids, "Prompt as comma-separated token ids");
   gen_cmd->add_flag("--chat", gen.chat, "Wrap the prompt as a user turn of the model's chat format (ChatML)");
+  gen_cmd->add_option("--system", gen.system, "With --chat: a system message first");
   gen_cmd->add_option("--attention", gen.attention, "lca or full")->check(CLI::IsMember({"lca", "full"}));
   gen_cmd->add_option("--window", gen.window, "LCA window w")->check(CLI::NonNegativeNumber);
   gen_cmd->add_option("--group", gen.group, "LCA group size g")->check(CLI::PositiveNumber);
