@@ -479,6 +479,24 @@ TEST_F(ModelTest, ForwardErrorsLeaveTheSequenceUsable) {
   EXPECT_THROW(Sequence(model, broken), lca::Error);
 }
 
+// A failure inside the layers (here a NaN key reaching the cache of layer 1,
+// after layer 0 took the tokens) leaves the caches out of step: the sequence
+// then refuses further use rather than compute with them.
+TEST_F(ModelTest, AFailureMidwayRetiresTheSequence) {
+  Rng rng(8);
+  const Tiny m = random_tiny(false, rng);
+  write_hf(dir_ / "m", m);
+  const Model good = Model::load((dir_ / "m").string());
+  lca::ModelWeights w = good.weights();
+  w.layers[1].wk.data()[3] = NAN;
+  const Model bad(good.config(), std::move(w));
+  Sequence seq(bad, LcaParams::full(), lca::DType::f32);
+  const std::vector<int64_t> tokens = {1, 2, 3};
+  EXPECT_THROW(seq.forward(tokens), lca::Error);
+  expect_error([&] { seq.forward(tokens); }, {"failed midway"});
+  EXPECT_EQ(seq.tokens(), 0);
+}
+
 // ---- Tokenizer and end-of-text ids of a model -------------------------------------------
 
 TEST_F(ModelTest, GgufTokenizerMetadataBecomesABpeVocab) {

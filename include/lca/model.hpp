@@ -96,7 +96,8 @@ class Sequence {
   // Tokens at positions [n, n + L) (L >= 1): runs every layer, appending to
   // the caches, and returns logits [1, V] of the last position, or [L, V] of
   // every position when all_logits. Token ids and the context length are
-  // checked before any cache changes.
+  // checked before any cache changes; should a later step fail, the sequence
+  // refuses further calls.
   Tensor<float> forward(std::span<const int64_t> tokens, bool all_logits = false);
 
   // Chunked prefill: forward over chunks of `chunk` tokens, calling
@@ -116,6 +117,7 @@ class Sequence {
   DType storage_;
   std::vector<CondensedKvCache> caches_;
   int64_t n_ = 0;
+  bool failed_ = false;  // a forward threw after changing some caches
 };
 
 }  // namespace lca

@@ -314,6 +314,7 @@ Tensor<float> Sequence::forward(std::span<const int64_t> tokens, bool all_logits
   const ModelConfig& c = model_->config();
   const ModelWeights& w = model_->weights();
   const int64_t L = static_cast<int64_t>(tokens.size());
+  LCA_CHECK(!failed_, "Sequence::forward: an earlier forward failed midway; start a new Sequence");
   LCA_CHECK(L >= 1, "Sequence::forward: tokens is empty");
   for (int64_t i = 0; i < L; ++i)
     LCA_CHECK(tokens[i] >= 0 && tokens[i] < c.vocab_size, "Sequence::forward: token ", tokens[i], " at index ", i,
@@ -328,30 +329,38 @@ Tensor<float> Sequence::forward(std::span<const int64_t> tokens, bool all_logits
   for (int64_t i = 0; i < L; ++i) std::copy_n(w.embed.row(tokens[i]), D, x.row(i));
   const model::RopeTable rope = model::rope_table(n_, L, hd, c.rope);
 
-  for (size_t layer = 0; layer < w.layers.size(); ++layer) {
-    const LayerWeights& lw = w.layers[layer];
-    model::rms_norm(x.data(), L, D, lw.attn_norm.data(), c.rms_norm_eps, h.data());
-    model::linear(h.data(), L, lw.wq, lw.bq, q.data());
-    model::linear(h.data(), L, lw.wk, lw.bk, k.data());
-    model::linear(h.data(), L, lw.wv, lw.bv, v.data());
-    model::apply_rope(q.data(), Hq, rope);
-    model::apply_rope(k.data(), Hkv, rope);
-    // Cache rows: per kv head [k ; v] (the layout of ref::gqa_pack_rows).
-    for (int64_t i = 0; i < L; ++i)
-      for (int64_t g = 0; g < Hkv; ++g) {
-        std::copy_n(k.row(i) + g * hd, hd, rows.row(i) + g * 2 * hd);
-        std::copy_n(v.row(i) + g * hd, hd, rows.row(i) + g * 2 * hd + hd);
-      }
-    const Tensor<float> attn = attend(caches_[layer], rows, q);  // [L, Hq, hd]
-    model::linear(attn.data(), L, lw.wo, Tensor<float>(), o.data());
-    for (int64_t i = 0; i < L * D; ++i) x.data()[i] += o.data()[i];
+  // Past the checks above only an internal failure can throw; the caches of
+  // earlier layers would then hold tokens the later ones lack, so the sequence
+  // refuses further use.
+  try {
+    for (size_t layer = 0; layer < w.layers.size(); ++layer) {
+      const LayerWeights& lw = w.layers[layer];
+      model::rms_norm(x.data(), L, D, lw.attn_norm.data(), c.rms_norm_eps, h.data());
+      model::linear(h.data(), L, lw.wq, lw.bq, q.data());
+      model::linear(h.data(), L, lw.wk, lw.bk, k.data());
+      model::linear(h.data(), L, lw.wv, lw.bv, v.data());
+      model::apply_rope(q.data(), Hq, rope);
+      model::apply_rope(k.data(), Hkv, rope);
+      // Cache rows: per kv head [k ; v] (the layout of ref::gqa_pack_rows).
+      for (int64_t i = 0; i < L; ++i)
+        for (int64_t g = 0; g < Hkv; ++g) {
+          std::copy_n(k.row(i) + g * hd, hd, rows.row(i) + g * 2 * hd);
+          std::copy_n(v.row(i) + g * hd, hd, rows.row(i) + g * 2 * hd + hd);
+        }
+      const Tensor<float> attn = attend(caches_[layer], rows, q);  // [L, Hq, hd]
+      model::linear(attn.data(), L, lw.wo, Tensor<float>(), o.data());
+      for (int64_t i = 0; i < L * D; ++i) x.data()[i] += o.data()[i];
 
-    model::rms_norm(x.data(), L, D, lw.ffn_norm.data(), c.rms_norm_eps, h.data());
-    model::linear(h.data(), L, lw.w_gate, Tensor<float>(), gate.data());
-    model::linear(h.data(), L, lw.w_up, Tensor<float>(), up.data());
-    model::swiglu(gate.data(), up.data(), L * F);
-    model::linear(gate.data(), L, lw.w_down, Tensor<float>(), o.data());
-    for (int64_t i = 0; i < L * D; ++i) x.data()[i] += o.data()[i];
+      model::rms_norm(x.data(), L, D, lw.ffn_norm.data(), c.rms_norm_eps, h.data());
+      model::linear(h.data(), L, lw.w_gate, Tensor<float>(), gate.data());
+      model::linear(h.data(), L, lw.w_up, Tensor<float>(), up.data());
+      model::swiglu(gate.data(), up.data(), L * F);
+      model::linear(gate.data(), L, lw.w_down, Tensor<float>(), o.data());
+      for (int64_t i = 0; i < L * D; ++i) x.data()[i] += o.data()[i];
+    }
+  } catch (...) {
+    failed_ = true;
+    throw;
   }
   n_ += L;
 
