@@ -446,6 +446,26 @@ TEST_F(ModelTest, LoadErrorsNameWhatIsWrong) {
   write_hf(dir_ / "shape", wrong);
   expect_error([&] { Model::load((dir_ / "shape").string()); }, {"model.layers.0.self_attn.k_proj.weight", "[18, 32]"});
 
+  {
+    lca_test::GgufWriter w;
+    w.add_string("general.architecture", "llama");
+    for (const char* k : {"llama.block_count", "llama.context_length", "llama.embedding_length",
+                          "llama.feed_forward_length", "llama.attention.head_count"})
+      w.add_u32(k, 8);
+    w.add_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
+    w.add_tensor("rope_freqs.weight", {4}, lca_test::kTF32, lca_test::f32_bytes({1, 1, 2, 4}));
+    w.write(dir_ / "l31.gguf");
+    expect_error([&] { Model::load((dir_ / "l31.gguf").string()); }, {"l31.gguf", "rope_freqs.weight", "not supported"});
+    lca_test::GgufWriter s;
+    s.add_string("general.architecture", "llama");
+    s.add_string("llama.rope.scaling.type", "yarn");
+    for (const char* k : {"llama.block_count", "llama.context_length", "llama.embedding_length",
+                          "llama.feed_forward_length", "llama.attention.head_count"})
+      s.add_u32(k, 8);
+    s.add_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
+    s.write(dir_ / "yarn.gguf");
+    expect_error([&] { Model::load((dir_ / "yarn.gguf").string()); }, {"yarn.gguf", "'yarn'", "not supported"});
+  }
   write_gguf(dir_ / "gpt2.gguf", m, "gpt2");
   expect_error([&] { Model::load((dir_ / "gpt2.gguf").string()); }, {"gpt2", "not supported"});
   expect_error([&] { Model::load((dir_ / "absent.gguf").string()); }, {"absent.gguf", "does not exist"});

@@ -162,6 +162,10 @@ ModelConfig gguf_model_config(const GgufFile& f) {
     LCA_CHECK(t == "none", "gguf file ", in_quotes(f.path()), ": rope scaling ", in_quotes(t),
               " is not supported by the runtime (plain RoPE only)");
   }
+  // Llama-3.1-style scaling comes as per-frequency factors in a tensor.
+  LCA_CHECK(!f.contains("rope_freqs.weight"), "gguf file ", in_quotes(f.path()),
+            ": rope scaling by frequency factors (tensor rope_freqs.weight, Llama 3.1) is not supported by the "
+            "runtime (plain RoPE only)");
   if (f.has(p + "vocab_size")) c.vocab_size = f.get_int(p + "vocab_size");
   else if (f.contains("token_embd.weight") && f.info("token_embd.weight").shape.size() == 2)
     c.vocab_size = f.info("token_embd.weight").shape[0];
