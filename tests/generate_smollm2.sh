@@ -9,13 +9,14 @@ if [ ! -s "$model" ]; then
   echo "SKIPPED: $model not found (run scripts/get-smollm2.sh or set LCA_SMOLLM2_GGUF)"
   exit 77
 fi
+err="$(mktemp)"
+trap 'rm -f "$err"' EXIT
 for attention in full lca; do
   out="$("$lca" generate --model "$model" --prompt "The capital of France is" --max-new-tokens 4 \
-         --attention "$attention" 2>err.txt)"
+         --attention "$attention" 2>"$err")" || { echo "FAIL: lca generate exited with an error"; cat "$err"; exit 1; }
   echo "$attention: $out"
-  grep -q "Paris" <<<"$out" || { echo "FAIL: no Paris under $attention"; cat err.txt; exit 1; }
-  grep -q "prompt 5 tokens, prefill .* decode .* tokens/s; KV cache .* MiB full-equivalent, .* MiB actual" err.txt ||
-    { echo "FAIL: no summary line"; cat err.txt; exit 1; }
+  grep -q "Paris" <<<"$out" || { echo "FAIL: no Paris under $attention"; cat "$err"; exit 1; }
+  grep -q "prompt 5 tokens, prefill .* decode .* tokens/s; KV cache .* MiB full-equivalent, .* MiB actual" "$err" ||
+    { echo "FAIL: no summary line"; cat "$err"; exit 1; }
 done
-rm -f err.txt
 echo "generate on SmolLM2: ok"
