@@ -4,9 +4,10 @@
   python3 scripts/gen_unicode_tables.py > src/model/unicode_tables.cpp
 
 Tables (from Python's unicodedata; the Unicode version is written into the file):
-  - character classes for the pre-tokenizer patterns: letter (\\p{L}), number
-    (\\p{N}) and whitespace (\\s as Oniguruma and Rust's regex read it: U+0009-000D,
-    U+0085 and the categories Zs, Zl, Zp), as sorted ranges;
+  - character classes for the pre-tokenizer patterns: whitespace (\\s as
+    Oniguruma and Rust's regex read it: U+0009-000D, U+0085 and the categories
+    Zs, Zl, Zp), then letter, number, mark, punctuation, symbol (\\p{L}, \\p{N},
+    \\p{M}, \\p{P}, \\p{S}), as sorted ranges;
   - NFC: canonical combining classes, full canonical decompositions, and the
     primary composites (pairs that NFC recomposes). Hangul syllables are left
     out: they are algorithmic (unicode.cpp).
@@ -21,13 +22,9 @@ HANGUL_FIRST, HANGUL_LAST = 0xAC00, 0xD7A3
 def char_class(cp):
     c = chr(cp)
     cat = unicodedata.category(c)
-    if cat[0] == "L":
-        return 1
-    if cat[0] == "N":
-        return 2
     if cat in ("Zs", "Zl", "Zp") or 0x09 <= cp <= 0x0D or cp == 0x85:
         return 3
-    return 0
+    return {"L": 1, "N": 2, "M": 4, "P": 5, "S": 6}.get(cat[0], 0)
 
 
 def ranges(values):

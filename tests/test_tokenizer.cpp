@@ -141,7 +141,8 @@ std::string random_text(Rng& rng, int n) {
       "a", "b", "c", "d", "e", "A", "Z", " ", " ", " ", "  ", "\t", "\n", "\r\n", "\r", "\x0B", "1", "2", "9",
       "0", "'", "'s", "'LL", "!", ".", ",", "-", "(", "é", "日", "本", "ä", "\xC2\xA0", "\xE3\x80\x80",
       "\xE2\x80\xA8", "\xF0\x9F\x91\x8D", "\xF0\x9F\x91\x8D\xF0\x9F\x8F\xBD", "\xE2\x80\x8D", "\xCC\x81", "²", "Ⅻ",
-      "\xD9\xA3", "\xEF\xBC\x91", "\xC5\xBF", "\xF0\x9F\x87\xA9\xF0\x9F\x87\xAA", "\xE1\x84\x80"};
+      "\xD9\xA3", "\xEF\xBC\x91", "\xC5\xBF", "\xF0\x9F\x87\xA9\xF0\x9F\x87\xAA", "\xE1\x84\x80", "カ", "$",
+      "+", "(", "\xE2\x80\x8B", "\x01"};
   std::string s;
   for (int i = 0; i < n; ++i) s += rng.pick(pool);
   return s;
@@ -150,7 +151,7 @@ std::string random_text(Rng& rng, int n) {
 // ---- UTF-8 and Unicode ---------------------------------------------------------
 
 TEST(TokenizerUnicode, Utf8DecodeEncodeRoundTripEveryScalarValue) {
-  for (char32_t cp = 0; cp <= 0x10FFFF; cp += (cp < 0x3000 ? 1 : 97)) {
+  for (char32_t cp = 0; cp <= 0x10FFFF; ++cp) {
     if (cp >= 0xD800 && cp <= 0xDFFF) continue;
     const std::string s = utf8(cp);
     const auto d = lca::model::unicode::decode_utf8(s, 0);
@@ -178,13 +179,18 @@ TEST(TokenizerUnicode, InvalidUtf8IsFoundAndReplacedByMaximalSubparts) {
 TEST(TokenizerUnicode, CharacterClasses) {
   using lca::model::unicode::char_class;
   using C = lca::model::unicode::CharClass;
-  for (char32_t c : {U'a', U'Z', U'é', U'Ω', U'Ж', U'日', U'ſ', U'ǅ', U'ʰ', U'ㄱ', U'\U00020000'}) EXPECT_EQ(char_class(c), C::letter) << static_cast<uint32_t>(c);
-  for (char32_t c : {U'0', U'9', U'²', U'½', U'Ⅻ', U'①', U'٣', U'１', U'\U0001D7CE'}) EXPECT_EQ(char_class(c), C::number) << static_cast<uint32_t>(c);
-  for (char32_t c : {U' ', U'\t', U'\n', U'\r', U'\v', U'\f', U'\u0085', U'\u00A0', U'\u2028', U'\u2029', U'\u3000', U'\u2009'})
-    EXPECT_EQ(char_class(c), C::whitespace) << static_cast<uint32_t>(c);
+  auto expect_class = [&](std::initializer_list<char32_t> cps, C want) {
+    for (const char32_t c : cps) EXPECT_EQ(char_class(c), want) << "U+" << std::hex << static_cast<uint32_t>(c);
+  };
+  expect_class({U'a', U'Z', U'é', U'Ω', U'Ж', U'日', U'ſ', U'ǅ', U'ʰ', U'ㄱ', U'\U00020000'}, C::letter);
+  expect_class({U'0', U'9', U'²', U'½', U'Ⅻ', U'①', U'٣', U'１', U'\U0001D7CE'}, C::number);
+  expect_class({U' ', U'\t', U'\n', U'\r', U'\v', U'\f', U'\u0085', U'\u00A0', U'\u2028', U'\u2029', U'\u3000'},
+               C::whitespace);
   // Not \s in Oniguruma or Rust: U+001C..U+001F (Python's isspace), U+180E, U+200B.
-  for (char32_t c : {U'\x1C', U'\x1F', U'\u180E', U'\u200B', U'!', U'\u0301', U'👍', U'\uFFFD'})
-    EXPECT_EQ(char_class(c), C::other) << static_cast<uint32_t>(c);
+  expect_class({U'\x1C', U'\x1F', U'\u180E', U'\u200B', U'\x7F', U'\uE000', U'\U000E0001'}, C::other);
+  expect_class({U'!', U'(', U'\'', U'、', U'「', U'\u00BF'}, C::punctuation);
+  expect_class({U'$', U'+', U'^', U'`', U'€', U'©', U'👍', U'\uFFFD'}, C::symbol);
+  expect_class({U'\u0301', U'\u094D', U'\u20DD', U'\U000E0100'}, C::mark);
 }
 
 TEST(TokenizerUnicode, NfcComposesReordersAndLeavesComposedTextAlone) {
@@ -207,9 +213,9 @@ TEST(TokenizerUnicode, NfcComposesReordersAndLeavesComposedTextAlone) {
 
 // ---- pre-tokenizer splits ----------------------------------------------------------
 
-std::vector<std::string> split(std::string_view text, lca::model::SplitPattern p) {
+std::vector<std::string> split(std::string_view text, lca::model::SplitPattern p, bool keep_gaps = true) {
   std::vector<std::string_view> v;
-  lca::model::split_pattern(text, p, v);
+  lca::model::split_pattern(text, p, v, keep_gaps);
   return {v.begin(), v.end()};
 }
 
@@ -232,6 +238,20 @@ TEST(TokenizerPreTokenize, Llama3AndQwen2Patterns) {
   EXPECT_EQ(split("a\r\n\r\nb", P::llama3), (V{"a", "\r\n\r\n", "b"}));
 }
 
+TEST(TokenizerPreTokenize, DeepSeekV3Patterns) {
+  using P = lca::model::SplitPattern;
+  using V = std::vector<std::string>;
+  EXPECT_EQ(split("Hello, world! 12345", P::deepseek3_digits), (V{"Hello, world! ", "123", "45"}));
+  EXPECT_EQ(split("ab日本語cdカタカナ한", P::deepseek3_cjk), (V{"ab", "日本語", "cd", "カタカナ", "한"}));
+  EXPECT_EQ(split("'s (hello) don't\n\n  x", P::deepseek3),
+            (V{"'s", " (", "hello", ")", " don", "'t", "\n\n", " ", " x"}));
+  // What matches nothing (numbers, format characters) stays as gap pieces.
+  EXPECT_EQ(split("12", P::deepseek3), (V{"12"}));
+  EXPECT_EQ(split("x\u200b\u200by 1b", P::deepseek3), (V{"x", "\u200b", "\u200by", " ", "1b"}));
+  EXPECT_EQ(split("x\u200b\u200by 12", P::deepseek3, false), (V{"x", "\u200by", " "}));  // Removed + invert
+  EXPECT_EQ(split("e\u0301\u0301!!\r\n", P::deepseek3), (V{"e\u0301\u0301", "!!\r\n"}));
+}
+
 TEST(TokenizerPreTokenize, DigitsAndCoverage) {
   using V = std::vector<std::string>;
   auto digits = [](std::string_view t, bool individual) {
@@ -246,7 +266,9 @@ TEST(TokenizerPreTokenize, DigitsAndCoverage) {
   Rng rng(2);
   for (int i = 0; i < 300; ++i) {
     const std::string s = random_text(rng, static_cast<int>(rng.uniform_int(0, 40)));
-    for (auto p : {lca::model::SplitPattern::gpt2, lca::model::SplitPattern::llama3, lca::model::SplitPattern::qwen2}) {
+    for (auto p : {lca::model::SplitPattern::gpt2, lca::model::SplitPattern::llama3, lca::model::SplitPattern::qwen2,
+                   lca::model::SplitPattern::deepseek3_digits, lca::model::SplitPattern::deepseek3_cjk,
+                   lca::model::SplitPattern::deepseek3}) {
       std::string joined;
       for (const auto& piece : split(s, p)) {
         EXPECT_FALSE(piece.empty());
@@ -261,7 +283,7 @@ TEST(TokenizerPreTokenize, DigitsAndCoverage) {
 
 TEST(TokenizerBpe, MatchesNaiveMergeByRankOnRandomVocabularies) {
   Rng rng(3);
-  for (const char* pre : {"gpt2", "llama3", "qwen2", "smollm"}) {
+  for (const char* pre : {"gpt2", "llama3", "qwen2", "smollm", "deepseek-v3"}) {
     for (int trial = 0; trial < 4; ++trial) {
       RandomVocab r = random_byte_level(rng, pre, static_cast<int>(rng.uniform_int(20, 200)));
       const Tokenizer tok = Tokenizer::from_vocab(r.vocab);
@@ -294,7 +316,7 @@ TEST(TokenizerBpe, HandBuiltMergesGiveKnownTokens) {
 
 TEST(TokenizerBpe, RoundTripsArbitraryUtf8AndStreamsByteExact) {
   Rng rng(4);
-  for (const char* pre : {"gpt2", "llama3", "qwen2", "smollm"}) {
+  for (const char* pre : {"gpt2", "llama3", "qwen2", "smollm", "deepseek-v3"}) {
     RandomVocab r = random_byte_level(rng, pre, 150);
     const Tokenizer tok = Tokenizer::from_vocab(r.vocab);
     for (int i = 0; i < 200; ++i) {
@@ -438,7 +460,8 @@ TEST(TokenizerSentencePiece, ScoreRankedMergesMatchNaiveHighestScoreFirst) {
     for (size_t i = 1; i < v.tokens.size(); ++i) score[v.tokens[i]] = v.scores[i];
     for (int i = 0; i < 50; ++i) {
       std::string text;
-      for (int k = rng.uniform_int(1, 30); k > 0; --k) text += rng.pick(std::vector<std::string>{"a", "b", "c", "d", " "});
+      const std::vector<std::string> letters = {"a", "b", "c", "d", " "};
+      for (int64_t k = rng.uniform_int(1, 30); k > 0; --k) text += rng.pick(letters);
       std::string norm = "\xE2\x96\x81";
       for (const char c : text) norm += c == ' ' ? std::string("\xE2\x96\x81") : std::string(1, c);
       // SentencePiece: merge the pair making the highest-scoring token, leftmost first.
@@ -478,7 +501,8 @@ json gpt2_json() {
        json::array({{{"id", 260}, {"content", "<|endoftext|>"}, {"single_word", false}, {"lstrip", false},
                      {"rstrip", false}, {"normalized", false}, {"special", true}}})},
       {"normalizer", nullptr},
-      {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
+      {"pre_tokenizer",
+       {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
       {"post_processor", {{"type", "ByteLevel"}, {"trim_offsets", true}}},
       {"decoder", {{"type", "ByteLevel"}}},
       {"model",
@@ -500,13 +524,12 @@ TEST(TokenizerJson, ReadsGpt2StyleFileWithBothMergeForms) {
 
 TEST(TokenizerJson, TemplateProcessingAddsBosAndTokenizerConfigNamesEos) {
   json j = gpt2_json();
-  j["post_processor"] = {{"type", "Sequence"},
-                         {"processors", json::array({{{"type", "ByteLevel"}},
-                                                     {{"type", "TemplateProcessing"},
-                                                      {"single", json::array({{{"SpecialToken", {{"id", "<bos>"}, {"type_id", 0}}}},
-                                                                              {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}})},
-                                                      {"pair", json::array()},
-                                                      {"special_tokens", {{"<bos>", {{"id", "<bos>"}, {"ids", {256}}, {"tokens", {"he"}}}}}}}})}};
+  j["post_processor"] = json::parse(R"({"type": "Sequence", "processors": [
+      {"type": "ByteLevel", "trim_offsets": false},
+      {"type": "TemplateProcessing",
+       "single": [{"SpecialToken": {"id": "<bos>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+       "pair": [],
+       "special_tokens": {"<bos>": {"id": "<bos>", "ids": [256], "tokens": ["he"]}}}]})");
   char tmpl[] = "/tmp/lca_tokenizer_XXXXXX";
   ASSERT_NE(::mkdtemp(tmpl), nullptr);
   const fs::path dir(tmpl);
@@ -542,12 +565,14 @@ TEST(TokenizerJson, ErrorsNameTheFileAndTheField) {
   expect([](json& j) { j["model"]["merges"][1] = "ll"; }, {"\"model.merges[1]\"", "'ll'", "separated by a space"});
   expect([](json& j) { j["model"]["merges"][0] = "h q q"; }, {"\"model.merges[0]\"", "'q q'", "not in the vocabulary"});
   expect([](json& j) { j["model"]["merges"][0] = json::array({"h"}); }, {"\"model.merges[0]\"", "expected 2"});
-  expect([](json& j) { j["model"]["merges"].push_back("e h"); }, {"\"model.merges[4]\"", "'eh'", "not in the vocabulary"});
+  expect([](json& j) { j["model"]["merges"].push_back("e h"); },
+         {"\"model.merges[4]\"", "'eh'", "not in the vocabulary"});
   expect([](json& j) { j["model"]["merges"][2] = 7; }, {"\"model.merges[2]\"", "a number"});
   expect([](json& j) { j["model"]["dropout"] = 0.1; }, {"\"model.dropout\"", "not supported"});
   expect([](json& j) { j["model"]["unk_token"] = "<unk>"; }, {"\"model.unk_token\"", "'<unk>'"});
   expect([](json& j) { j["model"]["continuing_subword_prefix"] = "##"; }, {"\"model.continuing_subword_prefix\""});
-  expect([](json& j) { j["pre_tokenizer"]["type"] = "Whitespace"; }, {"\"pre_tokenizer.type\"", "'Whitespace'", "ByteLevel"});
+  expect([](json& j) { j["pre_tokenizer"]["type"] = "Whitespace"; },
+         {"\"pre_tokenizer.type\"", "'Whitespace'", "ByteLevel"});
   expect([](json& j) { j["pre_tokenizer"].erase("type"); }, {"\"pre_tokenizer.type\"", "missing"});
   expect(
       [](json& j) {
@@ -565,7 +590,7 @@ TEST(TokenizerJson, ErrorsNameTheFileAndTheField) {
                               {"behavior", "Removed"},
                               {"invert", false}};
       },
-      {"\"pre_tokenizer.behavior\"", "Removed"});
+      {"\"pre_tokenizer.behavior\"", "Removed", "invert false"});
   expect(
       [](json& j) {
         j["pre_tokenizer"] = {{"type", "Sequence"},

@@ -6,7 +6,8 @@ trained here: identical ids and identical decodes on many strings.
 
 Trains byte-level BPE with the GPT-2 regex (with and without a prefix space),
 with the Llama-3 and Qwen2 regexes (Split + ByteLevel; Qwen2 with NFC and a
-non-special added token), with individual digits + ByteLevel (SmolLM2), and
+non-special added token), with DeepSeek-V3's three splits, with individual
+digits + ByteLevel (SmolLM2), and
 SentencePiece-style BPE with byte fallback (Llama-2's normalizers and decoders,
 and the Metaspace pre-tokenizer/decoder form). Each tokenizer.json goes to
 `lca tokenize --jsonl`; the byte-level vocabularies and the Llama-2 one also
@@ -35,12 +36,17 @@ LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[
           r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 QWEN2 = LLAMA3.replace(r"\p{N}{1,3}", r"\p{N}")
 SPACE = "\u2581"
+# DeepSeek-V3's splits as its tokenizer.json has them (CR and LF as characters in the third).
+DEEPSEEK3 = [r"\p{N}{1,3}", "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+",
+             "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+"
+             "| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+"]
 
 # Characters the random strings draw from: every class the patterns tell apart.
 POOL = (list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ") * 4 + list("0123456789") * 3 +
         list(" " * 20 + "\t\n\r\x0b\x0c") + list("'''\".,;:!?-_()[]{}<>/\\|@#$%^&*+=~`") +
         list("\u00a0\u2009\u3000\u2028\u0085\u180e\u200b") +  # odd spaces (U+180E, U+200B: not \s)
-        list("éèêëàçñøßÉÑΩαβγδЖжщ") + list("日本語中文한국어") + list("٠١٢٣¹²³½Ⅻ①０１") +  # numbers of all kinds
+        list("éèêëàçñøßÉÑΩαβγδЖжщ") + list("日本語中文한국어ひらがなカタカナ\u4e00\u9fa5\u9fa6\u3041\u309f\u30a0\u30ff\u3100") + list("٠١٢٣¹²³½Ⅻ①０１") +  # numbers of all kinds
+        list("€$+<=>^`|~©®™∑√→★♪") + list("、。「」（）！？：；") + ["\u200d", "\u200e", "\x7f", "\x01"] +
         ["e\u0301", "a\u0308", "\u0301", "\u0915\u094d\u0937"] +  # combining marks (NFC composes some)
         ["👍", "👍🏽", "👨\u200d👩\u200d👧", "🇩🇪", "\U0001F600"] + ["ſ", "'S", "'RE", "'ll", "'ſ", "K"])
 
@@ -132,6 +138,9 @@ def build(lines):
     j = json.loads(t.to_str())
     j["model"]["ignore_merges"] = True
     cases.append(("llama3", j, "llama3"))
+    j2 = json.loads(json.dumps(j))  # the same split written as OLMo's dolma2 tokenizer has it
+    j2["pre_tokenizer"]["pretokenizers"][0].update(behavior="Removed", invert=True)
+    cases.append(("llama3-removed", j2, None))
 
     # Qwen2: its regex, NFC, a non-special added token.
     pre = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN2), behavior="isolated"),
@@ -149,6 +158,12 @@ def build(lines):
                                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
     t = byte_level(lines, pre, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
     cases.append(("smollm", json.loads(t.to_str()), "smollm"))
+
+    # DeepSeek-V3: three splits, then ByteLevel without regex.
+    pre = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r), behavior="isolated") for r in DEEPSEEK3] +
+                                  [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    t = byte_level(lines, pre, ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"])
+    cases.append(("deepseek3", json.loads(t.to_str()), "deepseek-v3"))
 
     # Llama-2: SentencePiece-style BPE, byte fallback, no pre-tokenizer at encode time.
     byte_tokens = ["<0x%02X>" % b for b in range(256)]

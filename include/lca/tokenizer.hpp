@@ -5,7 +5,7 @@
 //
 // Encoding follows Hugging Face `tokenizers` step by step: added tokens are
 // matched literally first, the rest is normalized, pre-tokenized (the GPT-2,
-// Llama-3 and Qwen2 split patterns and Digits, hand-coded), byte-mapped where
+// Llama-3, Qwen2 and DeepSeek-V3 split patterns and Digits, hand-coded), byte-mapped where
 // the tokenizer is byte-level, and merged by rank. Anything a file asks for
 // that is not supported throws lca::Error naming the file and the field.
 #pragma once
@@ -26,8 +26,10 @@ struct BpeVocab {
   // characters as <0xNN> tokens (byte fallback).
   enum class Kind { byte_level, sentencepiece };
   Kind kind = Kind::byte_level;
-  // byte_level only: "gpt2", "llama3" (or "llama-bpe"), "qwen2", "smollm"
-  // (each number alone, then gpt2): GGUF's tokenizer.ggml.pre.
+  // byte_level only, GGUF's tokenizer.ggml.pre: "gpt2" (or "gpt-2"), "llama3"
+  // (or "llama-v3", "llama-bpe"; merges ignored for a piece that is a token),
+  // "qwen2" (no NFC, as llama.cpp), "smollm" (each number alone, then gpt2),
+  // "deepseek-v3".
   std::string pre_tokenizer = "gpt2";
   std::vector<std::string> tokens;  // id -> token as stored (byte_level: GPT-2 byte-to-unicode mapped)
   std::vector<std::string> merges;  // "a b", rank = index
@@ -38,12 +40,14 @@ struct BpeVocab {
   std::vector<int64_t> special_ids;       // control tokens: matched literally before BPE, skipped by skip_special
   std::vector<int64_t> user_defined_ids;  // matched literally before BPE, kept by skip_special
   int64_t bos_id = -1, eos_id = -1;
-  int64_t unk_id = -1;          // sentencepiece: for characters with neither a token nor byte tokens
-  bool add_bos = false;         // encode(add_special = true) puts bos_id first
-  bool add_eos = false;         // ... and eos_id last
-  bool add_space_prefix = true; // sentencepiece: "▁" before the text (and after each literal token)
+  int64_t unk_id = -1;           // sentencepiece: for characters with neither a token nor byte tokens
+  bool add_bos = false;          // encode(add_special = true) puts bos_id first
+  bool add_eos = false;          // ... and eos_id last
+  bool add_space_prefix = true;  // sentencepiece: "▁" before the text (and after each literal token)
 };
 
+// Immutable once built: copies share it, and every method may be called from
+// several threads at once.
 class Tokenizer {
  public:
   // A Hugging Face tokenizer.json (model BPE).

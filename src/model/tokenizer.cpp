@@ -238,7 +238,7 @@ std::vector<std::string> Tokenizer::Impl::pre_tokenize(std::string_view text, bo
       std::string& piece = pieces[k];
       views.clear();
       switch (p.kind) {
-        case PreTokenizerStep::Kind::split: model::split_pattern(piece, p.pattern, views); break;
+        case PreTokenizerStep::Kind::split: model::split_pattern(piece, p.pattern, views, p.keep_gaps); break;
         case PreTokenizerStep::Kind::digits: model::split_digits(piece, p.individual_digits, views); break;
         case PreTokenizerStep::Kind::byte_level:
           if (p.add_prefix_space && piece[0] != ' ') piece.insert(0, " ");
@@ -384,8 +384,7 @@ void Tokenizer::Impl::bpe(std::string_view piece, std::vector<int64_t>& out) con
 std::vector<int64_t> Tokenizer::encode(std::string_view text, bool add_special) const {
   const Impl& t = *impl_;
   const size_t bad = model::unicode::first_invalid_utf8(text);
-  LCA_CHECK(bad == text.size(), "Tokenizer::encode: text is not valid UTF-8 (at byte ", static_cast<int64_t>(bad),
-            ")");
+  LCA_CHECK(bad == text.size(), "Tokenizer::encode: text is not valid UTF-8 (at byte ", static_cast<int64_t>(bad), ")");
   std::vector<int64_t> out;
   out.reserve(text.size() / 3 + 4);
   if (add_special) out.insert(out.end(), t.prefix_ids.begin(), t.prefix_ids.end());
@@ -512,8 +511,8 @@ std::string Tokenizer::token(int64_t id) const {
 std::vector<std::string> Tokenizer::pre_tokenize(std::string_view text) const {
   const Impl& t = *impl_;
   const size_t bad = model::unicode::first_invalid_utf8(text);
-  LCA_CHECK(bad == text.size(), "Tokenizer::pre_tokenize: text is not valid UTF-8 (at byte ",
-            static_cast<int64_t>(bad), ")");
+  LCA_CHECK(bad == text.size(), "Tokenizer::pre_tokenize: text is not valid UTF-8 (at byte ", static_cast<int64_t>(bad),
+            ")");
   std::vector<std::string> pieces = t.pre_tokenize(t.normalize(text), true);
   if (t.byte_level_input) {
     const auto& chars = byte_level_chars();
@@ -528,8 +527,8 @@ std::vector<std::string> Tokenizer::pre_tokenize(std::string_view text) const {
 
 const std::string& Tokenizer::token_string(int64_t id) const {
   const Impl& t = *impl_;
-  LCA_CHECK(id >= 0 && id < vocab_size() && t.id_kind[id] != Impl::IdKind::none, "Tokenizer::token_string: id ",
-            id, " is not a token id (vocabulary size ", vocab_size(), ")");
+  LCA_CHECK(id >= 0 && id < vocab_size() && t.id_kind[id] != Impl::IdKind::none, "Tokenizer::token_string: id ", id,
+            " is not a token id (vocabulary size ", vocab_size(), ")");
   return t.id_to_token[id];
 }
 
@@ -563,13 +562,12 @@ Tokenizer Tokenizer::from_vocab(BpeVocab v) {
   check_id(v.unk_id, "unk_id");
   LCA_CHECK(!v.add_bos || v.bos_id >= 0, fn, ": add_bos is set but bos_id is -1");
   LCA_CHECK(!v.add_eos || v.eos_id >= 0, fn, ": add_eos is set but eos_id is -1");
-  for (int64_t i = 0; i < n; ++i)
-    LCA_CHECK(!v.tokens[i].empty(), fn, ": tokens[", i, "] is empty");
+  for (int64_t i = 0; i < n; ++i) LCA_CHECK(!v.tokens[i].empty(), fn, ": tokens[", i, "] is empty");
 
   for (const auto* list : {&v.special_ids, &v.user_defined_ids})
     for (const int64_t id : *list)
-      LCA_CHECK(id >= 0 && id < n, fn, ": ", list == &v.special_ids ? "special_ids" : "user_defined_ids",
-                " holds ", id, ", not a token id (", n, " tokens)");
+      LCA_CHECK(id >= 0 && id < n, fn, ": ", list == &v.special_ids ? "special_ids" : "user_defined_ids", " holds ", id,
+                ", not a token id (", n, " tokens)");
   std::vector<char> literal(n, 0);
   for (const int64_t id : v.special_ids) literal[id] = 2;
   for (const int64_t id : v.user_defined_ids)
@@ -582,17 +580,25 @@ Tokenizer Tokenizer::from_vocab(BpeVocab v) {
   if (v.kind == BpeVocab::Kind::byte_level) {
     PreTokenizerStep byte_level{.kind = PreTokenizerStep::Kind::byte_level};
     const std::string& pre = v.pre_tokenizer;
-    if (pre == "gpt2") {
+    if (pre == "gpt2" || pre == "gpt-2") {
       t.pre_tokenizers = {byte_level};
-    } else if (pre == "llama3" || pre == "llama-bpe" || pre == "qwen2") {
+    } else if (pre == "llama3" || pre == "llama-v3" || pre == "llama-bpe" || pre == "qwen2") {
       byte_level.use_regex = false;
       const auto pattern = pre == "qwen2" ? model::SplitPattern::qwen2 : model::SplitPattern::llama3;
       t.pre_tokenizers = {{.kind = PreTokenizerStep::Kind::split, .pattern = pattern}, byte_level};
       t.ignore_merges = pre != "qwen2";  // Llama-3's tokenizer.json sets ignore_merges
     } else if (pre == "smollm") {
       t.pre_tokenizers = {{.kind = PreTokenizerStep::Kind::digits, .individual_digits = true}, byte_level};
+    } else if (pre == "deepseek-v3") {
+      byte_level.use_regex = false;
+      auto split = [](model::SplitPattern p) {
+        return PreTokenizerStep{.kind = PreTokenizerStep::Kind::split, .pattern = p};
+      };
+      t.pre_tokenizers = {split(model::SplitPattern::deepseek3_digits), split(model::SplitPattern::deepseek3_cjk),
+                          split(model::SplitPattern::deepseek3), byte_level};
     } else {
-      detail::fail(fn, ": pre_tokenizer '", pre, "' is not supported (gpt2, llama3, llama-bpe, qwen2, smollm)");
+      detail::fail(fn, ": pre_tokenizer '", pre,
+                   "' is not supported (gpt2, gpt-2, llama3, llama-v3, llama-bpe, qwen2, smollm, deepseek-v3)");
     }
     t.has_decoder = true;
     t.decoders = {{.kind = DecoderStep::Kind::byte_level}};
@@ -622,8 +628,9 @@ Tokenizer Tokenizer::from_vocab(BpeVocab v) {
       t.add_merge(a->second, b->second, static_cast<int32_t>(r), here);
     }
   } else if (v.kind == BpeVocab::Kind::sentencepiece) {
-    LCA_CHECK(static_cast<int64_t>(v.scores.size()) == n, fn, ": sentencepiece with no merges needs scores, one per token; got ",
-              static_cast<int64_t>(v.scores.size()), " scores for ", n, " tokens");
+    LCA_CHECK(static_cast<int64_t>(v.scores.size()) == n, fn,
+              ": sentencepiece with no merges needs scores, one per token; got ", static_cast<int64_t>(v.scores.size()),
+              " scores for ", n, " tokens");
     // SentencePiece's BPE: merge the adjacent pair whose concatenation is the
     // highest-scoring token, leftmost first. Rank tokens by score; every split
     // of a token into two tokens is a merge of that token's rank.

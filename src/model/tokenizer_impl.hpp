@@ -4,8 +4,8 @@
 #pragma once
 
 #include <array>
-#include <functional>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -32,19 +32,20 @@ struct PreTokenizerStep {
   enum class Kind { split, digits, byte_level, metaspace };
   Kind kind{};
   SplitPattern pattern = SplitPattern::gpt2;  // split
+  bool keep_gaps = true;                      // split: Isolated (true) or Removed + invert (false)
   bool individual_digits = false;             // digits
   bool add_prefix_space = false;              // byte_level
   bool use_regex = true;                      // byte_level
   std::string replacement{};                  // metaspace
   PrependScheme prepend_scheme = PrependScheme::always;
-  bool split = true;                          // metaspace
+  bool split = true;  // metaspace
 };
 
 struct DecoderStep {
   enum class Kind { byte_level, replace, byte_fallback, fuse, strip, metaspace };
   Kind kind{};
-  std::string pattern{}, content{};  // replace; strip: content; metaspace: replacement
-  int64_t start = 0, stop = 0;   // strip
+  std::string pattern{}, content{};                      // replace; strip: content; metaspace: replacement
+  int64_t start = 0, stop = 0;                           // strip
   PrependScheme prepend_scheme = PrependScheme::always;  // metaspace
 };
 

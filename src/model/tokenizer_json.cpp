@@ -32,8 +32,7 @@ constexpr size_t kMaxTokenizerBytes = size_t{512} << 20;
 // One JSON value and its path ("pre_tokenizer.pretokenizers[1]"), for messages.
 class Field {
  public:
-  Field(const json& v, const std::string& source, std::string path)
-      : v_(v), source_(source), path_(std::move(path)) {}
+  Field(const json& v, const std::string& source, std::string path) : v_(v), source_(source), path_(std::move(path)) {}
 
   const json& value() const { return v_; }
   const std::string& path() const { return path_; }
@@ -41,9 +40,7 @@ class Field {
   [[noreturn]] void fail(std::string_view what) const {
     detail::fail("tokenizer ", in_quotes(source_), ": \"", path_, "\" ", what);
   }
-  [[noreturn]] void fail_kind(const char* expected) const {
-    fail("is " + json_kind(v_) + ", expected " + expected);
-  }
+  [[noreturn]] void fail_kind(const char* expected) const { fail("is " + json_kind(v_) + ", expected " + expected); }
 
   Field at(std::string_view key) const {
     if (!v_.is_object()) fail_kind("an object");
@@ -177,17 +174,28 @@ void parse_pre_tokenizer(const Field& f, Tokenizer::Impl& t) {
     step.kind = PreTokenizerStep::Kind::split;
     const Field pattern = f.at("pattern");
     if (!pattern.find("Regex")) {
-      if (pattern.find("String")) pattern.fail("is a literal string; only the GPT-2, Llama-3 and Qwen2 regexes are supported");
+      if (pattern.find("String"))
+        pattern.fail("is a literal string; only the GPT-2, Llama-3, Qwen2 and DeepSeek-V3 regexes are supported");
       pattern.fail("has no \"Regex\"");
     }
     const std::string regex = pattern.at("Regex").str();
     const auto known = model::recognise_pattern(regex);
     if (!known)
-      pattern.at("Regex").fail("is '" + regex + "', not one of the supported regexes (GPT-2, Llama-3, Qwen2)");
+      pattern.at("Regex").fail("is '" + regex +
+                               "', not one of the supported regexes (GPT-2, Llama-3, Qwen2, DeepSeek-V3's three)");
     step.pattern = *known;
+    // Isolated keeps the matches and the text between them; Removed with invert
+    // keeps the matches only.
     const std::string behavior = f.at("behavior").str();
-    if (behavior != "Isolated") f.at("behavior").fail("is '" + behavior + "'; only Isolated is supported");
-    if (f.opt_bool("invert", false)) f.at("invert").fail("is true; only false is supported");
+    const bool invert = f.opt_bool("invert", false);
+    if (behavior == "Isolated" && !invert) {
+      step.keep_gaps = true;
+    } else if (behavior == "Removed" && invert) {
+      step.keep_gaps = false;
+    } else {
+      f.at("behavior").fail("is '" + behavior + "' with invert " + (invert ? "true" : "false") +
+                            "; supported: Isolated (invert false), Removed (invert true)");
+    }
   } else if (type == "Digits") {
     step.kind = PreTokenizerStep::Kind::digits;
     step.individual_digits = f.opt_bool("individual_digits", false);
@@ -258,7 +266,8 @@ void parse_post_processor(const Field& f, Tokenizer::Impl& t) {
       } else if (item.find("SpecialToken")) {
         const std::string name = item.at("SpecialToken").at("id").str();
         const json* entry = specials.find(name);
-        if (!entry) item.at("SpecialToken").at("id").fail("is '" + name + "', which \"special_tokens\" does not define");
+        if (!entry)
+          item.at("SpecialToken").at("id").fail("is '" + name + "', which \"special_tokens\" does not define");
         const Field ids = specials.member(name, *entry).at("ids");
         for (size_t k = 0; k < ids.array().size(); ++k)
           (seen_sequence ? t.suffix_ids : t.prefix_ids).push_back(ids.element(k).integer(0));

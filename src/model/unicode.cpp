@@ -72,14 +72,12 @@ Sequence utf8_sequence(std::string_view s, size_t i) {
 
 // NFC data.
 constexpr char32_t kSBase = 0xAC00, kLBase = 0x1100, kVBase = 0x1161, kTBase = 0x11A7;
-constexpr char32_t kLCount = 19, kVCount = 21, kTCount = 28, kNCount = kVCount * kTCount,
-                   kSCount = kLCount * kNCount;
+constexpr char32_t kLCount = 19, kVCount = 21, kTCount = 28, kNCount = kVCount * kTCount, kSCount = kLCount * kNCount;
 
 uint8_t combining_class(char32_t cp) {
   if (cp < 0x300) return 0;
   const CccRange* end = kCccRanges + kCccRangeCount;
-  const CccRange* it =
-      std::upper_bound(kCccRanges, end, cp, [](char32_t c, const CccRange& r) { return c < r.first; });
+  const CccRange* it = std::upper_bound(kCccRanges, end, cp, [](char32_t c, const CccRange& r) { return c < r.first; });
   if (it == kCccRanges) return 0;
   --it;
   return cp <= it->last ? it->ccc : 0;

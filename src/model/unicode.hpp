@@ -10,8 +10,17 @@
 
 namespace lca::model::unicode {
 
-// The class a pattern sees: \p{L}, \p{N}, \s, or none of them (the three are disjoint).
-enum class CharClass : uint8_t { other = 0, letter = 1, number = 2, whitespace = 3 };
+// The class a pattern sees: \s, or else the general category \p{L}, \p{N},
+// \p{M}, \p{P}, \p{S}, or none of these (control, format, unassigned, ...).
+enum class CharClass : uint8_t {
+  other = 0,
+  letter = 1,
+  number = 2,
+  whitespace = 3,
+  mark = 4,
+  punctuation = 5,
+  symbol = 6
+};
 
 CharClass char_class(char32_t cp);
 

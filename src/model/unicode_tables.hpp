@@ -8,7 +8,7 @@ namespace lca::model::unicode {
 
 struct ClassRange {
   char32_t first, last;
-  uint8_t cls;  // 1 letter (\p{L}), 2 number (\p{N}), 3 whitespace (\s)
+  uint8_t cls;  // 1 letter, 2 number, 3 whitespace (\s), 4 mark, 5 punctuation, 6 symbol
 };
 struct CccRange {
   char32_t first, last;

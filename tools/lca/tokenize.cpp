@@ -2,15 +2,15 @@
 // vocabulary. The JSON-lines mode is what tests/tokenizer_agreement.py drives.
 #include "tokenize.hpp"
 
+#include <fmt/format.h>
+
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <fmt/format.h>
-#include <nlohmann/json.hpp>
 
 #include "lca/error.hpp"
 #include "lca/tokenizer.hpp"
