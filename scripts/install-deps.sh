@@ -2,7 +2,7 @@
 # Installs what lca needs to build and test on Debian 12, by package name.
 # The CUDA toolkit is optional: with nvcc on PATH the CUDA parts build too.
 set -euo pipefail
-packages=(cmake ninja-build g++ libgtest-dev libgmock-dev libcli11-dev libfmt-dev nlohmann-json3-dev python3 python3-pip)
+packages=(cmake ninja-build g++ libgtest-dev libgmock-dev libcli11-dev libfmt-dev nlohmann-json3-dev libopenblas-dev python3 python3-pip python3-numpy)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -26,4 +26,14 @@ if ! python3 -c "import tokenizers" 2>/dev/null; then
   python3 -m pip install --user --quiet --no-warn-script-location --break-system-packages tokenizers ||
     python3 -m pip install --user --quiet tokenizers ||
     echo "install-deps: could not install tokenizers; the tokenizer agreement test will report SKIPPED"
+fi
+
+# The gguf package (llama.cpp's gguf-py; PyPI, no Debian package), for the GGUF
+# cross-check test only, installed the same way; numpy comes from Debian.
+# Without it the test reports SKIPPED.
+if ! python3 -c "import gguf" 2>/dev/null; then
+  echo "install-deps: pip install --user gguf"
+  python3 -m pip install --user --quiet --no-warn-script-location --break-system-packages gguf ||
+    python3 -m pip install --user --quiet gguf ||
+    echo "install-deps: could not install gguf; the GGUF cross-check test will report SKIPPED"
 fi

@@ -4,6 +4,7 @@
 #include <exception>
 
 #include "demo.hpp"
+#include "generate.hpp"
 #include "tokenize.hpp"
 
 int main(int argc, char** argv) {
@@ -22,6 +23,24 @@ int main(int argc, char** argv) {
   demo_cmd->add_option("--seed", demo.seed, "Random seed");
   demo_cmd->add_option("--json", demo.json_path, "Also write the results as JSON to this file");
 
+  lca::tools::GenerateOptions gen;
+  CLI::App* gen_cmd = app.add_subcommand("generate", "Generate text with a Llama/Qwen2 model (GGUF or HF folder) over LCA or full attention");
+  gen_cmd->add_option("--model", gen.model, "A .gguf file or a Hugging Face model folder")->required();
+  gen_cmd->add_option("--prompt", gen.prompt, "Prompt text");
+  gen_cmd->add_option("--prompt-file", gen.prompt_file, "Read the prompt text from this file");
+  gen_cmd->add_option("--prompt-ids", gen.prompt_ids, "Prompt as comma-separated token ids");
+  gen_cmd->add_flag("--chat", gen.chat, "Wrap the prompt as a user turn of the model's chat format (ChatML)");
+  gen_cmd->add_option("--system", gen.system, "With --chat: a system message first");
+  gen_cmd->add_option("--attention", gen.attention, "lca or full")->check(CLI::IsMember({"lca", "full"}));
+  gen_cmd->add_option("--window", gen.window, "LCA window w")->check(CLI::NonNegativeNumber);
+  gen_cmd->add_option("--group", gen.group, "LCA group size g")->check(CLI::PositiveNumber);
+  gen_cmd->add_option("--dtype", gen.dtype, "KV cache storage: bf16, f16 or f32");
+  gen_cmd->add_option("--max-new-tokens", gen.max_new_tokens, "Tokens to generate")->check(CLI::NonNegativeNumber);
+  gen_cmd->add_option("--chunk", gen.chunk, "Prefill chunk (tokens)")->check(CLI::PositiveNumber);
+  gen_cmd->add_option("--temperature", gen.temperature, "0: greedy (default); > 0: sample")->check(CLI::NonNegativeNumber);
+  gen_cmd->add_option("--seed", gen.seed, "Sampling seed");
+  gen_cmd->add_flag("--ignore-eos", gen.ignore_eos, "Keep generating past the end-of-text token");
+
   lca::tools::TokenizeOptions tokenize;
   CLI::App* tokenize_cmd =
       app.add_subcommand("tokenize", "Encode text or decode ids with a tokenizer.json or a vocabulary");
@@ -37,6 +56,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   try {
     if (demo_cmd->parsed()) return lca::tools::run_demo(demo);
+    if (gen_cmd->parsed()) return lca::tools::run_generate(gen);
     if (tokenize_cmd->parsed()) return lca::tools::run_tokenize(tokenize);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

@@ -1,0 +1,193 @@
+// `lca generate`: load a Llama/Qwen2 model (GGUF file or Hugging Face folder),
+// prefill the prompt in chunks through per-layer condensed caches (LCA or
+// full attention), then decode one token at a time, streaming the text.
+// Progress and the summary go to stderr, the generated text to stdout.
+#include "generate.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "lca/error.hpp"
+#include "lca/gguf.hpp"
+#include "lca/model.hpp"
+#include "lca/tokenizer.hpp"
+
+namespace lca::tools {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+std::vector<int64_t> parse_ids(const std::string& text) {
+  std::vector<int64_t> ids;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    size_t used = 0;
+    long long v = 0;
+    try {
+      v = std::stoll(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    LCA_CHECK(used > 0 && item.find_first_not_of(" \t", used) == std::string::npos, "generate: --prompt-ids item '",
+              item, "' is not an integer");
+    ids.push_back(v);
+  }
+  return ids;
+}
+
+std::string read_prompt_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  LCA_CHECK(f.good(), "generate: --prompt-file '", path, "' cannot be opened");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// Greedy (temperature 0) or sampled from softmax(logits / temperature).
+int64_t pick_token(const float* logits, int64_t vocab, double temperature, std::mt19937_64& rng) {
+  if (temperature <= 0.0) return std::max_element(logits, logits + vocab) - logits;
+  const float top = *std::max_element(logits, logits + vocab);
+  std::vector<double> p(static_cast<size_t>(vocab));
+  double sum = 0.0;
+  for (int64_t i = 0; i < vocab; ++i) sum += p[i] = std::exp((logits[i] - top) / temperature);
+  double u = std::uniform_real_distribution<double>(0.0, sum)(rng);
+  for (int64_t i = 0; i < vocab; ++i)
+    if ((u -= p[i]) <= 0.0) return i;
+  return vocab - 1;
+}
+
+}  // namespace
+
+int run_generate(const GenerateOptions& o) {
+  const int given = !o.prompt.empty() + !o.prompt_file.empty() + !o.prompt_ids.empty();
+  LCA_CHECK(given == 1, "generate: give exactly one of --prompt, --prompt-file, --prompt-ids");
+  LCA_CHECK(o.attention == "lca" || o.attention == "full", "generate: --attention must be lca or full, got '",
+            o.attention, "'");
+  LCA_CHECK(o.max_new_tokens >= 0, "generate: --max-new-tokens must be >= 0, got ", o.max_new_tokens);
+  LCA_CHECK(o.chunk >= 1, "generate: --chunk must be >= 1, got ", o.chunk);
+  LCA_CHECK(o.temperature >= 0.0, "generate: --temperature must be >= 0, got ", o.temperature);
+  LcaParams params = LcaParams::full();
+  if (o.attention == "lca") {
+    params = LcaParams{};
+    params.window = o.window;
+    params.group = o.group;
+  }
+  params.validate();
+  const DType storage = parse_dtype(o.dtype);
+
+  const auto t_load = Clock::now();
+  const Model model = Model::load(o.model);
+  const ModelConfig& cfg = model.config();
+  std::fprintf(stderr, "lca generate: %s (%s, %lld layers, d %lld, heads %lld/%lld, vocab %lld, context %lld) loaded in %.1f s\n",
+               o.model.c_str(), cfg.architecture.c_str(), static_cast<long long>(cfg.num_hidden_layers),
+               static_cast<long long>(cfg.hidden_size), static_cast<long long>(cfg.gqa.q_heads),
+               static_cast<long long>(cfg.gqa.kv_heads), static_cast<long long>(cfg.vocab_size),
+               static_cast<long long>(cfg.max_position_embeddings), seconds_since(t_load));
+
+  // The tokenizer: needed for text prompts; with --prompt-ids, output falls back to ids without one.
+  std::optional<Tokenizer> tokenizer;
+  if (o.prompt_ids.empty()) {
+    tokenizer = load_tokenizer(o.model);
+  } else {
+    try {
+      tokenizer = load_tokenizer(o.model);
+    } catch (const Error& e) {
+      std::fprintf(stderr, "lca generate: no tokenizer (%s); printing token ids\n", e.what());
+    }
+  }
+  std::vector<int64_t> ids;
+  if (!o.prompt_ids.empty()) {
+    LCA_CHECK(!o.chat, "generate: --chat needs a text prompt, not --prompt-ids");
+    ids = parse_ids(o.prompt_ids);
+  } else {
+    std::string text = o.prompt_file.empty() ? o.prompt : read_prompt_file(o.prompt_file);
+    if (o.chat) {
+      // ChatML (SmolLM2, Qwen2): the markers are special tokens, matched literally by encode.
+      LCA_CHECK(tokenizer->token_id("<|im_start|>") >= 0 && tokenizer->token_id("<|im_end|>") >= 0,
+                "generate: --chat needs a ChatML model (<|im_start|> and <|im_end|> tokens); this vocabulary has none");
+      std::string wrapped;
+      if (!o.system.empty()) wrapped += "<|im_start|>system\n" + o.system + "<|im_end|>\n";
+      text = wrapped + "<|im_start|>user\n" + text + "<|im_end|>\n<|im_start|>assistant\n";
+    }
+    ids = tokenizer->encode(text, true);
+  }
+  LCA_CHECK(!ids.empty(), "generate: the prompt is empty");
+  const int64_t n_prompt = static_cast<int64_t>(ids.size());
+  LCA_CHECK(n_prompt <= model.context_length(), "generate: the prompt has ", n_prompt,
+            " tokens, more than the model's context of ", model.context_length());
+  for (int64_t id : ids)
+    LCA_CHECK(id >= 0 && id < model.vocab_size(), "generate: prompt token ", id, " is outside the vocabulary [0, ",
+              model.vocab_size(), ")");
+
+  Sequence seq(model, params, storage);
+  std::fprintf(stderr, "lca generate: %s attention, %s cache, prompt %lld tokens\n", params.describe().c_str(),
+               dtype_name(storage).c_str(), static_cast<long long>(n_prompt));
+
+  const auto t_prefill = Clock::now();
+  // One progress line, rewritten in place on a terminal (one line per chunk otherwise).
+  const bool show_progress = n_prompt > o.chunk, tty = ::isatty(2) != 0;
+  Tensor<float> logits = seq.prefill(ids, o.chunk, [&](int64_t done, int64_t total) {
+    if (!show_progress) return;
+    const double s = seconds_since(t_prefill);
+    std::fprintf(stderr, "%sprefill %lld/%lld tokens, %.1f s, %.0f tokens/s%s", tty ? "\r" : "",
+                 static_cast<long long>(done), static_cast<long long>(total), s, static_cast<double>(done) / s,
+                 tty && done < total ? "   " : "\n");
+  });
+  const double prefill_s = seconds_since(t_prefill);
+
+  std::mt19937_64 rng(o.seed);
+  std::vector<int64_t> eos = load_eos_ids(o.model);
+  if (tokenizer && tokenizer->eos_id() >= 0) eos.push_back(tokenizer->eos_id());
+  int64_t generated = 0, steps = 0;
+  double decode_s = 0.0;
+  while (generated < o.max_new_tokens) {
+    const int64_t next = pick_token(logits.row(0), model.vocab_size(), o.temperature, rng);
+    ++generated;
+    if (!o.ignore_eos && std::find(eos.begin(), eos.end(), next) != eos.end()) break;
+    if (tokenizer) {
+      const std::string piece = tokenizer->token(next);
+      std::fwrite(piece.data(), 1, piece.size(), stdout);
+    } else {
+      std::printf("%lld,", static_cast<long long>(next));
+    }
+    std::fflush(stdout);
+    if (generated == o.max_new_tokens) break;
+    if (seq.tokens() >= model.context_length()) {
+      std::fprintf(stderr, "\nlca generate: stopped at the model's context of %lld tokens\n",
+                   static_cast<long long>(model.context_length()));
+      break;
+    }
+    const int64_t one[1] = {next};
+    const auto t_step = Clock::now();
+    logits = seq.forward(one);
+    decode_s += seconds_since(t_step);
+    ++steps;
+  }
+  std::printf("\n");
+  std::fflush(stdout);
+
+  constexpr double kMiB = 1024.0 * 1024.0;
+  std::fprintf(stderr,
+               "lca generate: prompt %lld tokens, prefill %.2f s (%.1f tokens/s); decode %lld tokens, %.2f tokens/s; "
+               "KV cache %.2f MiB full-equivalent, %.2f MiB actual (%s)\n",
+               static_cast<long long>(n_prompt), prefill_s, static_cast<double>(n_prompt) / prefill_s,
+               static_cast<long long>(generated), decode_s > 0 ? static_cast<double>(steps) / decode_s : 0.0,
+               static_cast<double>(seq.full_cache_bytes()) / kMiB, static_cast<double>(seq.cache_bytes()) / kMiB,
+               params.is_full() ? "full" : "lca");
+  return 0;
+}
+
+}  // namespace lca::tools
