@@ -105,6 +105,13 @@ class PagedKvCache {
   // (the ring's rows are the last min(n, g-1) positions). Rounds to the dtype.
   void write_layer(int64_t seq, int64_t layer, const PagedLayerContents& contents);
   PagedLayerContents read_layer(int64_t seq, int64_t layer) const;
+  // write_layer from device memory, in the cache dtype (rows) and fp32 (ring,
+  // open_sum), enqueued on `stream`: reps [m(n), row_width], raw rows of
+  // positions [g m(n), n) (MTLA: none, raw may be null), ring [min(n, g-1),
+  // summary_width] (null for full and MTLA), open_sum [d_c] (MTLA with an open
+  // row; else null). This is how a prefill computed on the GPU enters the cache.
+  void write_layer_device(int64_t seq, int64_t layer, const void* reps, const void* raw, const float* ring,
+                          const float* open_sum, cudaStream_t stream = nullptr);
 
   // ---- Decode ---------------------------------------------------------------
   // Starts a step in which each of `seqs` (distinct active slots) appends one

@@ -430,6 +430,42 @@ void PagedKvCache::write_layer(int64_t seq, int64_t layer, const PagedLayerConte
   }
 }
 
+void PagedKvCache::write_layer_device(int64_t seq, int64_t layer, const void* reps, const void* raw, const float* ring,
+                                      const float* open_sum, cudaStream_t stream) {
+  const char* where = "PagedKvCache::write_layer_device";
+  Impl& m = *impl_;
+  m.check_seq(where, seq);
+  m.check_layer(where, layer);
+  const int64_t n = m.seqs[static_cast<size_t>(seq)].n, count = m.groups(n), first_raw = m.raw_from(n);
+  const int64_t B = m.cfg.block_rows, row_bytes = m.row_elems * dtype_size(m.cfg.dtype);
+  LCA_CHECK(count == 0 || reps, where, ": reps is null but the sequence holds ", count, " representatives");
+  LCA_CHECK(n == first_raw || raw, where, ": raw is null but the sequence holds ", n - first_raw, " raw rows");
+  const int64_t ring_rows = m.full ? 0 : std::min(n, m.g - 1);
+  LCA_CHECK(ring_rows == 0 || ring, where, ": ring is null but ", ring_rows, " summary rows are needed");
+  const bool open = m.mtla_s > 0 && n % m.mtla_s != 0;
+  LCA_CHECK(!open || open_sum, where, ": open_sum is null but an MTLA row is open");
+  auto put = [&](const void* rows, int64_t rows_count, int64_t first, bool rep) {
+    for (int64_t r = 0; r < rows_count;) {
+      const int64_t idx = first + r, run = std::min(rows_count - r, B - idx % B);
+      const int32_t block = rep ? m.rep_at(layer, seq, idx / B) : m.raw_at(layer, seq, idx / B);
+      LCA_CUDA_OK(where, cudaMemcpyAsync(m.row_address(block, idx % B), static_cast<const char*>(rows) + r * row_bytes,
+                                         run * row_bytes, cudaMemcpyDeviceToDevice, stream));
+      r += run;
+    }
+  };
+  put(reps, count, 0, true);
+  put(raw, n - first_raw, first_raw, false);
+  for (int64_t r = 0; r < ring_rows; ++r) {
+    const int64_t pos = n - ring_rows + r;
+    LCA_CUDA_OK(where, cudaMemcpyAsync(m.d_ring + (m.tr(layer, seq) * m.g + pos % m.g) * m.ring_width,
+                                       ring + r * m.ring_width, m.ring_width * sizeof(float), cudaMemcpyDeviceToDevice,
+                                       stream));
+  }
+  if (open)
+    LCA_CUDA_OK(where, cudaMemcpyAsync(m.d_open + m.tr(layer, seq) * m.cfg.mla.d_latent, open_sum,
+                                       m.cfg.mla.d_latent * sizeof(float), cudaMemcpyDeviceToDevice, stream));
+}
+
 PagedLayerContents PagedKvCache::read_layer(int64_t seq, int64_t layer) const {
   const char* where = "PagedKvCache::read_layer";
   const Impl& m = *impl_;

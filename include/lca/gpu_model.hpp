@@ -1,0 +1,85 @@
+// The model runtime on the GPU for Llama and Qwen2 (GQA): bf16 weights,
+// cuBLAS products, and lca's kernels for the attention (condense + prefill
+// over [representatives ; raw rows], decode through PagedKvCache). Present
+// only when lca is built with CUDA.
+//
+// GpuModel holds the weights; GpuSession a batch of sequences and their
+// paged cache, with one attention policy (LCA, or LcaParams::full()):
+//   prefill(seq, tokens)   a whole prompt, layer by layer (the GEMMs in
+//                          chunks), its rows written into the paged cache;
+//   decode(seqs, tokens)   one token for each of a batch of sequences; with
+//                          graphs on, the step of a batch is captured once and
+//                          replayed for later steps of the same batch.
+// Errors (no device, out of memory, out of cache blocks, context over
+// capacity, unsupported architecture) are lca::Error naming the problem.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+
+#include "lca/model.hpp"
+#include "lca/model_config.hpp"
+#include "lca/paged_cache.hpp"
+#include "lca/params.hpp"
+#include "lca/tensor.hpp"
+
+namespace lca::cuda {
+
+class GpuModel {
+ public:
+  // The weights of a CPU model (Llama/Qwen2), rounded to bf16.
+  static GpuModel upload(const Model& model);
+  // Random weights (uniform, scale 1/sqrt(fan-in); norms 1) at a GQA config's
+  // sizes: benchmarks at real size with no checkpoint.
+  static GpuModel random(const ModelConfig& config, uint64_t seed = 1);
+
+  GpuModel(GpuModel&&) noexcept;
+  GpuModel& operator=(GpuModel&&) noexcept;
+  ~GpuModel();
+
+  const ModelConfig& config() const;
+  int64_t weight_bytes() const;
+
+ private:
+  friend class GpuSession;
+  struct Impl;
+  explicit GpuModel(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+struct GpuSessionOptions {
+  LcaParams attention{};        // LcaParams::full(): full attention
+  int64_t max_seqs = 1;
+  int64_t max_context = 0;      // 0: the model's max_position_embeddings
+  int64_t prefill_chunk = 8192; // rows per MLP product in prefill (bounds its buffers)
+  bool graphs = true;           // decode steps replayed from CUDA graphs
+};
+
+class GpuSession {
+ public:
+  GpuSession(const GpuModel& model, const GpuSessionOptions& options);
+  ~GpuSession();
+  GpuSession(const GpuSession&) = delete;
+  GpuSession& operator=(const GpuSession&) = delete;
+
+  int64_t add_sequence();
+  void release_sequence(int64_t seq);
+  int64_t tokens(int64_t seq) const;
+
+  // An empty sequence's whole prompt; returns the last position's logits [V].
+  Tensor<float> prefill(int64_t seq, std::span<const int64_t> tokens);
+  // tokens[b] appended to seqs[b]; returns logits [B, V].
+  Tensor<float> decode(std::span<const int64_t> seqs, std::span<const int64_t> tokens);
+  // Benchmarks: an empty sequence set to n tokens of random cache contents
+  // (what decode timing needs, without computing a prefill).
+  void fill_random(int64_t seq, int64_t n, uint64_t seed = 7);
+
+  const PagedKvCache& cache() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace lca::cuda

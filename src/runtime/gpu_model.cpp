@@ -1,0 +1,447 @@
+// The GPU runtime for Llama/Qwen2: weights and the layer loop on the host
+// side, cuBLAS for the products, lca's kernels for everything else.
+//
+// Prefill runs layer by layer over the whole prompt (as one chunk of the
+// spec's streaming identity), so every attention kernel sees all its queries
+// at once: RMSNorm -> q/k/v products -> bias + RoPE -> (LCA) summary queries
+// and condense -> prefill attention over [representatives ; raw rows] ->
+// o_proj added to the residual -> RMSNorm -> MLP in chunks of rows. Each
+// layer's representatives, raw window and summary ring are then written into
+// the paged cache, which decode steps extend.
+#include "lca/gpu_model.hpp"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "cuda/model_ops.hpp"
+#include "lca/cuda.hpp"
+#include "lca/error.hpp"
+
+#define LCA_CUDA_OK(where, expr)                                                                  \
+  do {                                                                                            \
+    const cudaError_t lca_err_ = (expr);                                                          \
+    if (lca_err_ != cudaSuccess) ::lca::detail::fail(where, ": ", #expr, " failed: ", cudaGetErrorString(lca_err_)); \
+  } while (0)
+#define LCA_CUBLAS_OK(where, expr)                                                                \
+  do {                                                                                            \
+    const cublasStatus_t lca_st_ = (expr);                                                        \
+    if (lca_st_ != CUBLAS_STATUS_SUCCESS)                                                         \
+      ::lca::detail::fail(where, ": ", #expr, " failed: ", cublasGetStatusString(lca_st_));       \
+  } while (0)
+
+namespace lca::cuda {
+namespace {
+
+// A device allocation that names what it holds when the device is short.
+struct DeviceArray {
+  void* ptr = nullptr;
+  int64_t bytes = 0;
+  DeviceArray() = default;
+  DeviceArray(const char* what, int64_t n_bytes) : bytes(n_bytes) {
+    if (cudaMalloc(&ptr, static_cast<size_t>(std::max<int64_t>(n_bytes, 16))) != cudaSuccess) {
+      cudaGetLastError();
+      size_t free_b = 0, total_b = 0;
+      cudaMemGetInfo(&free_b, &total_b);
+      ptr = nullptr;
+      ::lca::detail::fail("GPU runtime: out of device memory allocating ", what, " (", n_bytes, " bytes; ",
+                          static_cast<int64_t>(free_b), " of ", static_cast<int64_t>(total_b), " bytes free)");
+    }
+  }
+  DeviceArray(DeviceArray&& o) noexcept : ptr(o.ptr), bytes(o.bytes) { o.ptr = nullptr; }
+  DeviceArray& operator=(DeviceArray&& o) noexcept {
+    std::swap(ptr, o.ptr);
+    std::swap(bytes, o.bytes);
+    return *this;
+  }
+  ~DeviceArray() { cudaFree(ptr); }
+  template <class T = void>
+  T* as() const {
+    return static_cast<T*>(ptr);
+  }
+};
+
+DeviceArray upload_bf16(const char* what, const Tensor<float>& t) {
+  DeviceArray a(what, t.numel() * 2);
+  std::vector<unsigned char> bytes(static_cast<size_t>(t.numel() * 2));
+  encode(DType::bf16, t.data(), t.numel(), bytes.data());
+  LCA_CUDA_OK("GpuModel::upload", cudaMemcpy(a.ptr, bytes.data(), bytes.size(), cudaMemcpyHostToDevice));
+  return a;
+}
+
+struct LayerArrays {
+  DeviceArray attn_norm, wq, wk, wv, wo, bq, bk, bv, ffn_norm, w_gate, w_up, w_down;
+};
+
+int64_t lcm_block(int64_t g) {  // rows per cache block: a multiple of g near 64
+  return g >= 64 ? g : g * ((64 + g - 1) / g);
+}
+
+}  // namespace
+
+struct GpuModel::Impl {
+  ModelConfig cfg;
+  std::vector<LayerArrays> layers;
+  DeviceArray embed, final_norm, lm_head;  // lm_head empty when tied
+  bool qkv_bias = false;
+  int64_t bytes = 0;
+  const void* output_weight() const { return lm_head.ptr != nullptr ? lm_head.ptr : embed.ptr; }
+};
+
+namespace {
+
+void check_gqa(const char* where, const ModelConfig& c) {
+  LCA_CHECK(c.attention == AttentionKind::gqa, where, ": ", c.architecture,
+            " (MLA) is not built on the GPU runtime yet; it runs Llama and Qwen2 (GQA)");
+  LCA_CHECK(c.gqa.head_dim == 64 || c.gqa.head_dim == 128, where, ": head_dim ", c.gqa.head_dim,
+            " is not built for the GPU kernels (64, 128)");
+  LCA_CHECK(c.rope_scaling.type == RopeScalingType::none, where, ": rope_scaling ",
+            rope_scaling_type_name(c.rope_scaling.type), " is not supported on the GPU runtime yet");
+  LCA_CHECK(c.hidden_size % 8 == 0 && c.intermediate_size % 2 == 0, where,
+            ": hidden_size must be a multiple of 8 and intermediate_size even");
+}
+
+}  // namespace
+
+GpuModel::GpuModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+GpuModel::GpuModel(GpuModel&&) noexcept = default;
+GpuModel& GpuModel::operator=(GpuModel&&) noexcept = default;
+GpuModel::~GpuModel() = default;
+const ModelConfig& GpuModel::config() const { return impl_->cfg; }
+int64_t GpuModel::weight_bytes() const { return impl_->bytes; }
+
+GpuModel GpuModel::upload(const Model& model) {
+  const char* where = "GpuModel::upload";
+  LCA_CHECK(device_present(), where, ": no CUDA device is present");
+  auto impl = std::make_unique<Impl>();
+  impl->cfg = model.config();
+  check_gqa(where, impl->cfg);
+  const ModelWeights& w = model.weights();
+  impl->qkv_bias = model.has_qkv_bias();
+  for (const LayerWeights& l : w.layers) {
+    LayerArrays a;
+    a.attn_norm = upload_bf16("attn_norm", l.attn_norm);
+    a.wq = upload_bf16("q_proj", l.wq);
+    a.wk = upload_bf16("k_proj", l.wk);
+    a.wv = upload_bf16("v_proj", l.wv);
+    a.wo = upload_bf16("o_proj", l.wo);
+    if (impl->qkv_bias) {
+      a.bq = upload_bf16("q bias", l.bq);
+      a.bk = upload_bf16("k bias", l.bk);
+      a.bv = upload_bf16("v bias", l.bv);
+    }
+    a.ffn_norm = upload_bf16("ffn_norm", l.ffn_norm);
+    a.w_gate = upload_bf16("gate_proj", l.w_gate);
+    a.w_up = upload_bf16("up_proj", l.w_up);
+    a.w_down = upload_bf16("down_proj", l.w_down);
+    impl->layers.push_back(std::move(a));
+  }
+  impl->embed = upload_bf16("embed_tokens", w.embed);
+  impl->final_norm = upload_bf16("norm", w.final_norm);
+  if (w.lm_head.numel() > 0) impl->lm_head = upload_bf16("lm_head", w.lm_head);
+  for (const LayerArrays& a : impl->layers)
+    for (const DeviceArray* p : {&a.attn_norm, &a.wq, &a.wk, &a.wv, &a.wo, &a.bq, &a.bk, &a.bv, &a.ffn_norm,
+                                 &a.w_gate, &a.w_up, &a.w_down})
+      impl->bytes += p->ptr ? p->bytes : 0;
+  impl->bytes += impl->embed.bytes + impl->final_norm.bytes + (impl->lm_head.ptr ? impl->lm_head.bytes : 0);
+  return GpuModel(std::move(impl));
+}
+
+GpuModel GpuModel::random(const ModelConfig& config, uint64_t seed) {
+  const char* where = "GpuModel::random";
+  LCA_CHECK(device_present(), where, ": no CUDA device is present");
+  auto impl = std::make_unique<Impl>();
+  impl->cfg = config;
+  check_gqa(where, config);
+  const int64_t D = config.hidden_size, F = config.intermediate_size, V = config.vocab_size;
+  const int64_t hq = config.gqa.q_heads * config.gqa.head_dim, hkv = config.gqa.kv_heads * config.gqa.head_dim;
+  impl->qkv_bias = config.architecture.find("Qwen2") != std::string::npos;
+  uint64_t s = seed;
+  auto rnd = [&](const char* what, int64_t n, double fan_in) {
+    DeviceArray a(what, n * 2);
+    detail::fill_uniform(a.ptr, n, static_cast<float>(1.0 / std::sqrt(fan_in)), s++ * 0x2545F4914F6CDD1Dull, nullptr);
+    impl->bytes += a.bytes;
+    return a;
+  };
+  auto ones = [&](const char* what, int64_t n) {
+    return upload_bf16(what, Tensor<float>({n}, 1.f));
+  };
+  for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
+    LayerArrays a;
+    a.attn_norm = ones("attn_norm", D);
+    a.wq = rnd("q_proj", hq * D, D);
+    a.wk = rnd("k_proj", hkv * D, D);
+    a.wv = rnd("v_proj", hkv * D, D);
+    a.wo = rnd("o_proj", D * hq, hq);
+    if (impl->qkv_bias) {
+      a.bq = rnd("q bias", hq, 64);
+      a.bk = rnd("k bias", hkv, 64);
+      a.bv = rnd("v bias", hkv, 64);
+    }
+    a.ffn_norm = ones("ffn_norm", D);
+    a.w_gate = rnd("gate_proj", F * D, D);
+    a.w_up = rnd("up_proj", F * D, D);
+    a.w_down = rnd("down_proj", D * F, F);
+    impl->layers.push_back(std::move(a));
+  }
+  impl->embed = rnd("embed_tokens", V * D, 1.0);
+  impl->final_norm = ones("norm", D);
+  if (!config.tie_word_embeddings) impl->lm_head = rnd("lm_head", V * D, D);
+  LCA_CUDA_OK(where, cudaDeviceSynchronize());
+  return GpuModel(std::move(impl));
+}
+
+// ---- GpuSession --------------------------------------------------------------------
+
+struct GpuSession::Impl {
+  const GpuModel::Impl* m = nullptr;
+  GpuSessionOptions opt;
+  int64_t D = 0, F = 0, V = 0, hq = 0, hkv = 0, d = 0, qw = 0, kvw = 0;
+  std::unique_ptr<PagedKvCache> cache;
+  cudaStream_t stream = nullptr;
+  cublasHandle_t blas = nullptr;
+  DeviceArray workspace;
+  // Decode buffers, max_seqs rows each.
+  DeviceArray x, h, q, k, v, rows, o, gate, up, logits, d_tokens, d_positions;
+  std::vector<int64_t> h_tokens, h_positions;
+  // The captured step: its batch and split count.
+  cudaGraphExec_t graph = nullptr;
+  std::vector<int64_t> graph_seqs;
+  int64_t graph_splits = -1;
+
+  ~Impl() {
+    if (graph) cudaGraphExecDestroy(graph);
+    if (blas) cublasDestroy(blas);
+    if (stream) cudaStreamDestroy(stream);
+  }
+
+  // Y [M, N] (+)= X [M, K] W [N, K]^T, row-major, bf16 in and out (fp32 out when y_f32).
+  void gemm(int64_t M, int64_t N, int64_t K, const void* X, const void* W, void* Y, bool accumulate,
+            bool y_f32 = false) {
+    const float alpha = 1.f, beta = accumulate ? 1.f : 0.f;
+    LCA_CUBLAS_OK("GpuSession", cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(N), static_cast<int>(M),
+                                             static_cast<int>(K), &alpha, W, CUDA_R_16BF, static_cast<int>(K), X,
+                                             CUDA_R_16BF, static_cast<int>(K), &beta, Y,
+                                             y_f32 ? CUDA_R_32F : CUDA_R_16BF, static_cast<int>(N),
+                                             CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  }
+
+  // MLP of rows [0, n) of x (in place, residual added), in chunks of opt.prefill_chunk rows.
+  void mlp(const LayerArrays& L, void* x_rows, void* h_rows, int64_t n, void* gate_buf, void* up_buf, int64_t chunk) {
+    detail::rms_norm(x_rows, L.ffn_norm.ptr, n, D, m->cfg.rms_norm_eps, h_rows, stream);
+    for (int64_t r0 = 0; r0 < n; r0 += chunk) {
+      const int64_t c = std::min(chunk, n - r0);
+      const auto* hr = static_cast<const char*>(h_rows) + r0 * D * 2;
+      auto* xr = static_cast<char*>(x_rows) + r0 * D * 2;
+      gemm(c, F, D, hr, L.w_gate.ptr, gate_buf, false);
+      gemm(c, F, D, hr, L.w_up.ptr, up_buf, false);
+      detail::swiglu(gate_buf, up_buf, c, F, stream);
+      gemm(c, D, F, gate_buf, L.w_down.ptr, xr, true);
+    }
+  }
+
+  // One decode step's launches for the batch in d_tokens/d_positions (capturable).
+  void decode_launches(int64_t B) {
+    detail::embed_rows(m->embed.ptr, d_tokens.as<int64_t>(), B, D, x.ptr, stream);
+    for (size_t l = 0; l < m->layers.size(); ++l) {
+      const LayerArrays& L = m->layers[l];
+      detail::rms_norm(x.ptr, L.attn_norm.ptr, B, D, m->cfg.rms_norm_eps, h.ptr, stream);
+      gemm(B, qw, D, h.ptr, L.wq.ptr, q.ptr, false);
+      gemm(B, kvw, D, h.ptr, L.wk.ptr, k.ptr, false);
+      gemm(B, kvw, D, h.ptr, L.wv.ptr, v.ptr, false);
+      detail::bias_rope(q.ptr, k.ptr, v.ptr, L.bq.ptr, L.bk.ptr, L.bv.ptr, B, hq, hkv, d, d_positions.as<int64_t>(), 0,
+                        m->cfg.rope.theta, stream);
+      detail::pack_gqa_rows(k.ptr, v.ptr, B, hkv, d, rows.ptr, stream);
+      cache->decode_layer(static_cast<int64_t>(l), rows.ptr, q.ptr, o.ptr, stream);
+      gemm(B, D, qw, o.ptr, L.wo.ptr, x.ptr, true);
+      mlp(L, x.ptr, h.ptr, B, gate.ptr, up.ptr, B);
+    }
+    detail::rms_norm(x.ptr, m->final_norm.ptr, B, D, m->cfg.rms_norm_eps, h.ptr, stream);
+    gemm(B, V, D, h.ptr, m->output_weight(), logits.ptr, false, true);
+  }
+};
+
+GpuSession::GpuSession(const GpuModel& model, const GpuSessionOptions& options) : impl_(std::make_unique<Impl>()) {
+  const char* where = "GpuSession";
+  Impl& s = *impl_;
+  s.m = model.impl_.get();
+  s.opt = options;
+  const ModelConfig& c = s.m->cfg;
+  if (s.opt.max_context == 0) s.opt.max_context = c.max_position_embeddings;
+  LCA_CHECK(s.opt.max_context >= 1, where, ": max_context must be >= 1 (the model gives ", c.max_position_embeddings,
+            ")");
+  LCA_CHECK(s.opt.max_seqs >= 1, where, ": max_seqs must be >= 1, got ", s.opt.max_seqs);
+  LCA_CHECK(s.opt.prefill_chunk >= 1, where, ": prefill_chunk must be >= 1, got ", s.opt.prefill_chunk);
+  s.D = c.hidden_size, s.F = c.intermediate_size, s.V = c.vocab_size;
+  s.hq = c.gqa.q_heads, s.hkv = c.gqa.kv_heads, s.d = c.gqa.head_dim;
+  s.qw = s.hq * s.d, s.kvw = s.hkv * s.d;
+
+  PagedCacheConfig pc;
+  pc.layout = KvLayout::gqa;
+  pc.gqa = c.gqa;
+  pc.rope = c.rope;
+  pc.scale = c.softmax_scale();
+  pc.policy = s.opt.attention;
+  pc.dtype = DType::bf16;
+  pc.layers = c.num_hidden_layers;
+  pc.max_seqs = s.opt.max_seqs;
+  pc.max_context = s.opt.max_context;
+  pc.block_rows = s.opt.attention.is_full() ? 64 : lcm_block(s.opt.attention.group);
+  s.cache = std::make_unique<PagedKvCache>(pc);
+
+  LCA_CUDA_OK(where, cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking));
+  LCA_CUBLAS_OK(where, cublasCreate(&s.blas));
+  LCA_CUBLAS_OK(where, cublasSetStream(s.blas, s.stream));
+  s.workspace = DeviceArray("the cuBLAS workspace", 32 << 20);
+  LCA_CUBLAS_OK(where, cublasSetWorkspace(s.blas, s.workspace.ptr, static_cast<size_t>(s.workspace.bytes)));
+  const int64_t B = s.opt.max_seqs;
+  s.x = DeviceArray("decode activations", B * s.D * 2);
+  s.h = DeviceArray("decode activations", B * s.D * 2);
+  s.q = DeviceArray("decode queries", B * s.qw * 2);
+  s.k = DeviceArray("decode keys", B * s.kvw * 2);
+  s.v = DeviceArray("decode values", B * s.kvw * 2);
+  s.rows = DeviceArray("decode cache rows", B * 2 * s.kvw * 2);
+  s.o = DeviceArray("decode attention outputs", B * s.qw * 2);
+  s.gate = DeviceArray("decode MLP", B * s.F * 2);
+  s.up = DeviceArray("decode MLP", B * s.F * 2);
+  s.logits = DeviceArray("decode logits", B * s.V * 4);
+  s.d_tokens = DeviceArray("decode tokens", B * 8);
+  s.d_positions = DeviceArray("decode positions", B * 8);
+}
+
+GpuSession::~GpuSession() = default;
+int64_t GpuSession::add_sequence() { return impl_->cache->add_sequence(); }
+void GpuSession::release_sequence(int64_t seq) { impl_->cache->release_sequence(seq); }
+int64_t GpuSession::tokens(int64_t seq) const { return impl_->cache->tokens(seq); }
+const PagedKvCache& GpuSession::cache() const { return *impl_->cache; }
+
+Tensor<float> GpuSession::prefill(int64_t seq, std::span<const int64_t> tokens) {
+  const char* where = "GpuSession::prefill";
+  Impl& s = *impl_;
+  const ModelConfig& c = s.m->cfg;
+  const int64_t N = static_cast<int64_t>(tokens.size());
+  LCA_CHECK(N >= 1, where, ": the prompt is empty");
+  LCA_CHECK(N <= s.opt.max_context, where, ": the prompt has ", N, " tokens, over the session's max_context of ",
+            s.opt.max_context);
+  for (int64_t t : tokens) LCA_CHECK(t >= 0 && t < s.V, where, ": token id ", t, " is outside the vocabulary [0, ", s.V, ")");
+  LCA_CHECK(s.cache->tokens(seq) == 0, where, ": sequence ", seq, " is not empty");
+  const LcaParams& p = s.opt.attention;
+  const int64_t m = condensed_groups(N, p), first_raw = first_raw_position(N, p);
+  const int64_t ring_rows = p.is_full() ? 0 : std::min(N, p.group - 1);
+  s.cache->set_tokens(seq, N);  // takes the blocks first: out of blocks fails before any work
+
+  const int64_t chunk = std::min(N, s.opt.prefill_chunk);
+  DeviceArray toks("prompt tokens", N * 8), x("prefill activations", N * s.D * 2), h("prefill activations", N * s.D * 2);
+  DeviceArray q("prefill queries", N * s.qw * 2), k("prefill keys", N * s.kvw * 2), v("prefill values", N * s.kvw * 2);
+  DeviceArray o("prefill attention outputs", N * s.qw * 2);
+  DeviceArray gate("prefill MLP", chunk * s.F * 2), up("prefill MLP", chunk * s.F * 2);
+  DeviceArray sum("summary queries", p.is_full() ? 16 : N * s.kvw * 4);
+  DeviceArray rep_k("representative keys", std::max<int64_t>(m, 1) * s.kvw * 2);
+  DeviceArray rep_v("representative values", std::max<int64_t>(m, 1) * s.kvw * 2);
+  DeviceArray rep_rows("representative rows", std::max<int64_t>(m, 1) * 2 * s.kvw * 2);
+  DeviceArray raw_rows("raw rows", (N - first_raw) * 2 * s.kvw * 2);
+  LCA_CUDA_OK(where, cudaMemcpyAsync(toks.ptr, tokens.data(), N * 8, cudaMemcpyHostToDevice, s.stream));
+  detail::embed_rows(s.m->embed.ptr, toks.as<int64_t>(), N, s.D, x.ptr, s.stream);
+  for (size_t l = 0; l < s.m->layers.size(); ++l) {
+    const LayerArrays& L = s.m->layers[l];
+    detail::rms_norm(x.ptr, L.attn_norm.ptr, N, s.D, c.rms_norm_eps, h.ptr, s.stream);
+    s.gemm(N, s.qw, s.D, h.ptr, L.wq.ptr, q.ptr, false);
+    s.gemm(N, s.kvw, s.D, h.ptr, L.wk.ptr, k.ptr, false);
+    s.gemm(N, s.kvw, s.D, h.ptr, L.wv.ptr, v.ptr, false);
+    detail::bias_rope(q.ptr, k.ptr, v.ptr, L.bq.ptr, L.bk.ptr, L.bv.ptr, N, s.hq, s.hkv, s.d, nullptr, 0, c.rope.theta,
+                      s.stream);
+    if (!p.is_full()) {
+      gqa_summary_queries(q.ptr, sum.as<float>(), N, s.hq, s.hkv, s.d, DType::bf16, s.stream);
+      CondenseGqaArgs ca;
+      ca.k = k.ptr, ca.v = v.ptr, ca.summary = sum.as<float>(), ca.rep_k = rep_k.ptr, ca.rep_v = rep_v.ptr;
+      ca.kv_len = ca.sum_len = N;
+      ca.count = m;
+      ca.q_heads = s.hq, ca.kv_heads = s.hkv, ca.head_dim = s.d;
+      ca.scale = c.softmax_scale();
+      ca.rope = c.rope;
+      ca.dtype = DType::bf16;
+      ca.params = p;
+      condense_groups_gqa(ca, s.stream);
+    }
+    PrefillArgs a;
+    a.q = q.ptr, a.k = k.ptr, a.v = v.ptr, a.rep_k = rep_k.ptr, a.rep_v = rep_v.ptr, a.out = o.ptr;
+    a.q_len = a.raw_len = N;
+    a.reps = m;
+    a.q_heads = s.hq, a.kv_heads = s.hkv, a.d_qk = a.d_v = s.d;
+    a.scale = c.softmax_scale();
+    a.dtype = DType::bf16;
+    a.params = p;
+    lca_prefill(a, s.stream);
+    // The layer's cache: representatives, raw rows [g m(N), N), summaries of the last g - 1 positions.
+    detail::pack_gqa_rows(rep_k.ptr, rep_v.ptr, m, s.hkv, s.d, rep_rows.ptr, s.stream);
+    detail::pack_gqa_rows(k.as<char>() + first_raw * s.kvw * 2, v.as<char>() + first_raw * s.kvw * 2, N - first_raw,
+                          s.hkv, s.d, raw_rows.ptr, s.stream);
+    s.cache->write_layer_device(seq, static_cast<int64_t>(l), rep_rows.ptr, raw_rows.ptr,
+                                p.is_full() ? nullptr : sum.as<float>() + (N - ring_rows) * s.kvw, nullptr, s.stream);
+    s.gemm(N, s.D, s.qw, o.ptr, L.wo.ptr, x.ptr, true);
+    s.mlp(L, x.ptr, h.ptr, N, gate.ptr, up.ptr, chunk);
+  }
+  detail::rms_norm(x.as<char>() + (N - 1) * s.D * 2, s.m->final_norm.ptr, 1, s.D, c.rms_norm_eps, h.ptr, s.stream);
+  s.gemm(1, s.V, s.D, h.ptr, s.m->output_weight(), s.logits.ptr, false, true);
+  Tensor<float> out({s.V});
+  LCA_CUDA_OK(where, cudaMemcpyAsync(out.data(), s.logits.ptr, s.V * 4, cudaMemcpyDeviceToHost, s.stream));
+  LCA_CUDA_OK(where, cudaStreamSynchronize(s.stream));
+  return out;
+}
+
+Tensor<float> GpuSession::decode(std::span<const int64_t> seqs, std::span<const int64_t> tokens) {
+  const char* where = "GpuSession::decode";
+  Impl& s = *impl_;
+  const int64_t B = static_cast<int64_t>(seqs.size());
+  LCA_CHECK(B >= 1 && B == static_cast<int64_t>(tokens.size()), where, ": ", B, " sequences but ", tokens.size(),
+            " tokens");
+  LCA_CHECK(B <= s.opt.max_seqs, where, ": batch of ", B, " over max_seqs ", s.opt.max_seqs);
+  for (int64_t t : tokens) LCA_CHECK(t >= 0 && t < s.V, where, ": token id ", t, " is outside the vocabulary [0, ", s.V, ")");
+  s.h_tokens.assign(tokens.begin(), tokens.end());
+  s.h_positions.clear();
+  for (int64_t seq : seqs) s.h_positions.push_back(s.cache->tokens(seq));  // checks the slot
+  s.cache->begin_step(seqs, s.stream);  // blocks for the new tokens, or an error with nothing changed
+  LCA_CUDA_OK(where, cudaMemcpyAsync(s.d_tokens.ptr, s.h_tokens.data(), B * 8, cudaMemcpyHostToDevice, s.stream));
+  LCA_CUDA_OK(where, cudaMemcpyAsync(s.d_positions.ptr, s.h_positions.data(), B * 8, cudaMemcpyHostToDevice, s.stream));
+  if (!s.opt.graphs) {
+    s.decode_launches(B);
+  } else {
+    const std::vector<int64_t> batch(seqs.begin(), seqs.end());
+    if (s.graph == nullptr || batch != s.graph_seqs || s.cache->step_splits() != s.graph_splits) {
+      if (s.graph) cudaGraphExecDestroy(s.graph), s.graph = nullptr;
+      cudaGraph_t g;
+      LCA_CUDA_OK(where, cudaStreamBeginCapture(s.stream, cudaStreamCaptureModeThreadLocal));
+      try {
+        s.decode_launches(B);
+      } catch (...) {
+        cudaStreamEndCapture(s.stream, &g);
+        throw;
+      }
+      LCA_CUDA_OK(where, cudaStreamEndCapture(s.stream, &g));
+      LCA_CUDA_OK(where, cudaGraphInstantiate(&s.graph, g, 0));
+      cudaGraphDestroy(g);
+      s.graph_seqs = batch;
+      s.graph_splits = s.cache->step_splits();
+    }
+    LCA_CUDA_OK(where, cudaGraphLaunch(s.graph, s.stream));
+  }
+  s.cache->end_step();
+  Tensor<float> out({B, s.V});
+  LCA_CUDA_OK(where, cudaMemcpyAsync(out.data(), s.logits.ptr, B * s.V * 4, cudaMemcpyDeviceToHost, s.stream));
+  LCA_CUDA_OK(where, cudaStreamSynchronize(s.stream));
+  return out;
+}
+
+void GpuSession::fill_random(int64_t seq, int64_t n, uint64_t seed) {
+  Impl& s = *impl_;
+  s.cache->set_tokens(seq, n);
+  // Every block of the pool: fine for a benchmark, where all sequences are random.
+  detail::fill_uniform(s.cache->device_pool(), s.cache->total_blocks() * s.cache->block_bytes() / 2, 1.f, seed,
+                       s.stream);
+  LCA_CUDA_OK("GpuSession::fill_random", cudaStreamSynchronize(s.stream));
+}
+
+}  // namespace lca::cuda
