@@ -6,6 +6,9 @@
 #include "demo.hpp"
 #include "generate.hpp"
 #include "tokenize.hpp"
+#if LCA_HAVE_CUDA
+#include "bench_model.hpp"
+#endif
 
 int main(int argc, char** argv) {
   CLI::App app{"lca: Latent-Condensed Attention for long-context inference"};
@@ -53,11 +56,28 @@ int main(int argc, char** argv) {
   tokenize_cmd->add_flag("--no-special", tokenize.no_special, "Do not add BOS/EOS");
   tokenize_cmd->add_flag("--skip-special", tokenize.skip_special, "Decoding: leave out special tokens");
 
+#if LCA_HAVE_CUDA
+  lca::tools::BenchModelOptions bench;
+  CLI::App* bench_cmd = app.add_subcommand(
+      "bench-model", "On the GPU: prefill time and decode step latency of a whole model, full vs LCA, in one run");
+  bench_cmd->add_option("--config", bench.config, "A preset (qwen2.5-7b) or a model folder with config.json");
+  bench_cmd->add_flag("--random-weights", bench.random_weights, "Random weights at the config's sizes (required)");
+  bench_cmd->add_option("--context", bench.contexts, "Context lengths (tokens)")->delimiter(',')->check(CLI::PositiveNumber);
+  bench_cmd->add_option("--batch", bench.batches, "Decode batch sizes")->delimiter(',')->check(CLI::PositiveNumber);
+  bench_cmd->add_option("--window", bench.window, "LCA window w")->check(CLI::NonNegativeNumber);
+  bench_cmd->add_option("--group", bench.group, "LCA group size g")->check(CLI::PositiveNumber);
+  bench_cmd->add_option("--steps", bench.decode_steps, "Decode steps timed per batch")->check(CLI::PositiveNumber);
+  bench_cmd->add_option("--json", bench.json_path, "Also write the results as JSON to this file");
+#endif
+
   CLI11_PARSE(app, argc, argv);
   try {
     if (demo_cmd->parsed()) return lca::tools::run_demo(demo);
     if (gen_cmd->parsed()) return lca::tools::run_generate(gen);
     if (tokenize_cmd->parsed()) return lca::tools::run_tokenize(tokenize);
+#if LCA_HAVE_CUDA
+    if (bench_cmd->parsed()) return lca::tools::run_bench_model(bench);
+#endif
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;
