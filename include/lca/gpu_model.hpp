@@ -67,7 +67,7 @@ class GpuSession {
   void release_sequence(int64_t seq);
   int64_t tokens(int64_t seq) const;
 
-  // An empty sequence's whole prompt; returns the last position's logits [V].
+  // An empty sequence's whole prompt; returns the last position's logits [1, V].
   Tensor<float> prefill(int64_t seq, std::span<const int64_t> tokens);
   // tokens[b] appended to seqs[b]; returns logits [B, V].
   Tensor<float> decode(std::span<const int64_t> seqs, std::span<const int64_t> tokens);

@@ -386,7 +386,7 @@ Tensor<float> GpuSession::prefill(int64_t seq, std::span<const int64_t> tokens) 
   }
   detail::rms_norm(x.as<char>() + (N - 1) * s.D * 2, s.m->final_norm.ptr, 1, s.D, c.rms_norm_eps, h.ptr, s.stream);
   s.gemm(1, s.V, s.D, h.ptr, s.m->output_weight(), s.logits.ptr, false, true);
-  Tensor<float> out({s.V});
+  Tensor<float> out({1, s.V});
   LCA_CUDA_OK(where, cudaMemcpyAsync(out.data(), s.logits.ptr, s.V * 4, cudaMemcpyDeviceToHost, s.stream));
   LCA_CUDA_OK(where, cudaStreamSynchronize(s.stream));
   return out;

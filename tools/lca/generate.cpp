@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <memory>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -21,6 +22,9 @@
 #include "lca/error.hpp"
 #include "lca/gguf.hpp"
 #include "lca/model.hpp"
+#if LCA_HAVE_CUDA
+#include "lca/gpu_model.hpp"
+#endif
 #include "lca/tokenizer.hpp"
 
 namespace lca::tools {
@@ -132,20 +136,52 @@ int run_generate(const GenerateOptions& o) {
     LCA_CHECK(id >= 0 && id < model.vocab_size(), "generate: prompt token ", id, " is outside the vocabulary [0, ",
               model.vocab_size(), ")");
 
-  Sequence seq(model, params, storage);
-  std::fprintf(stderr, "lca generate: %s attention, %s cache, prompt %lld tokens\n", params.describe().c_str(),
-               dtype_name(storage).c_str(), static_cast<long long>(n_prompt));
+  // The backend: the CPU runtime, or the GPU one (the model's weights in bf16 on the device).
+  std::unique_ptr<Sequence> cpu;
+#if LCA_HAVE_CUDA
+  std::unique_ptr<cuda::GpuModel> gpu_model;
+  std::unique_ptr<cuda::GpuSession> gpu;
+  int64_t gpu_seq = 0;
+#endif
+  if (o.device == "cuda") {
+#if LCA_HAVE_CUDA
+    LCA_CHECK(storage == DType::bf16, "generate: --device cuda keeps the cache in bf16; got --dtype ", o.dtype);
+    gpu_model = std::make_unique<cuda::GpuModel>(cuda::GpuModel::upload(model));
+    cuda::GpuSessionOptions so;
+    so.attention = params;
+    so.max_context = std::min(model.context_length(), n_prompt + o.max_new_tokens + 1);
+    gpu = std::make_unique<cuda::GpuSession>(*gpu_model, so);
+    gpu_seq = gpu->add_sequence();
+#else
+    LCA_CHECK(false, "generate: --device cuda needs lca built with CUDA (nvcc on PATH at configure time)");
+#endif
+  } else {
+    cpu = std::make_unique<Sequence>(model, params, storage);
+  }
+  auto tokens_now = [&]() -> int64_t {
+#if LCA_HAVE_CUDA
+    if (gpu) return gpu->tokens(gpu_seq);
+#endif
+    return cpu->tokens();
+  };
+  std::fprintf(stderr, "lca generate: %s attention, %s cache on %s, prompt %lld tokens\n", params.describe().c_str(),
+               dtype_name(storage).c_str(), o.device.c_str(), static_cast<long long>(n_prompt));
 
   const auto t_prefill = Clock::now();
   // One progress line, rewritten in place on a terminal (one line per chunk otherwise).
   const bool show_progress = n_prompt > o.chunk, tty = ::isatty(2) != 0;
-  Tensor<float> logits = seq.prefill(ids, o.chunk, [&](int64_t done, int64_t total) {
-    if (!show_progress) return;
-    const double s = seconds_since(t_prefill);
-    std::fprintf(stderr, "%sprefill %lld/%lld tokens, %.1f s, %.0f tokens/s%s", tty ? "\r" : "",
-                 static_cast<long long>(done), static_cast<long long>(total), s, static_cast<double>(done) / s,
-                 tty && done < total ? "   " : "\n");
-  });
+  Tensor<float> logits;
+#if LCA_HAVE_CUDA
+  if (gpu) logits = gpu->prefill(gpu_seq, ids);  // one pass over the whole prompt
+#endif
+  if (cpu)
+    logits = cpu->prefill(ids, o.chunk, [&](int64_t done, int64_t total) {
+      if (!show_progress) return;
+      const double s = seconds_since(t_prefill);
+      std::fprintf(stderr, "%sprefill %lld/%lld tokens, %.1f s, %.0f tokens/s%s", tty ? "\r" : "",
+                   static_cast<long long>(done), static_cast<long long>(total), s, static_cast<double>(done) / s,
+                   tty && done < total ? "   " : "\n");
+    });
   const double prefill_s = seconds_since(t_prefill);
 
   std::mt19937_64 rng(o.seed);
@@ -165,14 +201,17 @@ int run_generate(const GenerateOptions& o) {
     }
     std::fflush(stdout);
     if (generated == o.max_new_tokens) break;
-    if (seq.tokens() >= model.context_length()) {
+    if (tokens_now() >= model.context_length()) {
       std::fprintf(stderr, "\nlca generate: stopped at the model's context of %lld tokens\n",
                    static_cast<long long>(model.context_length()));
       break;
     }
     const int64_t one[1] = {next};
     const auto t_step = Clock::now();
-    logits = seq.forward(one);
+#if LCA_HAVE_CUDA
+    if (gpu) logits = gpu->decode(std::vector<int64_t>{gpu_seq}, one);
+#endif
+    if (cpu) logits = cpu->forward(one);
     decode_s += seconds_since(t_step);
     ++steps;
   }
@@ -180,12 +219,22 @@ int run_generate(const GenerateOptions& o) {
   std::fflush(stdout);
 
   constexpr double kMiB = 1024.0 * 1024.0;
+  // KV cache bytes: what the caches (the GPU: the allocator's blocks) hold, and n rows per layer.
+  int64_t cache_bytes = 0, full_bytes = 0;
+#if LCA_HAVE_CUDA
+  if (gpu) {
+    const ModelConfig& c = model.config();
+    cache_bytes = gpu->cache().bytes_in_use();
+    full_bytes = tokens_now() * c.num_hidden_layers * c.gqa.row_width() * 2;
+  }
+#endif
+  if (cpu) cache_bytes = cpu->cache_bytes(), full_bytes = cpu->full_cache_bytes();
   std::fprintf(stderr,
                "lca generate: prompt %lld tokens, prefill %.2f s (%.1f tokens/s); decode %lld tokens, %.2f tokens/s; "
                "KV cache %.2f MiB full-equivalent, %.2f MiB actual (%s)\n",
                static_cast<long long>(n_prompt), prefill_s, static_cast<double>(n_prompt) / prefill_s,
                static_cast<long long>(generated), decode_s > 0 ? static_cast<double>(steps) / decode_s : 0.0,
-               static_cast<double>(seq.full_cache_bytes()) / kMiB, static_cast<double>(seq.cache_bytes()) / kMiB,
+               static_cast<double>(full_bytes) / kMiB, static_cast<double>(cache_bytes) / kMiB,
                params.is_full() ? "full" : "lca");
   return 0;
 }

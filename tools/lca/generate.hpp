@@ -21,6 +21,7 @@ struct GenerateOptions {
   double temperature = 0.0;       // 0: greedy
   uint64_t seed = 0;
   bool ignore_eos = false;
+  std::string device = "cpu";     // cpu | cuda
 };
 
 int run_generate(const GenerateOptions& options);

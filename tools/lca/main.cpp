@@ -43,6 +43,8 @@ int main(int argc, char** argv) {
   gen_cmd->add_option("--temperature", gen.temperature, "0: greedy (default); > 0: sample")->check(CLI::NonNegativeNumber);
   gen_cmd->add_option("--seed", gen.seed, "Sampling seed");
   gen_cmd->add_flag("--ignore-eos", gen.ignore_eos, "Keep generating past the end-of-text token");
+  gen_cmd->add_option("--device", gen.device, "cpu, or cuda (the GPU runtime; lca built with CUDA)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
 
   lca::tools::TokenizeOptions tokenize;
   CLI::App* tokenize_cmd =
