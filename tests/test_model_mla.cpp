@@ -544,6 +544,35 @@ TEST_F(MlaModelTest, ArchitectureDetailsMatter) {
   }
 }
 
+// transformers 5 writes rope_theta and the scaling into "rope_parameters".
+TEST(MlaConfig, RopeParametersOfTransformers5) {
+  Rng rng(8);
+  const Tiny m = tiny_v3(rng, true);
+  json c = config_of(m);
+  c.erase("rope_theta");
+  c.erase("rope_scaling");
+  c["rope_parameters"] = {{"rope_theta", 5000.0}, {"rope_type", "yarn"}, {"factor", 4.0}, {"mscale_all_dim", 0.7},
+                          {"original_max_position_embeddings", 64}};
+  const lca::ModelConfig yarn = lca::parse_model_config(c.dump(), "t5");
+  EXPECT_EQ(yarn.rope.theta, 5000.0);
+  EXPECT_EQ(yarn.rope_scaling.type, lca::RopeScalingType::yarn);
+  EXPECT_EQ(yarn.rope_scaling.factor, 4.0);
+  EXPECT_FALSE(yarn.rope_scaling.mscale_given);
+  const double ms = 0.1 * 0.7 * std::log(4.0) + 1.0;
+  EXPECT_NEAR(yarn.softmax_scale(), ms * ms / std::sqrt(static_cast<double>(m.dn + m.dr)), 1e-12);
+  c["rope_parameters"] = {{"rope_theta", 300.0}, {"rope_type", "default"}};
+  const lca::ModelConfig plain = lca::parse_model_config(c.dump(), "t5");
+  EXPECT_EQ(plain.rope.theta, 300.0);
+  EXPECT_EQ(plain.rope_scaling.type, lca::RopeScalingType::none);
+  c["rope_parameters"] = {{"rope_theta", 300.0}, {"rope_type", "yarn"}};
+  try {
+    lca::parse_model_config(c.dump(), "t5");
+    ADD_FAILURE() << "no throw";
+  } catch (const lca::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("rope_parameters.factor"), std::string::npos) << e.what();
+  }
+}
+
 // ---- Identities through the model ------------------------------------------------------
 
 TEST_F(MlaModelTest, LcaAndChunkingIdentities) {

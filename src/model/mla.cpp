@@ -269,6 +269,7 @@ void check_mla_weights(const ModelConfig& c, const MlaArch& arch, const ModelWei
   expect_shape(where, "embed", w.embed, {V, D});
   expect_shape(where, "final_norm", w.final_norm, {D});
   if (w.lm_head.numel() > 0) expect_shape(where, "lm_head", w.lm_head, {V, D});
+  else LCA_CHECK(c.tie_word_embeddings, "Model: ", in_quotes(c.source), " has no lm_head and does not tie it to the embeddings");
   LCA_CHECK(static_cast<int64_t>(w.layers.size()) == c.num_hidden_layers, "Model: weights hold ", w.layers.size(),
             " layers, the config ", c.num_hidden_layers);
   const int64_t bias = c.attention_bias ? 1 : 0;
