@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <numbers>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -201,7 +202,7 @@ std::pair<Vec, double> oracle_rope(const Tiny& m) {
     const json& r = m.rope_scaling;
     const double factor = r["factor"], original = r["original_max_position_embeddings"];
     const double fast = r["beta_fast"], slow = r["beta_slow"];
-    auto corr = [&](double rot) { return dim * std::log(original / (rot * 2 * M_PI)) / (2 * std::log(m.theta)); };
+    auto corr = [&](double rot) { return dim * std::log(original / (rot * 2 * std::numbers::pi)) / (2 * std::log(m.theta)); };
     const double low = std::max(std::floor(corr(fast)), 0.0);
     double high = std::min(std::ceil(corr(slow)), static_cast<double>(dim - 1));
     if (low == high) high += 0.001;

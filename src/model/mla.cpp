@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numbers>
 #include <numeric>
 
 #include "lca/error.hpp"
@@ -32,7 +33,7 @@ void yarn_rope(const ModelConfig& c, MlaArch& a) {
   const double base = c.rope.theta, factor = rs.factor;
   const double original = static_cast<double>(rs.original_max_position_embeddings.value_or(c.max_position_embeddings));
   auto correction_dim = [&](double rotations) {
-    return static_cast<double>(dim) * std::log(original / (rotations * 2 * M_PI)) / (2 * std::log(base));
+    return static_cast<double>(dim) * std::log(original / (rotations * 2 * std::numbers::pi)) / (2 * std::log(base));
   };
   const double low = std::max(std::floor(correction_dim(rs.beta_fast)), 0.0);
   double high = std::min(std::ceil(correction_dim(rs.beta_slow)), static_cast<double>(dim - 1));
