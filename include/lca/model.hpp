@@ -1,11 +1,16 @@
-// The model runtime on the CPU: Llama and Qwen2 decoder-only transformers
-// (RMSNorm, GQA attention with half-split RoPE, SwiGLU MLP; Qwen2 adds q/k/v
-// biases) whose attention runs through one CondensedKvCache per layer, with
-// LCA or full attention (LcaParams::full()).
+// The model runtime on the CPU: decoder-only transformers whose attention runs
+// through one CondensedKvCache per layer, with LCA or full attention
+// (LcaParams::full()).
+// - GQA: Llama and Qwen2 (RMSNorm, half-split RoPE, SwiGLU MLP; Qwen2 adds
+//   q/k/v biases).
+// - MLA: DeepSeek-V2, DeepSeek-V3 and MiniCPM3, in absorbed form over the MLA
+//   cache (rows [c ; k^R], queries [W_UK^T q^C ; q^R], output latents then
+//   W_UV and o_proj); DeepSeek's MoE feed-forward layers (softmax or sigmoid
+//   routing, group-limited selection, shared experts); MiniCPM3's scalings.
 //
 // Model holds the configuration and every weight as f32 in memory, in Hugging
-// Face layout (linear weights [out, in]); it is loaded from a GGUF file or a
-// Hugging Face folder (config.json + safetensors). A Sequence is one
+// Face layout (linear weights [out, in]); it is loaded from a GGUF file (GQA
+// only) or a Hugging Face folder (config.json + safetensors). A Sequence is one
 // generation's state: its caches and its position. Matrix products go
 // through BLAS (sgemm for chunks, sgemv for single tokens).
 #pragma once
@@ -28,13 +33,34 @@ namespace lca {
 class GgufFile;
 class Checkpoint;
 
-// One decoder layer. Biases are empty tensors (shape [0]) when the model has none.
+// A SwiGLU feed-forward block: down(silu(gate x) * up x). Biases [0] when absent.
+struct MlpWeights {
+  Tensor<float> gate, up, down;     // [F, D], [F, D], [D, F]
+  Tensor<float> b_gate, b_up, b_down;  // [F], [F], [D] or [0]
+};
+
+// One decoder layer. Biases and the tensors another architecture uses are
+// empty (shape [0]).
 struct LayerWeights {
   Tensor<float> attn_norm;           // [D]
+  // GQA.
   Tensor<float> wq, wk, wv, wo;      // [Hq*hd, D], [Hkv*hd, D], [Hkv*hd, D], [D, Hq*hd]
   Tensor<float> bq, bk, bv;          // [Hq*hd], [Hkv*hd], [Hkv*hd] or [0]
+  // MLA (dq = d_nope + d_rope). Queries: wq [H*dq, D] without q_lora, else
+  // q_a [r_q, D] -> q_a_norm [r_q] -> q_b [H*dq, r_q]. Keys/values: kv_a
+  // [d_c + d_r, D] -> [c ; k^R], kv_a_norm [d_c] on c; kv_b_proj split per head
+  // into w_uk [H, d_n, d_c] and w_uv [H, d_v, d_c]; wo [D, H*d_v].
+  Tensor<float> q_a, q_a_norm, q_b, kv_a, kv_a_norm, w_uk, w_uv;
+  Tensor<float> b_q_a, b_kv_a, bo;   // attention_bias: [r_q], [d_c + d_r], [D] or [0]
   Tensor<float> ffn_norm;            // [D]
-  Tensor<float> w_gate, w_up, w_down;  // [F, D], [F, D], [D, F]
+  Tensor<float> w_gate, w_up, w_down;  // dense feed-forward: [F, D], [F, D], [D, F]; [0] in MoE layers
+  // DeepSeek MoE layers (empty otherwise): router [E, D], its score
+  // correction bias [E] (DeepSeek-V3, else [0]), E experts, shared experts
+  // (intermediate size moe_intermediate_size * n_shared_experts; gate [0] when none).
+  Tensor<float> router, router_bias;
+  std::vector<MlpWeights> experts;
+  MlpWeights shared;
+  bool is_moe() const { return !experts.empty(); }
 };
 
 struct ModelWeights {
@@ -112,6 +138,10 @@ class Sequence {
   const LcaParams& params() const { return params_; }
 
  private:
+  // Every layer over hidden states x [L, D] at positions [n, n + L), in place.
+  void forward_gqa(Tensor<float>& x);
+  void forward_mla(Tensor<float>& x);
+
   const Model* model_;
   LcaParams params_;
   DType storage_;

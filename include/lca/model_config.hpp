@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "lca/params.hpp"
 
@@ -39,6 +40,10 @@ struct RopeScaling {
   double beta_slow = 1.0;
   double mscale = 1.0;
   double mscale_all_dim = 0.0;
+  bool mscale_given = false;  // "mscale" present: Hugging Face's yarn attention factor differs without it
+  std::optional<double> attention_factor;  // yarn and longrope: overrides the derived cos/sin factor
+  // longrope: per-frequency divisors (qk_rope_head_dim / 2 values each).
+  std::vector<double> short_factor, long_factor;
   // llama3 (both required for that type).
   double low_freq_factor = 1.0;
   double high_freq_factor = 4.0;
@@ -88,8 +93,13 @@ struct ModelConfig {
   int64_t intermediate_size = 0;
   int64_t max_position_embeddings = 0;
   double rms_norm_eps = 0.0;
-  RopeParams rope;  // theta = rope_theta (default 10000)
+  RopeParams rope;  // theta = rope_theta (default 10000), or rope_parameters.rope_theta
+  // "rope_scaling", or transformers 5's "rope_parameters" (rope_type and scaling fields).
   RopeScaling rope_scaling;
+  bool attention_bias = false;    // "attention_bias" (MLA: q_a_proj, kv_a_proj_with_mqa, o_proj)
+  bool mlp_bias = false;          // "mlp_bias"
+  std::string hidden_act = "silu";  // "hidden_act"
+  bool rope_interleave = true;    // DeepSeek-V3 "rope_interleave": pairs (2j, 2j+1), else (j, j + d/2)
   bool tie_word_embeddings = false;
   std::optional<std::string> torch_dtype;
 

@@ -1,5 +1,6 @@
-// Llama and Qwen2 on the CPU: loading (GGUF or Hugging Face safetensors) into
-// one f32 weight set, and the forward pass through per-layer condensed caches.
+// The CPU runtime: loading (GGUF or Hugging Face safetensors) into one f32
+// weight set, and the forward pass through per-layer condensed caches. Llama
+// and Qwen2 (GQA) here; the MLA architectures' pieces are in model/mla.cpp.
 #include <omp.h>
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 #include "lca/model.hpp"
 #include "lca/safetensors.hpp"
 #include "model/layers.hpp"
+#include "model/mla.hpp"
 #include "model/text_file.hpp"
 
 namespace lca {
@@ -49,21 +51,37 @@ Tensor<float> unpermute_rope_rows(const Tensor<float>& w, int64_t heads, int64_t
   return out;
 }
 
-void check_supported(const ModelConfig& c) {
-  bool known = false;
-  for (const auto& a : kArchs) known = known || c.architecture == a.hf;
-  LCA_CHECK(known && !c.is_mla(), "Model: architecture ", in_quotes(c.architecture), " of ", in_quotes(c.source),
-            " is not supported by the runtime (supported: ", supported_model_architectures(), ")");
-  LCA_CHECK(c.rope_scaling.type == RopeScalingType::none, "Model: rope scaling ",
-            rope_scaling_type_name(c.rope_scaling.type), " of ", in_quotes(c.source),
-            " is not supported by the runtime (plain RoPE only)");
-  c.gqa.validate();
+bool is_mla_arch(const ModelConfig& c) {
+  return c.architecture == "DeepseekV2ForCausalLM" || c.architecture == "DeepseekV3ForCausalLM" ||
+         c.architecture == "MiniCPM3ForCausalLM";
+}
+
+void check_common(const ModelConfig& c) {
   LCA_CHECK(c.hidden_size > 0 && c.num_hidden_layers > 0 && c.vocab_size > 0 && c.intermediate_size > 0,
             "Model: config ", in_quotes(c.source), " has a non-positive size (hidden ", c.hidden_size, ", layers ",
             c.num_hidden_layers, ", vocab ", c.vocab_size, ", intermediate ", c.intermediate_size, ")");
   LCA_CHECK(c.rms_norm_eps > 0, "Model: config ", in_quotes(c.source), ": rms_norm_eps must be > 0, got ",
             c.rms_norm_eps);
   c.rope.validate();
+}
+
+void check_supported(const ModelConfig& c) {
+  if (c.is_mla()) {
+    LCA_CHECK(is_mla_arch(c), "Model: architecture ", in_quotes(c.architecture), " of ", in_quotes(c.source),
+              " is not supported by the runtime (supported: ", supported_model_architectures(), ")");
+    check_common(c);
+    model::mla_arch(c);
+    return;
+  }
+  bool known = false;
+  for (const auto& a : kArchs) known = known || c.architecture == a.hf;
+  LCA_CHECK(known, "Model: architecture ", in_quotes(c.architecture), " of ", in_quotes(c.source),
+            " is not supported by the runtime (supported: ", supported_model_architectures(), ")");
+  LCA_CHECK(c.rope_scaling.type == RopeScalingType::none, "Model: rope scaling ",
+            rope_scaling_type_name(c.rope_scaling.type), " of ", in_quotes(c.source),
+            " is not supported by the runtime (plain RoPE only)");
+  c.gqa.validate();
+  check_common(c);
 }
 
 // Reads every weight. `names` maps a role to the file's tensor name.
@@ -122,7 +140,10 @@ ModelWeights read_weights(const ModelConfig& c, const WeightNames& names, const 
 
 }  // namespace
 
-const char* supported_model_architectures() { return "LlamaForCausalLM (gguf: llama), Qwen2ForCausalLM (gguf: qwen2)"; }
+const char* supported_model_architectures() {
+  return "LlamaForCausalLM (gguf: llama), Qwen2ForCausalLM (gguf: qwen2), DeepseekV2ForCausalLM, "
+         "DeepseekV3ForCausalLM, MiniCPM3ForCausalLM (Hugging Face folders)";
+}
 
 ModelConfig gguf_model_config(const GgufFile& f) {
   const std::string arch = f.get_string("general.architecture");
@@ -178,6 +199,10 @@ ModelConfig gguf_model_config(const GgufFile& f) {
 Model::Model(ModelConfig config, ModelWeights weights) : config_(std::move(config)), weights_(std::move(weights)) {
   check_supported(config_);
   const ModelConfig& c = config_;
+  if (c.is_mla()) {
+    model::check_mla_weights(c, model::mla_arch(c), weights_);
+    return;
+  }
   const int64_t D = c.hidden_size, V = c.vocab_size, F = c.intermediate_size, hd = c.gqa.head_dim;
   const int64_t q_dim = c.gqa.q_heads * hd, kv_dim = c.gqa.kv_heads * hd;
   const char* where = "Model";
@@ -233,6 +258,9 @@ Model Model::from_gguf(const GgufFile& f) {
 
 Model Model::from_checkpoint(const Checkpoint& ckpt, const ModelConfig& config) {
   check_supported(config);
+  auto read = [&](const std::string& n, const Shape& s) { return ckpt.read(n, s); };
+  auto has = [&](const std::string& n) { return ckpt.contains(n); };
+  if (config.is_mla()) return Model(config, model::read_mla_weights(config, model::mla_arch(config), read, has));
   WeightNames names;
   names.embed = "model.embed_tokens.weight";
   names.final_norm = "model.norm.weight";
@@ -255,8 +283,6 @@ Model Model::from_checkpoint(const Checkpoint& ckpt, const ModelConfig& config) 
       if (std::string(role) == r) return "model.layers." + std::to_string(l) + "." + n;
     return std::string();
   };
-  auto read = [&](const std::string& n, const Shape& s) { return ckpt.read(n, s); };
-  auto has = [&](const std::string& n) { return ckpt.contains(n); };
   ModelWeights w = read_weights(config, names, read, has, false);
   return Model(config, std::move(w));
 }
@@ -301,7 +327,8 @@ Sequence::Sequence(const Model& model, const LcaParams& params, DType storage)
   const ModelConfig& c = model.config();
   caches_.reserve(static_cast<size_t>(c.num_hidden_layers));
   for (int64_t l = 0; l < c.num_hidden_layers; ++l)
-    caches_.push_back(CondensedKvCache::gqa(c.gqa, c.rope, c.softmax_scale(), params, storage));
+    caches_.push_back(c.is_mla() ? CondensedKvCache::mla(c.mla, c.softmax_scale(), params, storage)
+                                 : CondensedKvCache::gqa(c.gqa, c.rope, c.softmax_scale(), params, storage));
 }
 
 int64_t Sequence::cache_bytes() const {
@@ -311,7 +338,9 @@ int64_t Sequence::cache_bytes() const {
 }
 
 int64_t Sequence::full_cache_bytes() const {
-  return n_ * model_->config().gqa.row_width() * dtype_size(storage_) * static_cast<int64_t>(caches_.size());
+  const ModelConfig& c = model_->config();
+  const int64_t row = c.is_mla() ? c.mla.row_width() : c.gqa.row_width();
+  return n_ * row * dtype_size(storage_) * static_cast<int64_t>(caches_.size());
 }
 
 Tensor<float> Sequence::forward(std::span<const int64_t> tokens, bool all_logits) {
@@ -326,42 +355,15 @@ Tensor<float> Sequence::forward(std::span<const int64_t> tokens, bool all_logits
   LCA_CHECK(n_ + L <= c.max_position_embeddings || c.max_position_embeddings <= 0, "Sequence::forward: ", n_ + L,
             " tokens exceed the model's context of ", c.max_position_embeddings);
 
-  const int64_t D = c.hidden_size, F = c.intermediate_size, hd = c.gqa.head_dim;
-  const int64_t Hq = c.gqa.q_heads, Hkv = c.gqa.kv_heads, kv_dim = Hkv * hd;
-  Tensor<float> x({L, D}), h({L, D}), k({L, kv_dim}), v({L, kv_dim}), rows({L, 2 * kv_dim});
-  Tensor<float> q({L, Hq, hd}), o({L, D}), gate({L, F}), up({L, F});
+  const int64_t D = c.hidden_size;
+  Tensor<float> x({L, D}), h({L, D}), o({L, D});
   for (int64_t i = 0; i < L; ++i) std::copy_n(w.embed.row(tokens[i]), D, x.row(i));
-  const model::RopeTable rope = model::rope_table(n_, L, hd, c.rope);
-
   // Past the checks above only an internal failure can throw; the caches of
   // earlier layers would then hold tokens the later ones lack, so the sequence
   // refuses further use.
   try {
-    for (size_t layer = 0; layer < w.layers.size(); ++layer) {
-      const LayerWeights& lw = w.layers[layer];
-      model::rms_norm(x.data(), L, D, lw.attn_norm.data(), c.rms_norm_eps, h.data());
-      model::linear(h.data(), L, lw.wq, lw.bq, q.data());
-      model::linear(h.data(), L, lw.wk, lw.bk, k.data());
-      model::linear(h.data(), L, lw.wv, lw.bv, v.data());
-      model::apply_rope(q.data(), Hq, rope);
-      model::apply_rope(k.data(), Hkv, rope);
-      // Cache rows: per kv head [k ; v] (the layout of ref::gqa_pack_rows).
-      for (int64_t i = 0; i < L; ++i)
-        for (int64_t g = 0; g < Hkv; ++g) {
-          std::copy_n(k.row(i) + g * hd, hd, rows.row(i) + g * 2 * hd);
-          std::copy_n(v.row(i) + g * hd, hd, rows.row(i) + g * 2 * hd + hd);
-        }
-      const Tensor<float> attn = attend(caches_[layer], rows, q);  // [L, Hq, hd]
-      model::linear(attn.data(), L, lw.wo, Tensor<float>(), o.data());
-      for (int64_t i = 0; i < L * D; ++i) x.data()[i] += o.data()[i];
-
-      model::rms_norm(x.data(), L, D, lw.ffn_norm.data(), c.rms_norm_eps, h.data());
-      model::linear(h.data(), L, lw.w_gate, Tensor<float>(), gate.data());
-      model::linear(h.data(), L, lw.w_up, Tensor<float>(), up.data());
-      model::swiglu(gate.data(), up.data(), L * F);
-      model::linear(gate.data(), L, lw.w_down, Tensor<float>(), o.data());
-      for (int64_t i = 0; i < L * D; ++i) x.data()[i] += o.data()[i];
-    }
+    if (c.is_mla()) forward_mla(x);
+    else forward_gqa(x);
   } catch (...) {
     failed_ = true;
     throw;
@@ -371,9 +373,79 @@ Tensor<float> Sequence::forward(std::span<const int64_t> tokens, bool all_logits
   const int64_t first = all_logits ? 0 : L - 1, count = L - first;
   Tensor<float> normed({count, D});
   model::rms_norm(x.row(first), count, D, w.final_norm.data(), c.rms_norm_eps, normed.data());
+  if (c.is_mla()) {  // MiniCPM3 divides the final hidden states by hidden_size / dim_model_base
+    const float divisor = static_cast<float>(model::mla_arch(c).logits_divisor);
+    if (divisor != 1.0f)
+      for (float& v : normed.vec()) v /= divisor;
+  }
   Tensor<float> logits({count, c.vocab_size});
   model::linear(normed.data(), count, model_->output_weight(), Tensor<float>(), logits.data());
   return logits;
+}
+
+void Sequence::forward_gqa(Tensor<float>& x) {
+  const ModelConfig& c = model_->config();
+  const ModelWeights& w = model_->weights();
+  const int64_t L = x.dim(0), D = c.hidden_size, F = c.intermediate_size, hd = c.gqa.head_dim;
+  const int64_t Hq = c.gqa.q_heads, Hkv = c.gqa.kv_heads, kv_dim = Hkv * hd;
+  Tensor<float> h({L, D}), k({L, kv_dim}), v({L, kv_dim}), rows({L, 2 * kv_dim});
+  Tensor<float> q({L, Hq, hd}), o({L, D}), gate({L, F}), up({L, F});
+  const model::RopeTable rope = model::rope_table(n_, L, hd, c.rope);
+  for (size_t layer = 0; layer < w.layers.size(); ++layer) {
+    const LayerWeights& lw = w.layers[layer];
+    model::rms_norm(x.data(), L, D, lw.attn_norm.data(), c.rms_norm_eps, h.data());
+    model::linear(h.data(), L, lw.wq, lw.bq, q.data());
+    model::linear(h.data(), L, lw.wk, lw.bk, k.data());
+    model::linear(h.data(), L, lw.wv, lw.bv, v.data());
+    model::apply_rope(q.data(), Hq, rope);
+    model::apply_rope(k.data(), Hkv, rope);
+    // Cache rows: per kv head [k ; v] (the layout of ref::gqa_pack_rows).
+    for (int64_t i = 0; i < L; ++i)
+      for (int64_t g = 0; g < Hkv; ++g) {
+        std::copy_n(k.row(i) + g * hd, hd, rows.row(i) + g * 2 * hd);
+        std::copy_n(v.row(i) + g * hd, hd, rows.row(i) + g * 2 * hd + hd);
+      }
+    const Tensor<float> attn = attend(caches_[layer], rows, q);  // [L, Hq, hd]
+    model::linear(attn.data(), L, lw.wo, Tensor<float>(), o.data());
+    for (int64_t i = 0; i < L * D; ++i) x.data()[i] += o.data()[i];
+
+    model::rms_norm(x.data(), L, D, lw.ffn_norm.data(), c.rms_norm_eps, h.data());
+    model::linear(h.data(), L, lw.w_gate, Tensor<float>(), gate.data());
+    model::linear(h.data(), L, lw.w_up, Tensor<float>(), up.data());
+    model::swiglu(gate.data(), up.data(), L * F);
+    model::linear(gate.data(), L, lw.w_down, Tensor<float>(), o.data());
+    for (int64_t i = 0; i < L * D; ++i) x.data()[i] += o.data()[i];
+  }
+}
+
+void Sequence::forward_mla(Tensor<float>& x) {
+  const ModelConfig& c = model_->config();
+  const ModelWeights& w = model_->weights();
+  const model::MlaArch arch = model::mla_arch(c);
+  const int64_t L = x.dim(0), D = c.hidden_size;
+  const float embed_scale = static_cast<float>(arch.embed_scale);
+  const float residual_scale = static_cast<float>(arch.residual_scale);
+  if (embed_scale != 1.0f)
+    for (float& v : x.vec()) v *= embed_scale;
+  Tensor<float> h({L, D}), o({L, D}), rows, q_abs;
+  const model::RopeTable rope = model::rope_table(n_, L, arch.inv_freq, arch.rope_factor);
+  for (size_t layer = 0; layer < w.layers.size(); ++layer) {
+    const LayerWeights& lw = w.layers[layer];
+    model::rms_norm(x.data(), L, D, lw.attn_norm.data(), c.rms_norm_eps, h.data());
+    model::mla_rows_and_queries(c, arch, lw, h.data(), L, rope, rows, q_abs);
+    const Tensor<float> latents = attend(caches_[layer], rows, q_abs);  // [L, H, d_c]
+    model::mla_output(c, lw, latents, o.data());
+    for (int64_t i = 0; i < L * D; ++i) x.data()[i] += o.data()[i] * residual_scale;
+
+    model::rms_norm(x.data(), L, D, lw.ffn_norm.data(), c.rms_norm_eps, h.data());
+    if (lw.is_moe()) {
+      model::moe(arch, lw, h.data(), L, D, o.data());
+    } else {
+      const Tensor<float> none;
+      model::mlp(lw.w_gate, lw.w_up, lw.w_down, none, none, none, h.data(), L, o.data());
+    }
+    for (int64_t i = 0; i < L * D; ++i) x.data()[i] += o.data()[i] * residual_scale;
+  }
 }
 
 Tensor<float> Sequence::prefill(std::span<const int64_t> tokens, int64_t chunk,

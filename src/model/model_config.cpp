@@ -153,13 +153,15 @@ constexpr RopeTypeEntry kRopeTypes[] = {
     {"linear", RopeScalingType::linear}, {"dynamic", RopeScalingType::dynamic}, {"longrope", RopeScalingType::longrope},
 };
 
-RopeScaling parse_rope_scaling(const json& root, const std::string& source) {
+// `key` is "rope_scaling" or transformers 5's "rope_parameters" (which also
+// holds rope_theta and names no scaling with rope_type "default").
+RopeScaling parse_rope_scaling(const json& root, const std::string& source, const std::string& key = "rope_scaling") {
   RopeScaling rs;
-  auto it = root.find("rope_scaling");
+  auto it = root.find(key);
   if (it == root.end() || it->is_null()) return rs;
   const Reader top(root, source);
-  if (!it->is_object()) top.fail_field("rope_scaling", "is " + json_kind(*it) + ", expected an object or null");
-  const Reader r(*it, source, "rope_scaling.");
+  if (!it->is_object()) top.fail_field(key, "is " + json_kind(*it) + ", expected an object or null");
+  const Reader r(*it, source, key + ".");
 
   const auto rope_type = r.opt_string("rope_type");
   const auto type = r.opt_string("type");
@@ -167,7 +169,7 @@ RopeScaling parse_rope_scaling(const json& root, const std::string& source) {
   if (rope_type && type && *rope_type != *type)
     r.fail_field("rope_type", "('" + *rope_type + "') disagrees with \"type\" ('" + *type + "')");
   const std::string& name = rope_type ? *rope_type : *type;
-  const char* key = rope_type ? "rope_type" : "type";
+  const char* type_key = rope_type ? "rope_type" : "type";
   bool found = false;
   for (const auto& e : kRopeTypes)
     if (name == e.name) {
@@ -181,7 +183,7 @@ RopeScaling parse_rope_scaling(const json& root, const std::string& source) {
       msg += kRopeTypes[i].name;
     }
     msg += ")";
-    r.fail_field(key, msg);
+    r.fail_field(type_key, msg);
   }
   if (rs.type == RopeScalingType::none) return rs;
 
@@ -196,8 +198,22 @@ RopeScaling parse_rope_scaling(const json& root, const std::string& source) {
   if (rs.type == RopeScalingType::yarn) {
     if (auto v = r.opt_positive("beta_fast")) rs.beta_fast = *v;
     if (auto v = r.opt_positive("beta_slow")) rs.beta_slow = *v;
-    if (auto v = r.opt_double("mscale")) rs.mscale = *v;
+    if (auto v = r.opt_double("mscale")) {
+      rs.mscale = *v;
+      rs.mscale_given = true;
+    }
     if (auto v = r.opt_double("mscale_all_dim")) rs.mscale_all_dim = *v;
+  }
+  if (rs.type == RopeScalingType::yarn || rs.type == RopeScalingType::longrope)
+    rs.attention_factor = r.opt_positive("attention_factor");
+  if (rs.type == RopeScalingType::longrope) {
+    for (const char* list : {"short_factor", "long_factor"}) {
+      const json* v = r.find(list);
+      if (!v) continue;
+      if (!v->is_array()) r.fail_field(list, "is " + json_kind(*v) + ", expected an array of numbers");
+      std::vector<double>& out = std::string(list) == "short_factor" ? rs.short_factor : rs.long_factor;
+      for (const json& e : *v) out.push_back(r.as_positive(list, e));
+    }
   }
   if (rs.type == RopeScalingType::llama3) {
     rs.low_freq_factor = r.req_positive("low_freq_factor");
@@ -340,6 +356,17 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
   }
 
   c.rope_scaling = parse_rope_scaling(root, source);
+  // transformers 5 writes rope_theta and the scaling into "rope_parameters".
+  if (const json* rp = r.find("rope_parameters")) {
+    if (!rp->is_object()) r.fail_field("rope_parameters", "is " + json_kind(*rp) + ", expected an object or null");
+    const Reader rpr(*rp, source, "rope_parameters.");
+    if (auto theta = rpr.opt_positive("rope_theta")) c.rope.theta = *theta;
+    if (rp->contains("rope_type") || rp->contains("type")) c.rope_scaling = parse_rope_scaling(root, source, "rope_parameters");
+  }
+  c.attention_bias = r.opt_bool("attention_bias").value_or(false);
+  c.mlp_bias = r.opt_bool("mlp_bias").value_or(false);
+  if (auto act = r.opt_string("hidden_act")) c.hidden_act = *act;
+  c.rope_interleave = r.opt_bool("rope_interleave").value_or(true);
 
   // DeepSeek MoE (optional).
   c.moe.n_routed_experts = r.opt_int("n_routed_experts", 1);

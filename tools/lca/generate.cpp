@@ -95,10 +95,14 @@ int run_generate(const GenerateOptions& o) {
   const auto t_load = Clock::now();
   const Model model = Model::load(o.model);
   const ModelConfig& cfg = model.config();
-  std::fprintf(stderr, "lca generate: %s (%s, %lld layers, d %lld, heads %lld/%lld, vocab %lld, context %lld) loaded in %.1f s\n",
+  // GQA: query/key-value heads; MLA: heads and the latent (kv_lora_rank) + rope width of a cache row.
+  const std::string heads =
+      cfg.is_mla() ? std::to_string(cfg.mla.heads) + " MLA, latent " + std::to_string(cfg.mla.d_latent) + "+" +
+                         std::to_string(cfg.mla.d_rope)
+                   : std::to_string(cfg.gqa.q_heads) + "/" + std::to_string(cfg.gqa.kv_heads);
+  std::fprintf(stderr, "lca generate: %s (%s, %lld layers, d %lld, heads %s, vocab %lld, context %lld) loaded in %.1f s\n",
                o.model.c_str(), cfg.architecture.c_str(), static_cast<long long>(cfg.num_hidden_layers),
-               static_cast<long long>(cfg.hidden_size), static_cast<long long>(cfg.gqa.q_heads),
-               static_cast<long long>(cfg.gqa.kv_heads), static_cast<long long>(cfg.vocab_size),
+               static_cast<long long>(cfg.hidden_size), heads.c_str(), static_cast<long long>(cfg.vocab_size),
                static_cast<long long>(cfg.max_position_embeddings), seconds_since(t_load));
 
   // The tokenizer: needed for text prompts; with --prompt-ids, output falls back to ids without one.

@@ -1,0 +1,669 @@
+// The MLA architectures of the runtime (DeepSeek-V2, DeepSeek-V3, MiniCPM3)
+// on tiny random Hugging Face folders written here. Logits are checked
+// against a naive float64 transformer written in this file from transformers'
+// modeling code: MLA in the decompressed form (per-head keys [W_UK c ; k^R],
+// values W_UV c) with each model's own rotary layout (DeepSeek-V2's complex
+// pairs, DeepSeek-V3's de-interleaving one, rotate_half), yarn and longrope
+// frequencies, the routers of both DeepSeek MoE versions, MiniCPM3's
+// scalings. Then the spec identities through the whole model, and the errors.
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <complex>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <numbers>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "gguf_writer.hpp"
+#include "lca/error.hpp"
+#include "lca/model.hpp"
+#include "test_util.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using lca::LcaParams;
+using lca::Model;
+using lca::Sequence;
+using lca::Shape;
+using lca::Tensor;
+using lca_test::Rng;
+using Vec = std::vector<double>;
+
+enum class Arch { v2, v3, minicpm3 };
+
+// A tiny model: its config.json and its tensors under Hugging Face's names.
+struct Tiny {
+  Arch arch = Arch::v2;
+  int64_t D = 32, H = 3, dc = 12, dr = 6, dn = 8, dv = 7, q_lora = 0, F = 40, layers = 3, V = 53, context = 96;
+  double theta = 10000.0, eps = 1e-6;
+  bool bias = false, tied = false, interleave = true;
+  // DeepSeek MoE.
+  int64_t E = 6, K = 2, moe_F = 12, shared = 1, first_dense = 1, n_group = 1, topk_group = 1;
+  std::string topk_method = "greedy";
+  bool norm_topk = false;
+  double rsf = 1.0;
+  // MiniCPM3.
+  double scale_emb = 1.0, scale_depth = 0.0, dim_model_base = 0.0;
+  json rope_scaling;  // null: none
+  bool rope_parameters_style = false;  // transformers 5's "rope_parameters"
+  std::vector<std::pair<std::string, Tensor<float>>> tensors;
+
+  const Tensor<float>& get(const std::string& name) const {
+    for (const auto& [n, t] : tensors)
+      if (n == name) return t;
+    throw std::runtime_error("no tensor " + name);
+  }
+  bool moe_layer(int64_t l) const { return arch != Arch::minicpm3 && l >= first_dense; }
+};
+
+void add_weights(Tiny& m, Rng& rng) {
+  auto add = [&](const std::string& name, const Shape& s, double sd, double mean = 0.0) {
+    m.tensors.emplace_back(name, lca_test::randn<float>(s, rng, sd, mean));
+  };
+  auto sd = [](int64_t in) { return 1.0 / std::sqrt(static_cast<double>(in)); };
+  const int64_t dq = m.dn + m.dr;
+  add("model.embed_tokens.weight", {m.V, m.D}, m.arch == Arch::minicpm3 ? 0.3 : 1.0);
+  for (int64_t l = 0; l < m.layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".", a = p + "self_attn.";
+    add(p + "input_layernorm.weight", {m.D}, 0.1, 1.0);
+    if (m.q_lora > 0) {
+      add(a + "q_a_proj.weight", {m.q_lora, m.D}, sd(m.D));
+      if (m.bias) add(a + "q_a_proj.bias", {m.q_lora}, 0.3);
+      add(a + "q_a_layernorm.weight", {m.q_lora}, 0.1, 1.0);
+      add(a + "q_b_proj.weight", {m.H * dq, m.q_lora}, 2 * sd(m.q_lora));
+    } else {
+      add(a + "q_proj.weight", {m.H * dq, m.D}, 2 * sd(m.D));
+    }
+    add(a + "kv_a_proj_with_mqa.weight", {m.dc + m.dr, m.D}, 2 * sd(m.D));
+    if (m.bias) add(a + "kv_a_proj_with_mqa.bias", {m.dc + m.dr}, 0.3);
+    add(a + "kv_a_layernorm.weight", {m.dc}, 0.1, 1.0);
+    add(a + "kv_b_proj.weight", {m.H * (m.dn + m.dv), m.dc}, sd(m.dc));
+    add(a + "o_proj.weight", {m.D, m.H * m.dv}, sd(m.H * m.dv));
+    if (m.bias) add(a + "o_proj.bias", {m.D}, 0.3);
+    add(p + "post_attention_layernorm.weight", {m.D}, 0.1, 1.0);
+    auto add_mlp = [&](const std::string& q, int64_t F) {
+      add(q + "gate_proj.weight", {F, m.D}, sd(m.D));
+      add(q + "up_proj.weight", {F, m.D}, sd(m.D));
+      add(q + "down_proj.weight", {m.D, F}, sd(F));
+    };
+    if (m.moe_layer(l)) {
+      add(p + "mlp.gate.weight", {m.E, m.D}, 2 * sd(m.D));
+      if (m.arch == Arch::v3) add(p + "mlp.gate.e_score_correction_bias", {m.E}, 0.2);
+      for (int64_t e = 0; e < m.E; ++e) add_mlp(p + "mlp.experts." + std::to_string(e) + ".", m.moe_F);
+      if (m.shared > 0) add_mlp(p + "mlp.shared_experts.", m.moe_F * m.shared);
+    } else {
+      add_mlp(p + "mlp.", m.F);
+    }
+  }
+  add("model.norm.weight", {m.D}, 0.1, 1.0);
+  if (!m.tied) add("lm_head.weight", {m.V, m.D}, sd(m.D));
+}
+
+Tiny tiny_v2(Rng& rng, bool q_lora, bool group_limited) {
+  Tiny m;
+  m.arch = Arch::v2;
+  m.q_lora = q_lora ? 10 : 0;
+  m.bias = !q_lora;
+  m.theta = 10000.0 + static_cast<double>(rng.uniform_int(0, 5000));
+  m.rsf = 1.5;
+  if (group_limited) {
+    m.topk_method = "group_limited_greedy";
+    m.n_group = 3;
+    m.topk_group = 2;
+  }
+  // Yarn with mscale != mscale_all_dim: the cos/sin factor and the softmax scale both matter.
+  m.rope_scaling = {{"type", "yarn"}, {"factor", 4.0}, {"original_max_position_embeddings", 24},
+                    {"beta_fast", 32}, {"beta_slow", 1}, {"mscale", 1.0}, {"mscale_all_dim", 0.8}};
+  add_weights(m, rng);
+  return m;
+}
+
+Tiny tiny_v3(Rng& rng, bool interleave) {
+  Tiny m;
+  m.arch = Arch::v3;
+  m.q_lora = 10;
+  m.bias = true;
+  m.interleave = interleave;
+  m.E = 8;
+  m.K = 3;
+  m.n_group = 4;
+  m.topk_group = 2;
+  m.norm_topk = true;
+  m.rsf = 2.5;
+  m.shared = 2;
+  m.first_dense = 1;
+  add_weights(m, rng);
+  return m;
+}
+
+Tiny tiny_minicpm3(Rng& rng) {
+  Tiny m;
+  m.arch = Arch::minicpm3;
+  m.q_lora = 10;
+  m.tied = true;
+  m.eps = 1e-5;
+  m.scale_emb = 12.0;
+  m.scale_depth = 1.4;
+  m.dim_model_base = 8.0;
+  m.rope_parameters_style = true;
+  json short_factor = json::array();
+  for (int64_t j = 0; j < m.dr / 2; ++j) short_factor.push_back(1.0 + rng.uniform() * 3);
+  m.rope_scaling = {{"rope_type", "longrope"}, {"factor", 2.0}, {"original_max_position_embeddings", m.context},
+                    {"short_factor", short_factor}, {"long_factor", short_factor}};
+  add_weights(m, rng);
+  return m;
+}
+
+// ---- The float64 oracle (transformers' definitions) --------------------------------
+
+Vec matvec(const Tensor<float>& w, const Vec& x) {  // w [out, in]
+  Vec y(static_cast<size_t>(w.dim(0)), 0.0);
+  for (int64_t o = 0; o < w.dim(0); ++o)
+    for (int64_t i = 0; i < w.dim(1); ++i) y[o] += static_cast<double>(w.row(o)[i]) * x[i];
+  return y;
+}
+
+void add_bias(Vec& y, const Tensor<float>& b) {
+  for (size_t i = 0; i < y.size(); ++i) y[i] += b.data()[i];
+}
+
+Vec rms_norm(const Vec& x, const Tensor<float>& w, double eps) {
+  double ms = 0.0;
+  for (double v : x) ms += v * v;
+  ms /= static_cast<double>(x.size());
+  Vec y(x.size());
+  for (size_t i = 0; i < x.size(); ++i) y[i] = w.data()[i] * (x[i] / std::sqrt(ms + eps));
+  return y;
+}
+
+double get_mscale(double scale, double mscale) { return scale <= 1 ? 1.0 : 0.1 * mscale * std::log(scale) + 1.0; }
+
+// inv_freq (d_r / 2) and the cos/sin factor (modeling_rope_utils).
+std::pair<Vec, double> oracle_rope(const Tiny& m) {
+  const int64_t dim = m.dr;
+  Vec inv(static_cast<size_t>(dim / 2));
+  double factor_on_cos = 1.0;
+  const std::string type = m.rope_scaling.is_null() ? "default"
+                           : m.rope_scaling.contains("rope_type") ? m.rope_scaling["rope_type"].get<std::string>()
+                                                                  : m.rope_scaling["type"].get<std::string>();
+  for (int64_t j = 0; j < dim / 2; ++j) inv[j] = 1.0 / std::pow(m.theta, static_cast<double>(2 * j) / dim);
+  if (type == "yarn") {
+    const json& r = m.rope_scaling;
+    const double factor = r["factor"], original = r["original_max_position_embeddings"];
+    const double fast = r["beta_fast"], slow = r["beta_slow"];
+    auto corr = [&](double rot) { return dim * std::log(original / (rot * 2 * std::numbers::pi)) / (2 * std::log(m.theta)); };
+    const double low = std::max(std::floor(corr(fast)), 0.0);
+    double high = std::min(std::ceil(corr(slow)), static_cast<double>(dim - 1));
+    if (low == high) high += 0.001;
+    for (int64_t j = 0; j < dim / 2; ++j) {
+      const double ramp = std::min(1.0, std::max(0.0, (j - low) / (high - low)));
+      const double extra = 1 - ramp;  // inv_freq_extrapolation_factor
+      inv[j] = inv[j] / factor * (1 - extra) + inv[j] * extra;
+    }
+    factor_on_cos = get_mscale(factor, r["mscale"]) / get_mscale(factor, r["mscale_all_dim"]);
+  } else if (type == "longrope") {
+    const json& r = m.rope_scaling;
+    for (int64_t j = 0; j < dim / 2; ++j) inv[j] /= r["short_factor"][j].get<double>();
+    const double factor = r["factor"], original = r["original_max_position_embeddings"];
+    factor_on_cos = std::sqrt(1 + std::log(factor) / std::log(original));
+  }
+  return {inv, factor_on_cos};
+}
+
+// Rotates u (d_r values) at position pos as each model's attention does.
+void oracle_rotate(const Tiny& m, double* u, int64_t pos, const Vec& inv, double f) {
+  const int64_t half = m.dr / 2;
+  Vec out(static_cast<size_t>(m.dr));
+  if (m.arch == Arch::v2) {  // view_as_complex(pairs) * polar(1, freqs) * attention_scaling
+    for (int64_t j = 0; j < half; ++j) {
+      const std::complex<double> z(u[2 * j], u[2 * j + 1]), w = std::polar(f, pos * inv[j]);
+      out[2 * j] = (z * w).real();
+      out[2 * j + 1] = (z * w).imag();
+    }
+  } else if (m.arch == Arch::v3 && m.interleave) {  // cat([q1 cos - q2 sin, q2 cos + q1 sin]), q1 = u[0::2]
+    for (int64_t j = 0; j < half; ++j) {
+      const double c = f * std::cos(pos * inv[j]), s = f * std::sin(pos * inv[j]);
+      out[j] = u[2 * j] * c - u[2 * j + 1] * s;
+      out[half + j] = u[2 * j + 1] * c + u[2 * j] * s;
+    }
+  } else {  // q * cos + rotate_half(q) * sin, cos = cat(freqs, freqs)
+    for (int64_t i = 0; i < m.dr; ++i) {
+      const double rot = i < half ? -u[i + half] : u[i - half];
+      const double a = pos * inv[i % half];
+      out[i] = u[i] * f * std::cos(a) + rot * f * std::sin(a);
+    }
+  }
+  std::copy(out.begin(), out.end(), u);
+}
+
+Vec oracle_mlp(const Tiny& m, const std::string& p, const Vec& h) {
+  Vec gate = matvec(m.get(p + "gate_proj.weight"), h);
+  const Vec up = matvec(m.get(p + "up_proj.weight"), h);
+  for (size_t i = 0; i < gate.size(); ++i) gate[i] = gate[i] / (1.0 + std::exp(-gate[i])) * up[i];
+  return matvec(m.get(p + "down_proj.weight"), gate);
+}
+
+// DeepseekV2Moe / DeepseekV3MoE on one token.
+Vec oracle_moe(const Tiny& m, const std::string& p, const Vec& h) {
+  const Vec logits = matvec(m.get(p + "gate.weight"), h);
+  const int64_t E = m.E, per_group = E / m.n_group;
+  Vec scores(static_cast<size_t>(E)), choice;
+  if (m.arch == Arch::v3) {
+    for (int64_t e = 0; e < E; ++e) scores[e] = 1.0 / (1.0 + std::exp(-logits[e]));
+    choice = scores;
+    for (int64_t e = 0; e < E; ++e) choice[e] += m.get(p + "gate.e_score_correction_bias").data()[e];
+  } else {
+    double z = 0.0;
+    for (int64_t e = 0; e < E; ++e) z += scores[e] = std::exp(logits[e]);
+    for (double& s : scores) s /= z;
+    choice = scores;
+  }
+  if (m.arch == Arch::v3 || m.topk_method == "group_limited_greedy") {
+    Vec group_score(static_cast<size_t>(m.n_group));
+    for (int64_t g = 0; g < m.n_group; ++g) {
+      Vec in(choice.begin() + g * per_group, choice.begin() + (g + 1) * per_group);
+      std::sort(in.rbegin(), in.rend());
+      group_score[g] = m.arch == Arch::v3 ? in[0] + in[1] : in[0];
+    }
+    std::vector<int64_t> groups(static_cast<size_t>(m.n_group));
+    std::iota(groups.begin(), groups.end(), 0);
+    std::sort(groups.begin(), groups.end(), [&](int64_t a, int64_t b) { return group_score[a] > group_score[b]; });
+    for (int64_t e = 0; e < E; ++e)
+      if (std::find(groups.begin(), groups.begin() + m.topk_group, e / per_group) == groups.begin() + m.topk_group)
+        choice[e] = m.arch == Arch::v3 ? -INFINITY : 0.0;
+  }
+  std::vector<int64_t> order(static_cast<size_t>(E));
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return choice[a] > choice[b]; });
+  Vec weight(static_cast<size_t>(m.K));
+  double sum = 0.0;
+  for (int64_t i = 0; i < m.K; ++i) sum += weight[i] = scores[order[i]];
+  Vec out(static_cast<size_t>(m.D), 0.0);
+  for (int64_t i = 0; i < m.K; ++i) {
+    const double w = (m.arch == Arch::v3 && m.norm_topk ? weight[i] / (sum + 1e-20) : weight[i]) * m.rsf;
+    const Vec y = oracle_mlp(m, p + "experts." + std::to_string(order[i]) + ".", h);
+    for (int64_t d = 0; d < m.D; ++d) out[d] += w * y[d];
+  }
+  if (m.shared > 0) {
+    const Vec s = oracle_mlp(m, p + "shared_experts.", h);
+    for (int64_t d = 0; d < m.D; ++d) out[d] += s[d];
+  }
+  return out;
+}
+
+// Logits [T][V] of every position under full causal attention.
+std::vector<Vec> oracle_logits(const Tiny& m, const std::vector<int64_t>& tokens) {
+  const int64_t T = static_cast<int64_t>(tokens.size()), D = m.D, H = m.H, dq = m.dn + m.dr;
+  const bool cpm = m.arch == Arch::minicpm3;
+  const auto [inv, f] = oracle_rope(m);
+  double scale = 1.0 / std::sqrt(static_cast<double>(dq));
+  if (m.rope_scaling.contains("mscale_all_dim")) {
+    const double ms = get_mscale(m.rope_scaling["factor"], m.rope_scaling["mscale_all_dim"]);
+    scale *= ms * ms;
+  }
+  const double residual = cpm ? m.scale_depth / std::sqrt(static_cast<double>(m.layers)) : 1.0;
+  std::vector<Vec> x(static_cast<size_t>(T));
+  for (int64_t t = 0; t < T; ++t) {
+    const float* e = m.get("model.embed_tokens.weight").row(tokens[t]);
+    x[t] = Vec(e, e + D);
+    if (cpm)
+      for (double& v : x[t]) v *= m.scale_emb;
+  }
+  for (int64_t l = 0; l < m.layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".", a = p + "self_attn.";
+    std::vector<Vec> q(T), c(T), kr(T);
+    for (int64_t t = 0; t < T; ++t) {
+      const Vec h = rms_norm(x[t], m.get(p + "input_layernorm.weight"), m.eps);
+      if (m.q_lora > 0) {
+        Vec qa = matvec(m.get(a + "q_a_proj.weight"), h);
+        if (m.bias) add_bias(qa, m.get(a + "q_a_proj.bias"));
+        q[t] = matvec(m.get(a + "q_b_proj.weight"), rms_norm(qa, m.get(a + "q_a_layernorm.weight"), 1e-6));
+      } else {
+        q[t] = matvec(m.get(a + "q_proj.weight"), h);
+      }
+      Vec kv = matvec(m.get(a + "kv_a_proj_with_mqa.weight"), h);
+      if (m.bias) add_bias(kv, m.get(a + "kv_a_proj_with_mqa.bias"));
+      c[t] = rms_norm(Vec(kv.begin(), kv.begin() + m.dc), m.get(a + "kv_a_layernorm.weight"), 1e-6);
+      kr[t] = Vec(kv.begin() + m.dc, kv.end());
+      oracle_rotate(m, kr[t].data(), t, inv, f);
+      for (int64_t hd = 0; hd < H; ++hd) oracle_rotate(m, q[t].data() + hd * dq + m.dn, t, inv, f);
+    }
+    // kv_b_proj(c): per head [k_nope (d_n) ; v (d_v)].
+    const Tensor<float>& kv_b = m.get(a + "kv_b_proj.weight");
+    std::vector<Vec> kvn(T);
+    for (int64_t t = 0; t < T; ++t) kvn[t] = matvec(kv_b, c[t]);
+    for (int64_t t = 0; t < T; ++t) {
+      Vec o(static_cast<size_t>(H * m.dv), 0.0);
+      for (int64_t hd = 0; hd < H; ++hd) {
+        Vec s(static_cast<size_t>(t + 1));
+        double top = -INFINITY;
+        for (int64_t j = 0; j <= t; ++j) {
+          double dot = 0.0;
+          for (int64_t i = 0; i < m.dn; ++i) dot += q[t][hd * dq + i] * kvn[j][hd * (m.dn + m.dv) + i];
+          for (int64_t i = 0; i < m.dr; ++i) dot += q[t][hd * dq + m.dn + i] * kr[j][i];
+          s[j] = dot * scale;
+          top = std::max(top, s[j]);
+        }
+        double z = 0.0;
+        for (double& e : s) z += e = std::exp(e - top);
+        for (int64_t j = 0; j <= t; ++j)
+          for (int64_t i = 0; i < m.dv; ++i) o[hd * m.dv + i] += s[j] / z * kvn[j][hd * (m.dn + m.dv) + m.dn + i];
+      }
+      Vec out = matvec(m.get(a + "o_proj.weight"), o);
+      if (m.bias) add_bias(out, m.get(a + "o_proj.bias"));
+      for (int64_t i = 0; i < D; ++i) x[t][i] += out[i] * residual;
+      const Vec h = rms_norm(x[t], m.get(p + "post_attention_layernorm.weight"), m.eps);
+      const Vec y = m.moe_layer(l) ? oracle_moe(m, p + "mlp.", h) : oracle_mlp(m, p + "mlp.", h);
+      for (int64_t i = 0; i < D; ++i) x[t][i] += y[i] * residual;
+    }
+  }
+  std::vector<Vec> logits;
+  for (int64_t t = 0; t < T; ++t) {
+    Vec h = rms_norm(x[t], m.get("model.norm.weight"), m.eps);
+    if (cpm)
+      for (double& v : h) v /= static_cast<double>(m.D) / m.dim_model_base;
+    logits.push_back(matvec(m.get(m.tied ? "model.embed_tokens.weight" : "lm_head.weight"), h));
+  }
+  return logits;
+}
+
+// ---- Writers -------------------------------------------------------------------------
+
+json config_of(const Tiny& m) {
+  static const char* kArch[] = {"DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM", "MiniCPM3ForCausalLM"};
+  static const char* kType[] = {"deepseek_v2", "deepseek_v3", "minicpm3"};
+  const int i = static_cast<int>(m.arch);
+  json c = {{"architectures", {kArch[i]}},
+            {"model_type", kType[i]},
+            {"hidden_size", m.D},
+            {"intermediate_size", m.F},
+            {"num_hidden_layers", m.layers},
+            {"num_attention_heads", m.H},
+            {"num_key_value_heads", m.H},
+            {"vocab_size", m.V},
+            {"max_position_embeddings", m.context},
+            {"rms_norm_eps", m.eps},
+            {"kv_lora_rank", m.dc},
+            {"q_lora_rank", m.q_lora > 0 ? json(m.q_lora) : json(nullptr)},
+            {"qk_nope_head_dim", m.dn},
+            {"qk_rope_head_dim", m.dr},
+            {"v_head_dim", m.dv},
+            {"attention_bias", m.bias},
+            {"tie_word_embeddings", m.tied},
+            {"hidden_act", "silu"}};
+  if (m.rope_parameters_style) {
+    json rp = m.rope_scaling.is_null() ? json{{"rope_type", "default"}} : m.rope_scaling;
+    rp["rope_theta"] = m.theta;
+    c["rope_parameters"] = rp;
+  } else {
+    c["rope_theta"] = m.theta;
+    c["rope_scaling"] = m.rope_scaling;
+  }
+  if (m.arch == Arch::minicpm3) {
+    c["scale_emb"] = m.scale_emb;
+    c["scale_depth"] = m.scale_depth;
+    c["dim_model_base"] = m.dim_model_base;
+  } else {
+    c["n_routed_experts"] = m.E;
+    c["num_experts_per_tok"] = m.K;
+    c["moe_intermediate_size"] = m.moe_F;
+    c["n_shared_experts"] = m.shared;
+    c["first_k_dense_replace"] = m.first_dense;
+    c["n_group"] = m.n_group;
+    c["topk_group"] = m.topk_group;
+    c["norm_topk_prob"] = m.norm_topk;
+    c["routed_scaling_factor"] = m.rsf;
+    c["topk_method"] = m.arch == Arch::v3 ? "noaux_tc" : m.topk_method;
+    if (m.arch == Arch::v3) c["rope_interleave"] = m.interleave;
+  }
+  return c;
+}
+
+// config.json + model.safetensors (F32), skipping `drop`; `edit` may change the config.
+void write_hf(const fs::path& dir, const Tiny& m, const std::string& drop = "",
+              const std::function<void(json&)>& edit = {}) {
+  fs::create_directories(dir);
+  json c = config_of(m);
+  if (edit) edit(c);
+  lca_test::write_bytes(dir / "config.json", c.dump(1));
+  std::string header = "{";
+  lca_test::Bytes data;
+  for (const auto& [name, t] : m.tensors) {
+    if (name == drop) continue;
+    json shape = t.shape();
+    header += (header.size() > 1 ? "," : "") +
+              json(name).dump() + ":" +
+              json{{"dtype", "F32"}, {"shape", shape}, {"data_offsets", {data.size(), data.size() + 4 * t.numel()}}}
+                  .dump();
+    data += lca_test::f32_bytes(t.vec());
+  }
+  header += "}";
+  lca_test::write_bytes(dir / "model.safetensors", lca_test::le<uint64_t>(header.size()) + header + data);
+}
+
+class MlaModelTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("lca_mla_model_test_" + std::to_string(::getpid()) + "_" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  fs::path dir_;
+};
+
+std::vector<int64_t> random_tokens(Rng& rng, int64_t n, int64_t vocab) {
+  std::vector<int64_t> t(static_cast<size_t>(n));
+  for (auto& x : t) x = rng.uniform_int(0, vocab - 1);
+  return t;
+}
+
+double max_rel_diff(const Tensor<float>& a, const std::vector<Vec>& b) {
+  double diff = 0.0, scale = 0.0;
+  for (int64_t t = 0; t < a.dim(0); ++t)
+    for (int64_t i = 0; i < a.dim(1); ++i) {
+      diff = std::max(diff, std::abs(a.row(t)[i] - b[t][i]));
+      scale = std::max(scale, std::abs(b[t][i]));
+    }
+  return diff / scale;
+}
+
+double max_rel_diff(const Tensor<float>& a, const Tensor<float>& b) {
+  EXPECT_EQ(a.shape(), b.shape());
+  double diff = 0.0, scale = 0.0;
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    diff = std::max(diff, static_cast<double>(std::abs(a.data()[i] - b.data()[i])));
+    scale = std::max(scale, static_cast<double>(std::abs(b.data()[i])));
+  }
+  return diff / scale;
+}
+
+struct Variant {
+  std::string name;
+  std::function<Tiny(Rng&)> make;
+};
+
+std::vector<Variant> variants() {
+  return {{"v2_yarn_bias_greedy", [](Rng& r) { return tiny_v2(r, false, false); }},
+          {"v2_qlora_group_limited", [](Rng& r) { return tiny_v2(r, true, true); }},
+          {"v3_interleaved", [](Rng& r) { return tiny_v3(r, true); }},
+          {"v3_half_split", [](Rng& r) { return tiny_v3(r, false); }},
+          {"minicpm3_longrope", [](Rng& r) { return tiny_minicpm3(r); }}};
+}
+
+// ---- Forward against the oracle --------------------------------------------------------
+
+TEST_F(MlaModelTest, ForwardMatchesFloat64Oracle) {
+  Rng rng(0x6d6c61);
+  for (const Variant& v : variants()) {
+    SCOPED_TRACE(v.name);
+    const Tiny m = v.make(rng);
+    write_hf(dir_ / v.name, m);
+    const Model model = Model::load((dir_ / v.name).string());
+    EXPECT_TRUE(model.config().is_mla());
+    const std::vector<int64_t> tokens = random_tokens(rng, 13, m.V);
+    const std::vector<Vec> expected = oracle_logits(m, tokens);
+    // The first seven tokens as one chunk (every position's logits), then one at a time.
+    Sequence seq(model, LcaParams::full(), lca::DType::f32);
+    const Tensor<float> first = seq.forward(std::span(tokens).first(7), true);
+    ASSERT_EQ(first.shape(), (Shape{7, m.V}));
+    EXPECT_LT(max_rel_diff(first, std::vector<Vec>(expected.begin(), expected.begin() + 7)), 5e-5);
+    for (size_t t = 7; t < tokens.size(); ++t) {
+      const Tensor<float> one = seq.forward(std::span(tokens).subspan(t, 1));
+      EXPECT_LT(max_rel_diff(one, {expected[t]}), 5e-5) << "position " << t;
+    }
+    // The cache holds MLA rows: d_c + d_r values per token and layer.
+    EXPECT_EQ(seq.caches()[0].row_width(), m.dc + m.dr);
+    EXPECT_EQ(seq.full_cache_bytes(), static_cast<int64_t>(tokens.size()) * (m.dc + m.dr) * 4 * m.layers);
+  }
+}
+
+// The oracle tells the variants apart: a model read as another architecture
+// (other rope layout, router or scalings) gives other logits.
+TEST_F(MlaModelTest, ArchitectureDetailsMatter) {
+  Rng rng(77);
+  const Tiny v3 = tiny_v3(rng, true);
+  const std::vector<int64_t> tokens = random_tokens(rng, 9, v3.V);
+  write_hf(dir_ / "half", v3, "", [](json& c) { c["rope_interleave"] = false; });
+  write_hf(dir_ / "nonorm", v3, "", [](json& c) { c["norm_topk_prob"] = false; });
+  const std::vector<Vec> expected = oracle_logits(v3, tokens);
+  for (const char* d : {"half", "nonorm"}) {
+    const Model model = Model::load((dir_ / d).string());
+    Sequence seq(model, LcaParams::full(), lca::DType::f32);
+    EXPECT_GT(max_rel_diff(seq.forward(tokens, true), expected), 1e-3) << d;
+  }
+}
+
+// transformers 5 writes rope_theta and the scaling into "rope_parameters".
+TEST(MlaConfig, RopeParametersOfTransformers5) {
+  Rng rng(8);
+  const Tiny m = tiny_v3(rng, true);
+  json c = config_of(m);
+  c.erase("rope_theta");
+  c.erase("rope_scaling");
+  c["rope_parameters"] = {{"rope_theta", 5000.0}, {"rope_type", "yarn"}, {"factor", 4.0}, {"mscale_all_dim", 0.7},
+                          {"original_max_position_embeddings", 64}};
+  const lca::ModelConfig yarn = lca::parse_model_config(c.dump(), "t5");
+  EXPECT_EQ(yarn.rope.theta, 5000.0);
+  EXPECT_EQ(yarn.rope_scaling.type, lca::RopeScalingType::yarn);
+  EXPECT_EQ(yarn.rope_scaling.factor, 4.0);
+  EXPECT_FALSE(yarn.rope_scaling.mscale_given);
+  const double ms = 0.1 * 0.7 * std::log(4.0) + 1.0;
+  EXPECT_NEAR(yarn.softmax_scale(), ms * ms / std::sqrt(static_cast<double>(m.dn + m.dr)), 1e-12);
+  c["rope_parameters"] = {{"rope_theta", 300.0}, {"rope_type", "default"}};
+  const lca::ModelConfig plain = lca::parse_model_config(c.dump(), "t5");
+  EXPECT_EQ(plain.rope.theta, 300.0);
+  EXPECT_EQ(plain.rope_scaling.type, lca::RopeScalingType::none);
+  c["rope_parameters"] = {{"rope_theta", 300.0}, {"rope_type", "yarn"}};
+  try {
+    lca::parse_model_config(c.dump(), "t5");
+    ADD_FAILURE() << "no throw";
+  } catch (const lca::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("rope_parameters.factor"), std::string::npos) << e.what();
+  }
+}
+
+// ---- Identities through the model ------------------------------------------------------
+
+TEST_F(MlaModelTest, LcaAndChunkingIdentities) {
+  Rng rng(4242);
+  for (const Variant& v : variants()) {
+    SCOPED_TRACE(v.name);
+    const Tiny m = v.make(rng);
+    write_hf(dir_ / v.name, m);
+    const Model model = Model::load((dir_ / v.name).string());
+    const int64_t T = 41;
+    const std::vector<int64_t> tokens = random_tokens(rng, T, m.V);
+
+    // A window longer than the sequence: nothing condenses, LCA is full attention.
+    LcaParams wide;
+    wide.window = T + 5;
+    wide.group = 4;
+    Sequence full(model, LcaParams::full(), lca::DType::f32), lca_wide(model, wide, lca::DType::f32);
+    const Tensor<float> full_logits = full.forward(tokens, true);
+    EXPECT_LT(max_rel_diff(lca_wide.forward(tokens, true), full_logits), 1e-6);
+    EXPECT_EQ(lca_wide.caches()[0].representatives(), 0);
+
+    // Condensing LCA: chunked prefill equals token by token.
+    LcaParams lca;
+    lca.window = 8;
+    lca.group = 4;
+    Sequence stepwise(model, lca, lca::DType::f32);
+    Tensor<float> last_step;
+    for (int64_t t = 0; t < T; ++t) last_step = stepwise.forward(std::span(tokens).subspan(t, 1));
+    for (int64_t chunk : {5, 16}) {
+      Sequence chunked(model, lca, lca::DType::f32);
+      const Tensor<float> last = chunked.prefill(tokens, chunk);
+      EXPECT_LT(max_rel_diff(last, last_step), 2e-5) << "chunk " << chunk;
+      EXPECT_EQ(chunked.caches()[1].entries(), stepwise.caches()[1].entries());
+    }
+    EXPECT_GT(stepwise.caches()[0].representatives(), 0);
+    EXPECT_LT(stepwise.cache_bytes(), stepwise.full_cache_bytes());
+    // And it is not full attention once groups condense.
+    Tensor<float> full_last({1, m.V});
+    std::copy_n(full_logits.row(T - 1), m.V, full_last.data());
+    EXPECT_GT(max_rel_diff(last_step, full_last), 1e-4);
+  }
+}
+
+// ---- Errors ----------------------------------------------------------------------------
+
+void expect_error(const std::function<void()>& call, const std::vector<std::string>& parts) {
+  try {
+    call();
+    ADD_FAILURE() << "no throw; expected " << ::testing::PrintToString(parts);
+  } catch (const lca::Error& e) {
+    for (const auto& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(MlaModelTest, BadCheckpointsNameWhatIsWrong) {
+  Rng rng(5);
+  const Tiny v2 = tiny_v2(rng, false, false), v3 = tiny_v3(rng, true), cpm = tiny_minicpm3(rng);
+  auto load = [&](const std::string& d) { return [this, d] { Model::load((dir_ / d).string()); }; };
+
+  write_hf(dir_ / "expert", v2, "model.layers.2.mlp.experts.3.up_proj.weight");
+  expect_error(load("expert"), {"model.layers.2.mlp.experts.3.up_proj.weight"});
+  write_hf(dir_ / "bias", v3, "model.layers.1.mlp.gate.e_score_correction_bias");
+  expect_error(load("bias"), {"model.layers.1.mlp.gate.e_score_correction_bias"});
+  write_hf(dir_ / "qa", v3, "model.layers.0.self_attn.q_a_layernorm.weight");
+  expect_error(load("qa"), {"model.layers.0.self_attn.q_a_layernorm.weight"});
+  write_hf(dir_ / "head", v2, "lm_head.weight");
+  expect_error(load("head"), {"lm_head.weight", "tie"});
+
+  Tiny wrong = v2;
+  for (auto& [n, t] : wrong.tensors)
+    if (n == "model.layers.1.self_attn.kv_b_proj.weight") t = Tensor<float>({v2.H * (v2.dn + v2.dv), v2.dc + 1});
+  write_hf(dir_ / "shape", wrong);
+  expect_error(load("shape"), {"model.layers.1.self_attn.kv_b_proj.weight", "[45, 12]"});
+
+  write_hf(dir_ / "method", v2, "", [](json& c) { c["topk_method"] = "bogus"; });
+  expect_error(load("method"), {"topk_method", "bogus", "not supported"});
+  write_hf(dir_ / "norm", v2, "", [](json& c) { c["norm_topk_prob"] = true; });
+  expect_error(load("norm"), {"norm_topk_prob", "DeepseekV2ForCausalLM"});
+  write_hf(dir_ / "groups", v3, "", [](json& c) { c["n_group"] = 3; });
+  expect_error(load("groups"), {"n_group", "3"});
+  write_hf(dir_ / "k", v2, "", [](json& c) { c.erase("num_experts_per_tok"); });
+  expect_error(load("k"), {"num_experts_per_tok", "missing"});
+  write_hf(dir_ / "linear", v2, "", [](json& c) { c["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}}; });
+  expect_error(load("linear"), {"rope_scaling linear", "not supported"});
+  write_hf(dir_ / "long", cpm, "", [](json& c) { c["max_position_embeddings"] = 500; });
+  expect_error(load("long"), {"longrope", "original_max_position_embeddings", "not supported"});
+  write_hf(dir_ / "short", cpm, "", [](json& c) { c["rope_parameters"]["short_factor"] = {1.0, 2.0}; });
+  expect_error(load("short"), {"short_factor", "2 values"});
+  write_hf(dir_ / "act", cpm, "", [](json& c) { c["hidden_act"] = "gelu"; });
+  expect_error(load("act"), {"hidden_act", "gelu"});
+}
+
+}  // namespace
