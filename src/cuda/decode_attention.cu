@@ -80,8 +80,10 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(PagedView v,
   const int64_t tiles_total = (rows.count + kRows - 1) / kRows;
   const int64_t r0 = tiles_total * split / splits * kRows, r1 = min(rows.count, tiles_total * (split + 1) / splits * kRows);
   float* lse_out = part_lse + (static_cast<int64_t>(b) * splits + split) * sh.q_heads + h0;
-  if (r0 >= r1) {  // an empty split: the combine skips it
+  if (r0 >= r1) {  // an empty split weighs 0; its output is zeros, so the combine reads it without a branch
     for (int h = tid; h < heads; h += kThreads) lse_out[h] = -INFINITY;
+    for (int i = tid; i < heads * DV; i += kThreads)
+      part_out[((static_cast<int64_t>(b) * splits + split) * sh.q_heads + h0) * DV + i] = 0.f;
     return;
   }
   const int tiles = static_cast<int>((r1 - r0 + kRows - 1) / kRows);

@@ -44,9 +44,9 @@ __global__ void __launch_bounds__(kThreads) decode_combine_kernel(int q_heads, i
   if (c < d_v) {
     const float* src = part_out + (static_cast<int64_t>(b) * splits * q_heads + h) * d_v + c;
     const int64_t stride = static_cast<int64_t>(q_heads) * d_v;
+    // No branch on empty splits (weight 0, zeros written): the unrolled loads are all in flight.
 #pragma unroll 4
     for (int s = group; s < splits; s += kGroups) {
-      if (weight[s] == 0.f) continue;  // an empty split's output was never written
       const float4 x = *reinterpret_cast<const float4*>(src + s * stride);
       const float w = weight[s];
       acc.x += w * x.x, acc.y += w * x.y, acc.z += w * x.z, acc.w += w * x.w;
