@@ -150,6 +150,7 @@ def _dense(q, keys, values, reps, window, group, scale, mass_bias):
 
 
 _compiled_flex = None
+_block_masks = {}          # one block mask per shape and layout, shared by the layers of a forward
 
 
 def flex_available():
@@ -165,7 +166,13 @@ def _flex(q, keys, values, reps, window, group, scale, mass_bias):
 
     global _compiled_flex
     n, total = q.shape[2], keys.shape[2]
-    block_mask = create_block_mask(lca_mask_mod(reps, window, group), None, None, n, total, device=q.device)
+    key = (n, total, reps, window, group, str(q.device))
+    block_mask = _block_masks.get(key)
+    if block_mask is None:
+        if len(_block_masks) > 64:
+            _block_masks.clear()
+        block_mask = create_block_mask(lca_mask_mod(reps, window, group), None, None, n, total, device=q.device)
+        _block_masks[key] = block_mask
     score_mod = None
     if mass_bias and reps:
         log_g = math.log(group)

@@ -173,6 +173,11 @@ def test_flex_matches_dense():
             options = dict(window=8, group=4, pool=pool, mass_bias=mass_bias)
             torch.testing.assert_close(lca_attention(q, k, v, impl="flex", **options),
                                        lca_attention(q, k, v, impl="dense", **options), rtol=1e-4, atol=1e-4)
+    # MLA's layout: the rope channels at the end of the key, a value width unlike the key's
+    q, k, v = torch.randn(1, 4, 45, 16), torch.randn(1, 4, 45, 16), torch.randn(1, 4, 45, 8)
+    options = dict(window=6, group=5, mla_rope_dim=4, score="full")
+    torch.testing.assert_close(lca_attention(q, k, v, impl="flex", **options),
+                               lca_attention(q, k, v, impl="dense", **options), rtol=1e-4, atol=1e-4)
 
 
 def test_bad_arguments():
