@@ -190,6 +190,23 @@ def generate_samples(tokenizer, task, context, count, seed):
     return [GENERATORS[task](tokenizer, context, rng) for _ in range(count)]
 
 
+def solved(sample):
+    """The prompt followed by its answer, as a training document."""
+    return sample["prompt"] + " " + ", ".join(sample["answers"]) + "."
+
+
+def write_training(tokenizer, path, tasks, contexts, samples, seed):
+    """JSON-lines training documents (field "text") of solved tasks; returns their count."""
+    count = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for context in contexts:
+            for task in tasks:
+                for sample in generate_samples(tokenizer, task, context, samples, seed):
+                    f.write(json.dumps({"text": solved(sample)}) + "\n")
+                    count += 1
+    return count
+
+
 # ----------------------------------------------------------------------------------------------
 # scoring (RULER's string_match_all and string_match_part)
 
@@ -413,7 +430,24 @@ def main(argv=None):
     parser.add_argument("--out", help="results JSON")
     parser.add_argument("--plot", help="PNG of accuracy (and perplexity) vs context")
     parser.add_argument("--report", nargs="+", help="print and plot saved result JSONs instead of evaluating")
+    parser.add_argument("--write-training", metavar="FILE.jsonl",
+                        help="write --samples solved tasks per task and context (prompt + answer) for training "
+                             "with lca.finetune --task-data, instead of evaluating; use a seed unlike the evaluation's")
+    parser.add_argument("--tokenizer", help="tokenizer folder for --write-training (default: --model)")
     args = parser.parse_args(argv)
+
+    if args.write_training:
+        import transformers
+
+        source = args.tokenizer or args.model
+        if not source:
+            parser.error("--write-training needs --tokenizer or --model")
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+        tasks = [t for t in args.tasks.split(",") if t]
+        count = write_training(tokenizer, args.write_training, tasks, _ints(args.contexts, "contexts"), args.samples,
+                               args.seed)
+        print(f"{args.write_training}: {count} documents")
+        return
 
     if args.report:
         runs = []

@@ -26,6 +26,42 @@ def load_texts(paths):
     return texts
 
 
+def load_documents(paths):
+    """The "text" field of every line of JSON-lines files (as lca.evaluate --write-training writes)."""
+    import json
+
+    documents = []
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    record = json.loads(line)
+                    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                        raise ValueError(f"task_data: {path}:{number} has no string field 'text'")
+                    documents.append(record["text"])
+    return documents
+
+
+def rows(tokenizer, documents, seq_len):
+    """One row per document (EOS appended, cut to seq_len, right-padded): (ids, labels) [count, seq_len],
+    labels -100 on padding. Right padding leaves the earlier positions of a causal model unchanged."""
+    import torch
+
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be >= 2, got {seq_len}")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
+    ids = torch.full((len(documents), seq_len), pad, dtype=torch.long)
+    labels = torch.full((len(documents), seq_len), -100, dtype=torch.long)
+    for i, document in enumerate(documents):
+        tokens = tokenizer(document, add_special_tokens=False)["input_ids"]
+        if tokenizer.eos_token_id is not None:
+            tokens.append(tokenizer.eos_token_id)
+        tokens = tokens[:seq_len]
+        ids[i, : len(tokens)] = torch.tensor(tokens)
+        labels[i, : len(tokens)] = torch.tensor(tokens)
+    return ids, labels
+
+
 def pack(tokenizer, texts, seq_len):
     """Token ids of all texts, EOS after each, cut into [count, seq_len] (the tail is dropped)."""
     import torch
@@ -84,9 +120,10 @@ def save(model, tokenizer, out, optimizer=None, scheduler=None, step=None):
                    os.path.join(out, "trainer_state.pt"))
 
 
-def train(model, sequences, *, steps=1000, lr=1e-4, warmup=50, batch_size=1, grad_accum=1, weight_decay=0.1,
+def train(model, sequences, *, labels=None, steps=1000, lr=1e-4, warmup=50, batch_size=1, grad_accum=1, weight_decay=0.1,
           max_grad_norm=1.0, seed=0, tokenizer=None, out=None, save_every=0, resume=None, log=None):
-    """Trains `model` (patched or not) on rows of `sequences` [count, seq_len]; returns the loss of each step."""
+    """Trains `model` (patched or not) on rows of `sequences` [count, seq_len] (labels: the same shape,
+    -100 where no loss is taken; default the ids); returns the loss of each step."""
     import torch
 
     for name, value, low in (("steps", steps, 1), ("batch_size", batch_size, 1), ("grad_accum", grad_accum, 1),
@@ -121,8 +158,9 @@ def train(model, sequences, *, steps=1000, lr=1e-4, warmup=50, batch_size=1, gra
             first = (step * per_step + micro * batch_size) % sequences.shape[0]
             rows = order[(torch.arange(batch_size) + first) % sequences.shape[0]]
             batch = sequences[rows].to(device)
+            targets = batch if labels is None else labels[rows].to(device)
             with autocast:
-                loss = model(input_ids=batch, labels=batch, use_cache=False).loss / grad_accum
+                loss = model(input_ids=batch, labels=targets, use_cache=False).loss / grad_accum
             loss.backward()
             total += loss.item()
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
@@ -153,7 +191,9 @@ def main(argv=None):
 
     parser = argparse.ArgumentParser(prog="python -m lca.finetune", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="Hugging Face folder (weights, config, tokenizer)")
-    parser.add_argument("--data", nargs="+", required=True, help="text files")
+    parser.add_argument("--data", nargs="*", default=[], help="text files, packed into sequences")
+    parser.add_argument("--task-data", nargs="*", default=[],
+                        help="JSON-lines files of documents, one padded row each (lca.evaluate --write-training)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--attention", choices=("lca", "full"), default="lca")
@@ -185,9 +225,20 @@ def main(argv=None):
     if args.attention == "lca":
         patch(model, window=args.window, group=args.group, key_mode=args.key_mode, score=args.score,
               mass_bias=args.mass_bias, impl=args.impl)
-    sequences = pack(tokenizer, load_texts(args.data), args.seq_len)
+    if not args.data and not args.task_data:
+        raise ValueError("data: give --data and/or --task-data")
+    parts, labels = [], []
+    if args.data:
+        packed = pack(tokenizer, load_texts(args.data), args.seq_len)
+        parts.append(packed)
+        labels.append(packed)
+    if args.task_data:
+        task_ids, task_labels = rows(tokenizer, load_documents(args.task_data), args.seq_len)
+        parts.append(task_ids)
+        labels.append(task_labels)
+    sequences, labels = torch.cat(parts), torch.cat(labels)
     print(f"{sequences.shape[0]} sequences of {args.seq_len} tokens; attention {args.attention}", file=sys.stderr)
-    losses = train(model, sequences, steps=args.steps, lr=args.lr, warmup=args.warmup, batch_size=args.batch_size,
+    losses = train(model, sequences, labels=labels, steps=args.steps, lr=args.lr, warmup=args.warmup, batch_size=args.batch_size,
                    grad_accum=args.grad_accum, weight_decay=args.weight_decay, seed=args.seed, tokenizer=tokenizer,
                    out=args.out, save_every=args.save_every, resume=args.resume,
                    log=lambda s: print(s, end="", file=sys.stderr, flush=True))

@@ -120,3 +120,19 @@ def test_cli_end_to_end(folder, tmp_path):
     evaluate.main(["--report", str(out), str(out), "--plot", str(tmp_path / "both.png")])
     with pytest.raises(ValueError, match="methods"):
         evaluate.main(["--model", str(path), "--methods", "full,bogus"])
+
+
+def test_write_training(folder, tmp_path):
+    from lca import finetune
+
+    path, _, tokenizer = folder
+    out = tmp_path / "train.jsonl"
+    evaluate.main(["--write-training", str(out), "--tokenizer", str(path), "--contexts", "700", "--samples", "2",
+                   "--seed", "1000"])
+    documents = finetune.load_documents([out])
+    assert len(documents) == 2 * len(evaluate.TASKS)
+    samples = evaluate.generate_samples(tokenizer, "niah_single", 700, 2, 1000)
+    assert documents[0] == evaluate.solved(samples[0])
+    assert documents[0].endswith(" " + samples[0]["answers"][0] + ".")
+    evaluation = evaluate.generate_samples(tokenizer, "niah_single", 700, 2, 0)
+    assert evaluation[0]["answers"] != samples[0]["answers"]

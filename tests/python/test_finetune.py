@@ -65,3 +65,32 @@ def test_loss_decreases_on_repeated_sequence(tmp_path):
     assert len(losses) == 5 and losses[-1] < losses[0] - 0.1
     with pytest.raises(ValueError, match="steps"):
         finetune.train(model, rows, steps=0)
+
+
+def test_task_documents_as_padded_rows(tmp_path):
+    _, tokenizer = tiny_folder(tmp_path)
+    path = tmp_path / "tasks.jsonl"
+    path.write_text('{"text": "alpha bravo"}\n\n{"text": "' + "charlie " * 40 + '"}\n')
+    documents = finetune.load_documents([path])
+    assert documents[0] == "alpha bravo" and len(documents) == 2
+    ids, labels = finetune.rows(tokenizer, documents, 12)
+    first = tokenizer("alpha bravo", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert ids[0, : len(first)].tolist() == first and labels[0, : len(first)].tolist() == first
+    assert (labels[0, len(first):] == -100).all() and (ids[0, len(first):] == tokenizer.pad_token_id).all()
+    assert (labels[1] != -100).all()                                       # cut to seq_len, no padding
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"txt": 1}\n')
+    with pytest.raises(ValueError, match="text"):
+        finetune.load_documents([bad])
+
+
+def test_cli_trains_on_task_data(tmp_path):
+    model_dir = tmp_path / "model"
+    tiny_folder(model_dir)
+    path = tmp_path / "tasks.jsonl"
+    path.write_text("".join('{"text": "%s"}\n' % text(20, i) for i in range(4)))
+    finetune.main(["--model", str(model_dir), "--task-data", str(path), "--out", str(tmp_path / "out"), "--steps", "2",
+                   "--seq-len", "64", "--window", "8", "--group", "4", "--grad-accum", "1", "--device", "cpu"])
+    assert (tmp_path / "out" / "config.json").exists()
+    with pytest.raises(ValueError, match="data"):
+        finetune.main(["--model", str(model_dir), "--out", str(tmp_path / "o2"), "--device", "cpu"])
