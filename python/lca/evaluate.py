@@ -421,7 +421,8 @@ def main(argv=None):
     parser.add_argument("--group", type=int, default=16)
     parser.add_argument("--key-mode", choices=("pooled", "anchor"), default="pooled")
     parser.add_argument("--mass-bias", action="store_true")
-    parser.add_argument("--impl", choices=("auto", "dense", "flex"), default="auto")
+    # dense by default: decoding re-runs every length once, which would recompile FlexAttention each time
+    parser.add_argument("--impl", choices=("auto", "dense", "flex"), default="dense")
     parser.add_argument("--heldout", help="text file for perplexity")
     parser.add_argument("--ppl-sequences", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=None, help="cap on each task's answer length")
