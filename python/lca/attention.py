@@ -18,6 +18,7 @@ group's anchor token's own k/v (no pooling), pool="drop" drops condensed groups 
 """
 
 import math
+import warnings
 
 import torch
 
@@ -150,6 +151,7 @@ def _dense(q, keys, values, reps, window, group, scale, mass_bias):
 
 
 _compiled_flex = None
+_flex_failed = False
 _block_masks = {}          # one block mask per shape and layout, shared by the layers of a forward
 
 
@@ -200,7 +202,8 @@ def lca_attention(q, k, v, *, window=1024, group=16, scale=None, key_mode="poole
     inv_freq: the model's RoPE inverse frequencies (GQA pooled keys); default from rope_theta.
     mla_rope_dim: set for MLA (the rope key's channels at the end of k); None for GQA.
     impl: "dense" (exact masked softmax, O(N^2) memory, any device), "flex" (FlexAttention with a
-    block mask; CUDA for training) or "auto" (flex on CUDA for N >= FLEX_MIN_LENGTH when available).
+    block mask; CUDA for training) or "auto" (flex on CUDA for N >= FLEX_MIN_LENGTH when available,
+    falling back to dense, with a warning, if the FlexAttention kernels refuse the shapes).
     """
     _check_options(window, group, key_mode, pool, score, impl)
     _check_shapes(q, k, v, mla_rope_dim)
@@ -212,8 +215,14 @@ def lca_attention(q, k, v, *, window=1024, group=16, scale=None, key_mode="poole
     reps = rep_k.shape[2]
     keys = torch.cat((rep_k, k), dim=2)
     values = torch.cat((rep_v, v), dim=2)
-    if impl == "auto":
-        impl = "flex" if q.is_cuda and q.shape[2] >= FLEX_MIN_LENGTH and flex_available() else "dense"
+    global _flex_failed
+    if impl == "auto" and q.is_cuda and q.shape[2] >= FLEX_MIN_LENGTH and flex_available() and not _flex_failed:
+        try:
+            return _flex(q, keys, values, reps, window, group, scale, mass_bias)
+        except Exception as error:  # a shape or build the FlexAttention kernels refuse: dense from now on
+            _flex_failed = True
+            warnings.warn(f"lca_attention: FlexAttention failed ({type(error).__name__}: {error}); "
+                          "using the dense path")
     if impl == "flex":
         if not flex_available():
             raise ValueError("impl 'flex' needs torch.nn.attention.flex_attention, which this torch lacks")
