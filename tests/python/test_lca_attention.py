@@ -191,3 +191,22 @@ def test_bad_arguments():
         lca_attention(q[:, :, :3], k, v)
     with pytest.raises(ValueError, match="multiple"):
         lca_attention(torch.randn(1, 3, 8, 4), torch.randn(1, 2, 8, 4), torch.randn(1, 2, 8, 4))
+
+
+def test_staircase_per_query():
+    """Section 4 read literally, one query at a time: representatives j < m(t+1), raw positions
+    [g m(t+1), t], one softmax (independent of both masks)."""
+    window, group, n, d = 5, 3, 26, 8
+    q, k, v = random_gqa(1, 2, 1, n, d)
+    scale = 1 / math.sqrt(d)
+    rep_k, rep_v, _ = reference.condense_gqa(k[0].transpose(0, 1), v[0].transpose(0, 1), q[0].transpose(0, 1),
+                                             window=window, group=group, scale=scale)
+    got = lca_attention(q, k, v, window=window, group=group)
+    for t in range(n):
+        m = condensed_groups(t + 1, window, group)
+        keys = torch.cat((rep_k[:m, 0], k[0, 0, group * m: t + 1]))
+        values = torch.cat((rep_v[:m, 0], v[0, 0, group * m: t + 1]))
+        assert window <= t + 1 - group * m <= window + group - 1 or m == 0
+        for h in range(2):
+            want = (q[0, h, t] @ keys.T * scale).softmax(-1) @ values
+            torch.testing.assert_close(got[0, h, t], want, rtol=1e-5, atol=1e-5)
