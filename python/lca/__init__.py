@@ -3,7 +3,19 @@
 `lca.ops` holds the CUDA kernels as torch ops (prefill over [representatives ;
 raw rows], condense for GQA and MLA, full causal attention from the same
 kernel); `lca.reference` holds the same functions in plain PyTorch, written
-from lca-spec.md, for checks and for baselines.
+from lca-spec.md, for checks and for baselines. `lca.attention` is the
+differentiable LCA attention for training; `lca.patch` / `lca.unpatch` put it
+into Hugging Face models; `lca.finetune` and `lca.evaluate` are the quality
+study's tools.
 """
 
-__all__ = ["ops", "reference"]
+__all__ = ["ops", "reference", "attention", "patch", "unpatch", "is_patched"]
+
+
+def __getattr__(name):
+    # Lazy, so that `import lca` needs neither torch nor transformers until a tool is used.
+    if name in ("patch", "unpatch", "is_patched"):
+        from . import hf
+
+        return getattr(hf, name)
+    raise AttributeError(f"module 'lca' has no attribute {name!r}")

@@ -1,0 +1,249 @@
+"""Fine-tunes (or pre-trains) a Hugging Face causal LM with LCA attention on plain text.
+
+    python -m lca.finetune --model DIR --data FILE.txt [FILE2.txt ...] --steps 1000 \
+        --window 1024 --group 16 --seq-len 4096 --out DIR
+
+The text is tokenized by the model's tokenizer (an EOS between files), packed into sequences of
+--seq-len tokens and sampled in a seeded order. AdamW, linear warmup then cosine decay, gradient
+accumulation, gradient clipping, bf16 autocast on CUDA (fp32 on CPU). Every --save-every steps and
+at the end the weights are saved as a Hugging Face folder (save_pretrained + tokenizer) with the
+optimizer state beside them (trainer_state.pt), from which --resume continues. --attention full
+trains without LCA (pre-training the study's base model).
+"""
+
+import argparse
+import math
+import os
+import sys
+import time
+
+
+def load_texts(paths):
+    texts = []
+    for path in paths:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            texts.append(f.read())
+    return texts
+
+
+def load_documents(paths):
+    """The "text" field of every line of JSON-lines files (as lca.evaluate --write-training writes)."""
+    import json
+
+    documents = []
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    record = json.loads(line)
+                    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                        raise ValueError(f"task_data: {path}:{number} has no string field 'text'")
+                    documents.append(record["text"])
+    return documents
+
+
+def rows(tokenizer, documents, seq_len):
+    """One row per document (EOS appended, cut to seq_len, right-padded): (ids, labels) [count, seq_len],
+    labels -100 on padding. Right padding leaves the earlier positions of a causal model unchanged."""
+    import torch
+
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be >= 2, got {seq_len}")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
+    ids = torch.full((len(documents), seq_len), pad, dtype=torch.long)
+    labels = torch.full((len(documents), seq_len), -100, dtype=torch.long)
+    for i, document in enumerate(documents):
+        tokens = tokenizer(document, add_special_tokens=False)["input_ids"]
+        if tokenizer.eos_token_id is not None:
+            tokens.append(tokenizer.eos_token_id)
+        tokens = tokens[:seq_len]
+        ids[i, : len(tokens)] = torch.tensor(tokens)
+        labels[i, : len(tokens)] = torch.tensor(tokens)
+    return ids, labels
+
+
+def pack(tokenizer, texts, seq_len):
+    """Token ids of all texts, EOS after each, cut into [count, seq_len] (the tail is dropped)."""
+    import torch
+
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be >= 2, got {seq_len}")
+    ids = []
+    for text in texts:
+        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if tokenizer.eos_token_id is not None:
+            ids.append(tokenizer.eos_token_id)
+    count = len(ids) // seq_len
+    if count == 0:
+        raise ValueError(f"data: {len(ids)} tokens make no sequence of seq_len {seq_len}")
+    return torch.tensor(ids[: count * seq_len], dtype=torch.long).view(count, seq_len)
+
+
+def cosine_schedule(step, steps, warmup, min_ratio=0.1):
+    """Learning-rate factor: linear warmup to 1, then cosine down to min_ratio at `steps`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _progress(total, initial):
+    try:
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=initial, dynamic_ncols=True)
+    except ImportError:
+        return None
+
+
+def save(model, tokenizer, out, optimizer=None, scheduler=None, step=None):
+    """A Hugging Face folder with the original attention implementation in its config."""
+    import torch
+
+    from .hf import is_patched
+
+    os.makedirs(out, exist_ok=True)
+    saved_impl = None
+    if is_patched(model):
+        # the folder must load without lca installed: record the attention the model had before patching
+        saved_impl = model.config._attn_implementation
+        model.config._attn_implementation = next(iter(model._lca_previous.values()))[1]
+    try:
+        model.save_pretrained(out)
+    finally:
+        if saved_impl is not None:
+            model.config._attn_implementation = saved_impl
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    if optimizer is not None:
+        torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+                   os.path.join(out, "trainer_state.pt"))
+
+
+def train(model, sequences, *, labels=None, steps=1000, lr=1e-4, warmup=50, batch_size=1, grad_accum=1, weight_decay=0.1,
+          max_grad_norm=1.0, seed=0, tokenizer=None, out=None, save_every=0, resume=None, log=None):
+    """Trains `model` (patched or not) on rows of `sequences` [count, seq_len] (labels: the same shape,
+    -100 where no loss is taken; default the ids); returns the loss of each step."""
+    import torch
+
+    for name, value, low in (("steps", steps, 1), ("batch_size", batch_size, 1), ("grad_accum", grad_accum, 1),
+                             ("warmup", warmup, 0), ("save_every", save_every, 0)):
+        if not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if lr <= 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    device = next(model.parameters()).device
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_schedule(s, steps, warmup))
+    start = 0
+    if resume is not None:
+        state = torch.load(os.path.join(resume, "trainer_state.pt"), map_location=device)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start = state["step"]
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(sequences.shape[0], generator=generator)
+    per_step = batch_size * grad_accum
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    model.train()
+    losses = []
+    bar = _progress(steps, start)
+    began = time.time()
+    for step in range(start, steps):
+        total = 0.0
+        for micro in range(grad_accum):
+            first = (step * per_step + micro * batch_size) % sequences.shape[0]
+            rows = order[(torch.arange(batch_size) + first) % sequences.shape[0]]
+            batch = sequences[rows].to(device)
+            targets = batch if labels is None else labels[rows].to(device)
+            with autocast:
+                loss = model(input_ids=batch, labels=targets, use_cache=False).loss / grad_accum
+            loss.backward()
+            total += loss.item()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(total)
+        message = f"step {step + 1}/{steps} loss {total:.4f} lr {scheduler.get_last_lr()[0]:.2e}"
+        if bar is not None:
+            bar.set_postfix_str(f"loss {total:.4f}")
+            bar.update(1)
+        elif log is not None:
+            log(f"\r{message} ({time.time() - began:.0f}s)")
+        if out is not None and save_every and (step + 1) % save_every == 0 and step + 1 < steps:
+            save(model, tokenizer, os.path.join(out, f"checkpoint-{step + 1}"), optimizer, scheduler, step + 1)
+    if bar is not None:
+        bar.close()
+    if out is not None:
+        save(model, tokenizer, out, optimizer, scheduler, steps)
+    return losses
+
+
+def main(argv=None):
+    import torch
+    import transformers
+
+    from .hf import patch
+
+    parser = argparse.ArgumentParser(prog="python -m lca.finetune", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="Hugging Face folder (weights, config, tokenizer)")
+    parser.add_argument("--data", nargs="*", default=[], help="text files, packed into sequences")
+    parser.add_argument("--task-data", nargs="*", default=[],
+                        help="JSON-lines files of documents, one padded row each (lca.evaluate --write-training)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--attention", choices=("lca", "full"), default="lca")
+    parser.add_argument("--window", type=int, default=1024)
+    parser.add_argument("--group", type=int, default=16)
+    parser.add_argument("--key-mode", choices=("pooled", "anchor"), default="pooled")
+    parser.add_argument("--score", choices=("latent", "full"), default="latent")
+    parser.add_argument("--mass-bias", action="store_true")
+    parser.add_argument("--impl", choices=("auto", "dense", "flex"), default="auto")
+    parser.add_argument("--seq-len", type=int, default=4096)
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--grad-accum", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--weight-decay", type=float, default=0.1)
+    parser.add_argument("--save-every", type=int, default=250)
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--resume", help="a checkpoint folder written by this tool (weights and trainer_state.pt)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(args.seed)
+    source = args.resume or args.model
+    tokenizer = transformers.AutoTokenizer.from_pretrained(args.model)
+    model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).to(args.device)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if args.attention == "lca":
+        patch(model, window=args.window, group=args.group, key_mode=args.key_mode, score=args.score,
+              mass_bias=args.mass_bias, impl=args.impl)
+    if not args.data and not args.task_data:
+        raise ValueError("data: give --data and/or --task-data")
+    parts, labels = [], []
+    if args.data:
+        packed = pack(tokenizer, load_texts(args.data), args.seq_len)
+        parts.append(packed)
+        labels.append(packed)
+    if args.task_data:
+        task_ids, task_labels = rows(tokenizer, load_documents(args.task_data), args.seq_len)
+        parts.append(task_ids)
+        labels.append(task_labels)
+    sequences, labels = torch.cat(parts), torch.cat(labels)
+    print(f"{sequences.shape[0]} sequences of {args.seq_len} tokens; attention {args.attention}", file=sys.stderr)
+    losses = train(model, sequences, labels=labels, steps=args.steps, lr=args.lr, warmup=args.warmup, batch_size=args.batch_size,
+                   grad_accum=args.grad_accum, weight_decay=args.weight_decay, seed=args.seed, tokenizer=tokenizer,
+                   out=args.out, save_every=args.save_every, resume=args.resume,
+                   log=lambda s: print(s, end="", file=sys.stderr, flush=True))
+    print(f"\nfinal loss {losses[-1]:.4f} (first {losses[0]:.4f}); saved to {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
