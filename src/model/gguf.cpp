@@ -3,20 +3,15 @@
 // inside the data section. Messages are built with lca::detail::fail.
 #include "lca/gguf.hpp"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <bit>
-#include <cerrno>
 #include <cstring>
 #include <limits>
 #include <utility>
 
 #include "lca/dtype.hpp"
 #include "lca/error.hpp"
+#include "model/mapped_file.hpp"
 #include "model/text_file.hpp"
 
 namespace lca {
@@ -24,6 +19,7 @@ namespace lca {
 namespace {
 
 using model::in_quotes;
+using model::MappedFile;
 
 constexpr uint32_t kMagic = 0x46554747;  // "GGUF" read as a little-endian uint32
 constexpr int64_t kDefaultAlignment = 32;
@@ -69,51 +65,6 @@ const TypeEntry* find_type(uint32_t id) {
 }
 
 bool mul_ok(int64_t a, int64_t b, int64_t& out) { return !__builtin_mul_overflow(a, b, &out); }
-
-std::string errno_text(int err) { return std::strerror(err); }
-
-struct Mapping {
-  const std::byte* data = nullptr;
-  size_t size = 0;
-  Mapping() = default;
-  Mapping(const Mapping&) = delete;
-  Mapping& operator=(const Mapping&) = delete;
-  ~Mapping() {
-    if (data && size > 0) ::munmap(const_cast<std::byte*>(data), size);
-  }
-};
-
-struct Fd {
-  int fd = -1;
-  ~Fd() {
-    if (fd >= 0) ::close(fd);
-  }
-};
-
-void map_file(const std::string& path, Mapping& m) {
-  Fd f;
-  f.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (f.fd < 0) {
-    const int err = errno;
-    detail::fail("gguf file ", in_quotes(path), ": cannot open: ", errno_text(err));
-  }
-  struct stat st {};
-  if (::fstat(f.fd, &st) != 0) {
-    const int err = errno;
-    detail::fail("gguf file ", in_quotes(path), ": cannot stat: ", errno_text(err));
-  }
-  LCA_CHECK(S_ISREG(st.st_mode), "gguf file ", in_quotes(path), ": not a regular file");
-  LCA_CHECK(st.st_size >= 24, "gguf file ", in_quotes(path), ": ", static_cast<int64_t>(st.st_size),
-            " bytes, shorter than the 24-byte GGUF header");
-  void* p = ::mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_PRIVATE, f.fd, 0);
-  if (p == MAP_FAILED) {
-    const int err = errno;
-    detail::fail("gguf file ", in_quotes(path), ": cannot map ", static_cast<int64_t>(st.st_size),
-                 " bytes: ", errno_text(err));
-  }
-  m.data = static_cast<const std::byte*>(p);
-  m.size = static_cast<size_t>(st.st_size);
-}
 
 template <class T>
 T load_le(const std::byte* p) {
@@ -233,7 +184,7 @@ int64_t GgufTensorInfo::numel() const {
 
 struct GgufFile::Impl {
   std::string path;
-  Mapping map;
+  MappedFile map;
   uint32_t version = 0;
   int64_t alignment = kDefaultAlignment;
   int64_t data_begin = 0;
@@ -405,7 +356,7 @@ GgufFile::~GgufFile() = default;
 GgufFile GgufFile::open(const std::string& path) {
   auto impl = std::make_unique<Impl>();
   impl->path = path;
-  map_file(path, impl->map);
+  MappedFile::map(path, "gguf file", 24, "the 24-byte GGUF header", impl->map);
   impl->parse();
   return GgufFile(std::move(impl));
 }

@@ -3,14 +3,8 @@
 // data buffer. Messages are built with lca::detail::fail (no iostreams).
 #include "lca/safetensors.hpp"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <bit>
-#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -23,6 +17,7 @@
 
 #include "lca/error.hpp"
 #include "model/json_fields.hpp"
+#include "model/mapped_file.hpp"
 #include "model/text_file.hpp"
 
 namespace lca {
@@ -31,6 +26,7 @@ namespace {
 
 using json = nlohmann::json;
 using model::in_quotes;
+using model::MappedFile;
 using model::json_int64;
 using model::json_kind;
 namespace fs = std::filesystem;
@@ -62,57 +58,8 @@ const DTypeEntry* find_dtype(const std::string& name) {
   return nullptr;
 }
 
-
-
 // a * b into out, false on int64 overflow (a, b >= 0).
 bool mul_ok(int64_t a, int64_t b, int64_t& out) { return !__builtin_mul_overflow(a, b, &out); }
-
-std::string errno_text(int err) { return std::strerror(err); }
-
-// The read-only mapping of a whole file.
-struct Mapping {
-  const std::byte* data = nullptr;
-  size_t size = 0;
-  Mapping() = default;
-  Mapping(const Mapping&) = delete;
-  Mapping& operator=(const Mapping&) = delete;
-  ~Mapping() {
-    if (data) ::munmap(const_cast<std::byte*>(data), size);
-  }
-};
-
-struct Fd {
-  int fd = -1;
-  ~Fd() {
-    if (fd >= 0) ::close(fd);
-  }
-};
-
-void map_file(const std::string& path, Mapping& m) {
-  Fd f;
-  f.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (f.fd < 0) {
-    const int err = errno;
-    detail::fail("safetensors file ", in_quotes(path), ": cannot open: ", errno_text(err));
-  }
-  struct stat st {};
-  if (::fstat(f.fd, &st) != 0) {
-    const int err = errno;
-    detail::fail("safetensors file ", in_quotes(path), ": cannot stat: ", errno_text(err));
-  }
-  LCA_CHECK(S_ISREG(st.st_mode), "safetensors file ", in_quotes(path), ": not a regular file");
-  LCA_CHECK(st.st_size >= 8, "safetensors file ", in_quotes(path), ": ", static_cast<int64_t>(st.st_size),
-            " bytes, shorter than the 8-byte header length");
-  void* p = ::mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_PRIVATE, f.fd, 0);
-  if (p == MAP_FAILED) {
-    const int err = errno;
-    detail::fail("safetensors file ", in_quotes(path), ": cannot map ", static_cast<int64_t>(st.st_size),
-                 " bytes: ", errno_text(err));
-  }
-  m.data = static_cast<const std::byte*>(p);
-  m.size = static_cast<size_t>(st.st_size);
-}
-
 
 uint64_t load_le64(const std::byte* p) {
   uint64_t v = 0;
@@ -126,7 +73,7 @@ uint64_t load_le64(const std::byte* p) {
 
 struct SafetensorsFile::Impl {
   std::string path;
-  Mapping map;
+  MappedFile map;
   int64_t data_begin = 0;  // 8 + header length
   int64_t data_size = 0;
   std::map<std::string, TensorInfo> tensors;
@@ -267,7 +214,7 @@ SafetensorsFile::~SafetensorsFile() = default;
 SafetensorsFile SafetensorsFile::open(const std::string& path) {
   auto impl = std::make_unique<Impl>();
   impl->path = path;
-  map_file(path, impl->map);
+  MappedFile::map(path, "safetensors file", 8, "the 8-byte header length", impl->map);
   impl->parse_header();
   return SafetensorsFile(std::move(impl));
 }

@@ -1,0 +1,27 @@
+// A whole file mapped read-only: what the checkpoint readers (safetensors,
+// GGUF) parse in place. Errors name the kind of file and its path.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace lca::model {
+
+struct MappedFile {
+  const std::byte* data = nullptr;
+  size_t size = 0;
+
+  MappedFile() = default;
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  ~MappedFile();
+
+  // Maps `path` into `out`. Throws lca::Error "<kind> '<path>': ..." when the
+  // file cannot be opened, is not a regular file, is shorter than min_size
+  // bytes (`what_needs_it` says what those bytes are), or cannot be mapped.
+  static void map(const std::string& path, const char* kind, int64_t min_size, const char* what_needs_it,
+                  MappedFile& out);
+};
+
+}  // namespace lca::model
