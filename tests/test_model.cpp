@@ -265,43 +265,10 @@ void write_gguf(const fs::path& path, const Tiny& m, const std::string& arch_ove
   w.write(path);
 }
 
-class ModelTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("lca_model_test_" + std::to_string(::getpid()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  fs::path dir_;
-};
+using ModelTest = lca_test::TempDirTest;
+using lca_test::max_rel_diff;
+using lca_test::random_tokens;
 
-std::vector<int64_t> random_tokens(Rng& rng, int64_t n, int64_t vocab) {
-  std::vector<int64_t> t(static_cast<size_t>(n));
-  for (auto& x : t) x = rng.uniform_int(0, vocab - 1);
-  return t;
-}
-
-// max |a - b| over all entries, relative to max |b|.
-double max_rel_diff(const Tensor<float>& a, const std::vector<Vec>& b) {
-  double diff = 0.0, scale = 0.0;
-  for (int64_t t = 0; t < a.dim(0); ++t)
-    for (int64_t i = 0; i < a.dim(1); ++i) {
-      diff = std::max(diff, std::abs(a.row(t)[i] - b[t][i]));
-      scale = std::max(scale, std::abs(b[t][i]));
-    }
-  return diff / scale;
-}
-
-double max_rel_diff(const Tensor<float>& a, const Tensor<float>& b) {
-  EXPECT_EQ(a.shape(), b.shape());
-  double diff = 0.0, scale = 0.0;
-  for (int64_t i = 0; i < a.numel(); ++i) {
-    diff = std::max(diff, static_cast<double>(std::abs(a.data()[i] - b.data()[i])));
-    scale = std::max(scale, static_cast<double>(std::abs(b.data()[i])));
-  }
-  return diff / scale;
-}
 
 // ---- Forward against the oracle --------------------------------------------------------
 

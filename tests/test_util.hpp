@@ -8,12 +8,14 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
 #include <limits>
 #include <numbers>
 #include <random>
@@ -246,6 +248,46 @@ inline int64_t brute_condensed_groups(int64_t n, int64_t w, int64_t g) {
   int64_t m = 0;
   while ((m + 1) * g + w - 1 <= n - 1) ++m;
   return m;
+}
+
+// A fresh folder per test under the system's temp dir (named after the test
+// and the process), removed after it.
+class TempDirTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() /
+           ("lca_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->test_suite_name()) + "_" +
+            std::to_string(::getpid()) + "_" + ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::create_directories(dir_);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+  std::filesystem::path dir_;
+};
+
+inline std::vector<int64_t> random_tokens(Rng& rng, int64_t n, int64_t vocab) {
+  std::vector<int64_t> t(static_cast<size_t>(n));
+  for (auto& x : t) x = rng.uniform_int(0, vocab - 1);
+  return t;
+}
+
+// max |a - b| over all entries, relative to max |b|; b as rows of doubles or a tensor.
+inline double max_rel_diff(const lca::Tensor<float>& a, const std::vector<std::vector<double>>& b) {
+  double diff = 0.0, scale = 0.0;
+  for (int64_t t = 0; t < a.dim(0); ++t)
+    for (int64_t i = 0; i < a.dim(1); ++i) {
+      diff = std::max(diff, std::abs(a.row(t)[i] - b[static_cast<size_t>(t)][static_cast<size_t>(i)]));
+      scale = std::max(scale, std::abs(b[static_cast<size_t>(t)][static_cast<size_t>(i)]));
+    }
+  return diff / scale;
+}
+inline double max_rel_diff(const lca::Tensor<float>& a, const lca::Tensor<float>& b) {
+  EXPECT_EQ(a.shape(), b.shape());
+  double diff = 0.0, scale = 0.0;
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    diff = std::max(diff, static_cast<double>(std::abs(a.data()[i] - b.data()[i])));
+    scale = std::max(scale, static_cast<double>(std::abs(b.data()[i])));
+  }
+  return diff / scale;
 }
 
 }  // namespace lca_test
