@@ -14,19 +14,11 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.hpp"
 #include "lca/cuda.hpp"
 #include "lca/dtype.hpp"
 
 namespace {
-
-#define CHECK(x)                                                                            \
-  do {                                                                                      \
-    cudaError_t e_ = (x);                                                                   \
-    if (e_ != cudaSuccess) {                                                                \
-      std::fprintf(stderr, "%s: %s\n", #x, cudaGetErrorString(e_));                         \
-      std::exit(1);                                                                         \
-    }                                                                                       \
-  } while (0)
 
 struct Shape {
   const char* name;
@@ -43,25 +35,7 @@ void* random_device(size_t n, std::mt19937_64& rng) {
   return d;
 }
 
-template <class F>
-double median_ms(F&& f, int reps) {
-  cudaEvent_t a, b;
-  CHECK(cudaEventCreate(&a));
-  CHECK(cudaEventCreate(&b));
-  for (int i = 0; i < 3; ++i) f();
-  std::vector<float> t;
-  for (int i = 0; i < reps; ++i) {
-    CHECK(cudaEventRecord(a));
-    f();
-    CHECK(cudaEventRecord(b));
-    CHECK(cudaEventSynchronize(b));
-    float ms;
-    CHECK(cudaEventElapsedTime(&ms, a, b));
-    t.push_back(ms);
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
+using lca_bench::median_ms;
 
 // Exact count of visible (query, key) pairs of one head.
 double visible_pairs(int64_t n, const lca::LcaParams& p) {

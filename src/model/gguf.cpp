@@ -334,18 +334,9 @@ void GgufFile::Impl::parse() {
                               std::to_string(data_size) + " bytes): truncated");
   }
   // No two tensors may share a byte.
-  std::vector<const GgufTensorInfo*> by_offset;
-  for (const auto& t : tensors)
-    if (t.bytes > 0) by_offset.push_back(&t);
-  std::sort(by_offset.begin(), by_offset.end(),
-            [](const GgufTensorInfo* a, const GgufTensorInfo* b) { return a->offset < b->offset; });
-  for (size_t i = 1; i < by_offset.size(); ++i) {
-    const GgufTensorInfo& a = *by_offset[i - 1];
-    const GgufTensorInfo& b = *by_offset[i];
-    LCA_CHECK(b.offset >= a.offset + a.bytes, "gguf file ", in_quotes(path), ": tensors ", in_quotes(a.name),
-              " (bytes ", a.offset, "..", a.offset + a.bytes, ") and ", in_quotes(b.name), " (bytes ", b.offset, "..",
-              b.offset + b.bytes, ") overlap");
-  }
+  std::vector<model::ByteRange> ranges;
+  for (const auto& t : tensors) ranges.push_back({&t.name, t.offset, t.bytes});
+  model::check_disjoint("gguf file", path, std::move(ranges));
 }
 
 GgufFile::GgufFile(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

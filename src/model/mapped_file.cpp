@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstring>
 
 #include "text_file.hpp"
@@ -50,6 +51,18 @@ void MappedFile::map(const std::string& path, const char* kind, int64_t min_size
   }
   out.data = static_cast<const std::byte*>(p);
   out.size = static_cast<size_t>(st.st_size);
+}
+
+void check_disjoint(const char* kind, const std::string& path, std::vector<ByteRange> ranges) {
+  std::erase_if(ranges, [](const ByteRange& r) { return r.bytes == 0; });
+  std::sort(ranges.begin(), ranges.end(), [](const ByteRange& a, const ByteRange& b) { return a.offset < b.offset; });
+  for (size_t i = 1; i < ranges.size(); ++i) {
+    const ByteRange& a = ranges[i - 1];
+    const ByteRange& b = ranges[i];
+    LCA_CHECK(b.offset >= a.offset + a.bytes, kind, " ", in_quotes(path), ": tensors ", in_quotes(*a.name), " (bytes ",
+              a.offset, "..", a.offset + a.bytes, ") and ", in_quotes(*b.name), " (bytes ", b.offset, "..",
+              b.offset + b.bytes, ") overlap");
+  }
 }
 
 }  // namespace lca::model

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace lca::model {
 
@@ -23,5 +24,14 @@ struct MappedFile {
   static void map(const std::string& path, const char* kind, int64_t min_size, const char* what_needs_it,
                   MappedFile& out);
 };
+
+// A tensor's bytes within a file, for check_disjoint.
+struct ByteRange {
+  const std::string* name;
+  int64_t offset, bytes;
+};
+// Throws "<kind> '<path>': tensors 'a' (bytes x..y) and 'b' (...) overlap" when
+// two ranges share a byte (empty ranges occupy none).
+void check_disjoint(const char* kind, const std::string& path, std::vector<ByteRange> ranges);
 
 }  // namespace lca::model

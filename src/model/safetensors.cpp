@@ -192,18 +192,9 @@ void SafetensorsFile::Impl::parse_header() {
   }
 
   // No two tensors may share a byte (zero-size tensors occupy none).
-  std::vector<const TensorInfo*> by_offset;
-  for (const auto& [name, t] : tensors)
-    if (t.bytes > 0) by_offset.push_back(&t);
-  std::sort(by_offset.begin(), by_offset.end(),
-            [](const TensorInfo* a, const TensorInfo* b) { return a->offset < b->offset; });
-  for (size_t i = 1; i < by_offset.size(); ++i) {
-    const TensorInfo& a = *by_offset[i - 1];
-    const TensorInfo& b = *by_offset[i];
-    LCA_CHECK(b.offset >= a.offset + a.bytes, "safetensors file ", in_quotes(path), ": tensors ", in_quotes(a.name),
-              " (bytes ", a.offset, "..", a.offset + a.bytes, ") and ", in_quotes(b.name), " (bytes ", b.offset, "..",
-              b.offset + b.bytes, ") overlap");
-  }
+  std::vector<model::ByteRange> ranges;
+  for (const auto& [name, t] : tensors) ranges.push_back({&t.name, t.offset, t.bytes});
+  model::check_disjoint("safetensors file", path, std::move(ranges));
 }
 
 SafetensorsFile::SafetensorsFile(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

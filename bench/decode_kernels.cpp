@@ -8,7 +8,6 @@
 // shaped model, counted by allocating them until the pool refuses. MTLA
 // (s = 2, 4, 16) runs through the same cache and attention kernel beside LCA.
 // Prints a table and writes JSON (argv[1]).
-#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -20,54 +19,17 @@
 #include <variant>
 #include <vector>
 
+#include "bench_util.hpp"
+#include "cuda/model_ops.hpp"
 #include "lca/cuda.hpp"
 #include "lca/paged_cache.hpp"
 
 namespace {
 
-#define CHECK(x)                                                       \
-  do {                                                                 \
-    cudaError_t e_ = (x);                                              \
-    if (e_ != cudaSuccess) {                                           \
-      std::fprintf(stderr, "%s: %s\n", #x, cudaGetErrorString(e_));    \
-      std::exit(1);                                                    \
-    }                                                                  \
-  } while (0)
+using lca_bench::median_ms;
 
-// Uniform values in [-1, 1) from a hash of the index (bf16 and f16 alike).
-__global__ void fill_random(__nv_bfloat16* p, int64_t n, uint64_t seed) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    uint64_t x = (i + 1) * 0x9E3779B97F4A7C15ull ^ seed;
-    x ^= x >> 31, x *= 0xBF58476D1CE4E5B9ull, x ^= x >> 29;
-    p[i] = __float2bfloat16(static_cast<float>(x >> 40) / float(1 << 23) - 1.f);
-  }
-}
-void fill(void* p, int64_t bytes, uint64_t seed) {
-  fill_random<<<1024, 256>>>(static_cast<__nv_bfloat16*>(p), bytes / 2, seed);
-  CHECK(cudaGetLastError());
-}
-
-template <class F>
-double median_ms(F&& f, int reps) {
-  cudaEvent_t a, b;
-  CHECK(cudaEventCreate(&a));
-  CHECK(cudaEventCreate(&b));
-  for (int i = 0; i < 5; ++i) f();
-  std::vector<float> t;
-  for (int i = 0; i < reps; ++i) {
-    CHECK(cudaEventRecord(a));
-    f();
-    CHECK(cudaEventRecord(b));
-    CHECK(cudaEventSynchronize(b));
-    float ms;
-    CHECK(cudaEventElapsedTime(&ms, a, b));
-    t.push_back(ms);
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
+// Random bf16 values in [-1, 1): never time on zeros.
+void fill(void* p, int64_t bytes, uint64_t seed) { lca::cuda::detail::fill_uniform(p, bytes / 2, 1.f, seed, nullptr); }
 
 // Device-to-device copy bandwidth, counting bytes read and written.
 double copy_gbps() {
@@ -76,7 +38,7 @@ double copy_gbps() {
   CHECK(cudaMalloc(&a, bytes));
   CHECK(cudaMalloc(&b, bytes));
   fill(a, bytes, 1);
-  const double ms = median_ms([&] { CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice)); }, 20);
+  const double ms = median_ms([&] { CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice)); }, 20, 5);
   cudaFree(a);
   cudaFree(b);
   return 2.0 * bytes / (ms * 1e-3) / 1e9;
