@@ -25,8 +25,6 @@
 namespace lca::cuda {
 namespace {
 
-constexpr int64_t kTileRows = 64;  // rows per tile of the attention kernel (for choosing splits)
-
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 template <class T>
@@ -557,8 +555,9 @@ void PagedKvCache::begin_step(std::span<const int64_t> seqs, cudaStream_t stream
     // At most one wave of attention blocks (a second, partly filled wave would
     // cost a whole one), and at least two tiles per split where the rows allow
     // (a block's latency is mostly its first tile; more splits, more to combine).
+    const int64_t tiles = ceil_div(longest, detail::decode_tile_rows(m.shape));
     splits = std::clamp<int64_t>(m.split_target / per_split_item, 1,
-                                 std::min<int64_t>(m.cfg.max_splits, std::max<int64_t>(1, ceil_div(longest, kTileRows) / 2)));
+                                 std::min<int64_t>(m.cfg.max_splits, std::max<int64_t>(1, tiles / 2)));
   }
   m.splits = splits;
   if (batch * splits > m.part_capacity) {

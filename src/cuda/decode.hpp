@@ -67,6 +67,8 @@ void decode_combine(const StepView& s, const DecodeShape& sh, const float* part_
 bool decode_supports(bool mla, int64_t d_qk, int64_t d_v);
 // Query heads one attention block serves (16, or 48 for MiniCPM3's shape).
 int decode_heads_per_block(const DecodeShape& sh);
+// Rows per tile of the attention kernel for a shape (32 or 64).
+int decode_tile_rows(const DecodeShape& sh);
 // CTAs of the attention kernel one multiprocessor holds, for choosing splits.
 int decode_ctas_per_sm(const DecodeShape& sh, DType dtype);
 int device_sm_count();

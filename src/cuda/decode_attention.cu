@@ -9,21 +9,24 @@
 //   heads of a sequence share every row read (absorbed form: key = [c ; k^R],
 //   value = c, one row read serves both); GQA loads the kv head's [k ; v]
 //   slice of each row.
-// - a split's rows are whole tiles of 64, spread evenly over the splits; tiles
+// - a split's rows are whole tiles (64 rows; 32 for the MLA shapes, so that two
+//   blocks share an SM and one's loads overlap the other's math), spread evenly
+//   over the splits; tiles
 //   are double-buffered in shared memory by cp.async (rows past the end
 //   zero-filled); the 64 row addresses of a tile are looked up once in the
 //   block tables (into shared memory) before its copies are issued.
-// - S = Q K^T: warp w takes rows 16w..16w+15 of the tile for all heads (Q and
+// - S = Q K^T: warp w takes a quarter of the tile's rows for all heads (Q and
 //   K by ldmatrix; even and odd k-steps in separate accumulators), scales,
 //   masks, and writes S to shared memory.
-// - softmax: 8 threads per head reduce the tile's 64 scores (online, log2
+// - softmax: 8 threads per head reduce the tile's scores (online, log2
 //   domain), write P (in the storage dtype) and the rescale factor.
 // - O += P V: warp w owns output columns [w d_v/4, (w+1) d_v/4) of all heads
 //   (V by transposed ldmatrix from the same shared rows).
 // - the split's output, normalised, and its log-sum-exp go to fp32 workspace.
-// Shared memory: (16 HT (d_qk+8) + 2 * 64 (W+8) + 16 HT * 72) * 2 + 16 HT * 64 * 4
-// bytes and a little, W = d_qk (MLA) or 2 d (GQA): 171 KB for DeepSeek
-// (576/512), 124 KB for MiniCPM3 (288/256, HT = 3), 74 KB for GQA d = 128.
+// Shared memory: (16 HT (d_qk+8) + 2 R (W+8) + 16 HT (R+8)) * 2 + 16 HT R * 4
+// bytes and a little, R rows a tile, W = d_qk (MLA) or 2 d (GQA): 97 KB for
+// DeepSeek (576/512, R = 32), 77 KB for MiniCPM3 (288/256, HT = 3, R = 32),
+// 74 KB for GQA d = 128 (R = 64).
 #include <cmath>
 
 #include "decode.cuh"
@@ -33,11 +36,13 @@
 namespace lca::cuda::detail {
 namespace {
 
-constexpr int kRows = 64, kHeads = 16, kWarps = 4, kThreads = kWarps * 32, kStages = 2;
+constexpr int kHeads = 16, kWarps = 4, kThreads = kWarps * 32, kStages = 2;
 
-// HT head tiles of 16 per block: every row a block loads serves 16 HT heads.
-template <class T, bool kMla, int DQK, int DV, int HT>
+// HT head tiles of 16 per block: every row a block loads serves 16 HT heads;
+// R rows per tile (64, or 32 where a smaller tile lets two blocks share an SM).
+template <class T, bool kMla, int DQK, int DV, int HT, int R>
 struct Tile {
+  static constexpr int kRows = R;
   static constexpr int MH = kHeads * HT;          // query heads per block
   static constexpr int W = kMla ? DQK : 2 * DQK;  // values of a row the block loads
   static constexpr int VO = kMla ? 0 : DQK;       // the value's offset within them
@@ -47,16 +52,18 @@ struct Tile {
                           p_elems = size_t(MH) * PS;
   static constexpr size_t bytes = (q_elems + row_elems + p_elems) * sizeof(T) + size_t(MH) * kRows * 4 +
                                   3 * MH * 4 + kStages * kRows * sizeof(void*);
+  static constexpr int WR = R / kWarps, NT = WR / 8;  // tile rows per warp in S, n8 tiles of them
   static_assert(DQK % 32 == 0 && NV % 16 == 0, "head dims must be multiples of 32 (d_v of 64)");
+  static_assert(R == 32 || R == 64, "tiles of 32 or 64 rows");
 };
 
-template <class T, bool kMla, int DQK, int DV, int HT>
+template <class T, bool kMla, int DQK, int DV, int HT, int R>
 __global__ void __launch_bounds__(kThreads) decode_attention_kernel(PagedView v, StepView s, DecodeShape sh,
                                                                     const T* queries, float* part_out,
                                                                     float* part_lse, float scale_log2,
                                                                     float rep_bias_log2) {
-  using L = Tile<T, kMla, DQK, DV, HT>;
-  constexpr int MH = L::MH;
+  using L = Tile<T, kMla, DQK, DV, HT, R>;
+  constexpr int MH = L::MH, kRows = L::kRows, NT = L::NT;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sRows = sQ + L::q_elems;
@@ -135,16 +142,19 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(PagedView v,
 
     // S for rows 16 warp .. 16 warp + 15 of the tile and every head; even and
     // odd k-steps accumulate apart, halving the chain of dependent mma.
-    float acc[HT][2][4] = {}, acc_odd[HT][2][4] = {};
-    auto k_step = [&](int kk, float(&c)[HT][2][4]) {
+    float acc[HT][NT][4] = {}, acc_odd[HT][NT][4] = {};
+    auto k_step = [&](int kk, float(&c)[HT][NT][4]) {
       uint32_t bk[4];
-      ldmatrix_x4(bk, tile + (warp * 16 + (lane / 16) * 8 + lane % 8) * L::RS + kk * 16 + ((lane / 8) % 2) * 8);
+      if constexpr (NT == 2)
+        ldmatrix_x4(bk, tile + (warp * 16 + (lane / 16) * 8 + lane % 8) * L::RS + kk * 16 + ((lane / 8) % 2) * 8);
+      else
+        ldmatrix_x2(bk, tile + (warp * 8 + lane % 8) * L::RS + kk * 16 + ((lane / 8) % 2) * 8);
 #pragma unroll
       for (int ht = 0; ht < HT; ++ht) {
         uint32_t a[4];
         ldmatrix_x4(a, sQ + (ht * 16 + lane % 16) * L::QS + kk * 16 + (lane / 16) * 8);
         mma16816<T>(c[ht][0], a, bk[0], bk[1]);
-        mma16816<T>(c[ht][1], a, bk[2], bk[3]);
+        if constexpr (NT == 2) mma16816<T>(c[ht][1], a, bk[2], bk[3]);
       }
     };
 #pragma unroll 2
@@ -155,32 +165,33 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(PagedView v,
 #pragma unroll
     for (int ht = 0; ht < HT; ++ht)
 #pragma unroll
-      for (int n = 0; n < 2; ++n)
+      for (int n = 0; n < NT; ++n)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int head = ht * 16 + lane / 4 + (e / 2) * 8, key = warp * 16 + n * 8 + (lane % 4) * 2 + (e % 2);
+          const int head = ht * 16 + lane / 4 + (e / 2) * 8, key = warp * L::WR + n * 8 + (lane % 4) * 2 + (e % 2);
           const int64_t r = base + key;
           const float x = acc[ht][n][e] + acc_odd[ht][n][e];
           sS[head * kRows + key] = r < r1 ? x * scale_log2 + (r < rows.m ? rep_bias_log2 : 0.f) : -INFINITY;
         }
     __syncthreads();
 
-    // Online softmax over the tile: 8 threads per head, 8 scores each.
+    // Online softmax over the tile: 8 threads per head, kRows / 8 scores each.
+    constexpr int KPT = kRows / 8;
     for (int item = tid; item < MH * 8; item += kThreads) {
       const int head = item / 8, part = item % 8;
-      float x[8], tile_max = -INFINITY;
+      float x[KPT], tile_max = -INFINITY;
 #pragma unroll
-      for (int e = 0; e < 8; ++e) tile_max = fmaxf(tile_max, x[e] = sS[head * kRows + part * 8 + e]);
+      for (int e = 0; e < KPT; ++e) tile_max = fmaxf(tile_max, x[e] = sS[head * kRows + part * KPT + e]);
 #pragma unroll
       for (int o2 = 1; o2 < 8; o2 <<= 1) tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, o2));
       const float old_max = sMax[head], new_max = fmaxf(old_max, tile_max);
       const float safe = new_max == -INFINITY ? 0.f : new_max;
       float sum = 0.f;
 #pragma unroll
-      for (int e = 0; e < 8; e += 2) {
+      for (int e = 0; e < KPT; e += 2) {
         const float p0 = exp2f(x[e] - safe), p1 = exp2f(x[e + 1] - safe);
         sum += p0 + p1;
-        *reinterpret_cast<uint32_t*>(sP + head * L::PS + part * 8 + e) = pack2<T>(p0, p1);
+        *reinterpret_cast<uint32_t*>(sP + head * L::PS + part * KPT + e) = pack2<T>(p0, p1);
       }
 #pragma unroll
       for (int o2 = 1; o2 < 8; o2 <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o2);
@@ -240,14 +251,15 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(PagedView v,
   for (int h = tid; h < heads; h += kThreads) lse_out[h] = sMax[h] + log2f(sSum[h]);
 }
 
-// Calls f.template operator()<kMla, DQK, DV, HT>() for a built shape; false if none.
-// MiniCPM3's 40 heads take three head tiles per block (its rows read once, not three times).
+// Calls f.template operator()<kMla, DQK, DV, HT, R>() for a built shape; false if none.
+// MiniCPM3's 40 heads take three head tiles per block (its rows read once, not
+// three times); the MLA shapes take 32-row tiles, so two blocks share an SM.
 template <class F>
 bool dispatch_shape(bool mla, int64_t d_qk, int64_t d_v, F&& f) {
-  if (mla && d_qk == 576 && d_v == 512) return f.template operator()<true, 576, 512, 1>(), true;
-  if (mla && d_qk == 288 && d_v == 256) return f.template operator()<true, 288, 256, 3>(), true;
-  if (!mla && d_qk == 128 && d_v == 128) return f.template operator()<false, 128, 128, 1>(), true;
-  if (!mla && d_qk == 64 && d_v == 64) return f.template operator()<false, 64, 64, 1>(), true;
+  if (mla && d_qk == 576 && d_v == 512) return f.template operator()<true, 576, 512, 1, 32>(), true;
+  if (mla && d_qk == 288 && d_v == 256) return f.template operator()<true, 288, 256, 3, 32>(), true;
+  if (!mla && d_qk == 128 && d_v == 128) return f.template operator()<false, 128, 128, 1, 64>(), true;
+  if (!mla && d_qk == 64 && d_v == 64) return f.template operator()<false, 64, 64, 1, 64>(), true;
   return false;
 }
 
@@ -256,8 +268,14 @@ bool dispatch_shape(bool mla, int64_t d_qk, int64_t d_v, F&& f) {
 
 int decode_heads_per_block(const DecodeShape& sh) {
   int mh = kHeads;
-  dispatch_shape(sh.mla, sh.d_qk, sh.d_v, [&]<bool, int, int, int HT>() { mh = kHeads * HT; });
+  dispatch_shape(sh.mla, sh.d_qk, sh.d_v, [&]<bool, int, int, int HT, int>() { mh = kHeads * HT; });
   return mh;
+}
+
+int decode_tile_rows(const DecodeShape& sh) {
+  int rows = 64;
+  dispatch_shape(sh.mla, sh.d_qk, sh.d_v, [&]<bool, int, int, int, int R>() { rows = R; });
+  return rows;
 }
 
 bool decode_supports(bool mla, int64_t d_qk, int64_t d_v) {
@@ -269,9 +287,9 @@ int decode_ctas_per_sm(const DecodeShape& sh, DType dtype) {
   int ctas = 1;
   dispatch_dtype(dtype, "cuda::decode_attention", [&](auto tag) {
     using T = decltype(tag);
-    dispatch_shape(sh.mla, sh.d_qk, sh.d_v, [&]<bool kMla, int DQK, int DV, int HT>() {
-      using L = Tile<T, kMla, DQK, DV, HT>;
-      auto kernel = decode_attention_kernel<T, kMla, DQK, DV, HT>;
+    dispatch_shape(sh.mla, sh.d_qk, sh.d_v, [&]<bool kMla, int DQK, int DV, int HT, int R>() {
+      using L = Tile<T, kMla, DQK, DV, HT, R>;
+      auto kernel = decode_attention_kernel<T, kMla, DQK, DV, HT, R>;
       LCA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L::bytes)));
       LCA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, kernel, kThreads, L::bytes));
     });
@@ -297,9 +315,9 @@ void decode_attention(const PagedView& v, const StepView& s, const DecodeShape& 
   const dim3 grid(splits, s.batch, sh.kv_heads * ((per + mh - 1) / mh));
   dispatch_dtype(dtype, "cuda::decode_attention", [&](auto tag) {
     using T = decltype(tag);
-    dispatch_shape(sh.mla, sh.d_qk, sh.d_v, [&]<bool kMla, int DQK, int DV, int HT>() {
-      using L = Tile<T, kMla, DQK, DV, HT>;
-      auto kernel = decode_attention_kernel<T, kMla, DQK, DV, HT>;
+    dispatch_shape(sh.mla, sh.d_qk, sh.d_v, [&]<bool kMla, int DQK, int DV, int HT, int R>() {
+      using L = Tile<T, kMla, DQK, DV, HT, R>;
+      auto kernel = decode_attention_kernel<T, kMla, DQK, DV, HT, R>;
       // Once per kernel, outside any graph capture that later launches run in.
       static const cudaError_t attr =
           cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L::bytes));
