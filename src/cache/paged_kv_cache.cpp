@@ -13,32 +13,14 @@
 #include <vector>
 
 #include "cuda/decode.hpp"
+#include "cuda/device_memory.hpp"
 #include "lca/cuda.hpp"
 #include "lca/error.hpp"
-
-#define LCA_CUDA_OK(where, expr)                                                        \
-  do {                                                                                  \
-    const cudaError_t lca_err_ = (expr);                                                \
-    if (lca_err_ != cudaSuccess) ::lca::detail::fail(where, ": ", #expr, " failed: ", cudaGetErrorString(lca_err_)); \
-  } while (0)
 
 namespace lca::cuda {
 namespace {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-template <class T>
-T* device_alloc(const char* where, const char* what, int64_t count) {
-  void* p = nullptr;
-  const size_t bytes = static_cast<size_t>(std::max<int64_t>(count, 1)) * sizeof(T);
-  const cudaError_t err = cudaMalloc(&p, bytes);
-  if (err != cudaSuccess) {
-    cudaGetLastError();
-    ::lca::detail::fail(where, ": cannot allocate ", what, " (", static_cast<int64_t>(bytes), " bytes) on the device: ",
-                 cudaGetErrorString(err));
-  }
-  return static_cast<T*>(p);
-}
 
 }  // namespace
 
@@ -134,18 +116,9 @@ struct PagedKvCache::Impl {
   float* d_part_lse = nullptr;
   int64_t part_capacity = 0;  // batch * splits the workspace holds
 
-  ~Impl() {
-    cudaFree(pool);
-    cudaFree(d_rep_table);
-    cudaFree(d_raw_table);
-    cudaFree(d_ring);
-    cudaFree(d_step_seqs);
-    cudaFree(d_step_positions);
-    cudaFree(d_part_out);
-    cudaFree(d_part_lse);
-    cudaFree(d_open);
-    cudaFree(d_hyper);
-  }
+  // The device allocations; the typed pointers above view them.
+  detail::DeviceArray pool_mem, rep_table_mem, raw_table_mem, ring_mem, step_seqs_mem, step_positions_mem,
+      part_out_mem, part_lse_mem, open_mem, hyper_mem;
 
   // Rows of the representative segment after n tokens (MTLA: every row, ceil(n/s)),
   // and the first position held raw.
@@ -263,29 +236,39 @@ PagedKvCache::PagedKvCache(const PagedCacheConfig& config) : impl_(std::make_uni
             " bytes");
   LCA_CHECK(m.total_blocks < (int64_t(1) << 31), where, ": ", m.total_blocks, " blocks exceed the 2^31 block ids");
 
-  m.pool = device_alloc<unsigned char>(where, "the block pool", m.total_blocks * m.block_bytes);
+  m.pool_mem = detail::DeviceArray("the block pool", m.total_blocks * m.block_bytes);
+  m.pool = m.pool_mem.as<unsigned char>();
   m.free_list.resize(static_cast<size_t>(m.total_blocks));
   for (int64_t i = 0; i < m.total_blocks; ++i) m.free_list[static_cast<size_t>(i)] = static_cast<int32_t>(m.total_blocks - 1 - i);
   const int64_t rows = config.layers * config.max_seqs;
   m.rep_table.assign(static_cast<size_t>(rows * m.rep_stride), -1);
   m.raw_table.assign(static_cast<size_t>(rows * m.raw_stride), -1);
-  m.d_rep_table = device_alloc<int32_t>(where, "the representative block tables", rows * m.rep_stride);
-  m.d_raw_table = device_alloc<int32_t>(where, "the raw block tables", rows * m.raw_stride);
+  m.rep_table_mem =
+      detail::DeviceArray("the representative block tables", rows * m.rep_stride * int64_t(sizeof(int32_t)));
+  m.d_rep_table = m.rep_table_mem.as<int32_t>();
+  m.raw_table_mem = detail::DeviceArray("the raw block tables", rows * m.raw_stride * int64_t(sizeof(int32_t)));
+  m.d_raw_table = m.raw_table_mem.as<int32_t>();
   LCA_CUDA_OK(where, cudaMemset(m.d_rep_table, 0xff, rows * m.rep_stride * sizeof(int32_t)));
   LCA_CUDA_OK(where, cudaMemset(m.d_raw_table, 0xff, rows * m.raw_stride * sizeof(int32_t)));
   if (!m.full) {
-    m.d_ring = device_alloc<float>(where, "the summary rings", rows * m.g * m.ring_width);
+    m.ring_mem = detail::DeviceArray("the summary rings", rows * m.g * m.ring_width * int64_t(sizeof(float)));
+    m.d_ring = m.ring_mem.as<float>();
     LCA_CUDA_OK(where, cudaMemset(m.d_ring, 0, rows * m.g * m.ring_width * sizeof(float)));
   }
   m.seqs.resize(static_cast<size_t>(config.max_seqs));
-  m.d_step_seqs = device_alloc<int32_t>(where, "the step's sequence list", config.max_seqs);
-  m.d_step_positions = device_alloc<int64_t>(where, "the step's positions", config.max_seqs);
+  m.step_seqs_mem = detail::DeviceArray("the step's sequence list", config.max_seqs * int64_t(sizeof(int32_t)));
+  m.d_step_seqs = m.step_seqs_mem.as<int32_t>();
+  m.step_positions_mem = detail::DeviceArray("the step's positions", config.max_seqs * int64_t(sizeof(int64_t)));
+  m.d_step_positions = m.step_positions_mem.as<int64_t>();
   if (m.mtla_s > 0) {
     const int64_t dc = config.mla.d_latent, dq = dc / 4;
-    m.d_open = device_alloc<float>(where, "the MTLA open-row sums", rows * dc);
+    m.open_mem = detail::DeviceArray("the MTLA open-row sums", rows * dc * int64_t(sizeof(float)));
+    m.d_open = m.open_mem.as<float>();
     LCA_CUDA_OK(where, cudaMemset(m.d_open, 0, rows * dc * sizeof(float)));
     m.hyper_floats = 2 * (dq * dc + dq);
-    m.d_hyper = device_alloc<float>(where, "the MTLA hyper-networks", config.layers * m.hyper_floats);
+    m.hyper_mem =
+        detail::DeviceArray("the MTLA hyper-networks", config.layers * m.hyper_floats * int64_t(sizeof(float)));
+    m.d_hyper = m.hyper_mem.as<float>();
     for (int64_t layer = 0; layer < config.layers; ++layer) {
       const MtlaHyperNet<float>& h = config.mtla_hyper[static_cast<size_t>(layer)];
       float* dst = m.d_hyper + layer * m.hyper_floats;
@@ -561,12 +544,13 @@ void PagedKvCache::begin_step(std::span<const int64_t> seqs, cudaStream_t stream
   }
   m.splits = splits;
   if (batch * splits > m.part_capacity) {
-    cudaFree(m.d_part_out);
-    cudaFree(m.d_part_lse);
-    m.d_part_out = m.d_part_lse = nullptr;
+    m.part_out_mem = detail::DeviceArray();
+    m.part_lse_mem = detail::DeviceArray();
     m.part_capacity = 0;
-    m.d_part_out = device_alloc<float>(where, "the split workspace", batch * splits * m.shape.q_heads * m.shape.d_v);
-    m.d_part_lse = device_alloc<float>(where, "the split workspace", batch * splits * m.shape.q_heads);
+    m.part_out_mem = detail::DeviceArray("the split workspace", batch * splits * m.shape.q_heads * m.shape.d_v * 4);
+    m.part_lse_mem = detail::DeviceArray("the split workspace", batch * splits * m.shape.q_heads * 4);
+    m.d_part_out = m.part_out_mem.as<float>();
+    m.d_part_lse = m.part_lse_mem.as<float>();
     m.part_capacity = batch * splits;
   }
   LCA_CUDA_OK(where, cudaMemcpyAsync(m.d_step_seqs, m.step_seqs.data(), batch * sizeof(int32_t),

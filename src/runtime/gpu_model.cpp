@@ -17,15 +17,11 @@
 #include <cmath>
 #include <vector>
 
+#include "cuda/device_memory.hpp"
 #include "cuda/model_ops.hpp"
 #include "lca/cuda.hpp"
 #include "lca/error.hpp"
 
-#define LCA_CUDA_OK(where, expr)                                                                  \
-  do {                                                                                            \
-    const cudaError_t lca_err_ = (expr);                                                          \
-    if (lca_err_ != cudaSuccess) ::lca::detail::fail(where, ": ", #expr, " failed: ", cudaGetErrorString(lca_err_)); \
-  } while (0)
 #define LCA_CUBLAS_OK(where, expr)                                                                \
   do {                                                                                            \
     const cublasStatus_t lca_st_ = (expr);                                                        \
@@ -36,39 +32,13 @@
 namespace lca::cuda {
 namespace {
 
-// A device allocation that names what it holds when the device is short.
-struct DeviceArray {
-  void* ptr = nullptr;
-  int64_t bytes = 0;
-  DeviceArray() = default;
-  DeviceArray(const char* what, int64_t n_bytes) : bytes(n_bytes) {
-    if (cudaMalloc(&ptr, static_cast<size_t>(std::max<int64_t>(n_bytes, 16))) != cudaSuccess) {
-      cudaGetLastError();
-      size_t free_b = 0, total_b = 0;
-      cudaMemGetInfo(&free_b, &total_b);
-      ptr = nullptr;
-      ::lca::detail::fail("GPU runtime: out of device memory allocating ", what, " (", n_bytes, " bytes; ",
-                          static_cast<int64_t>(free_b), " of ", static_cast<int64_t>(total_b), " bytes free)");
-    }
-  }
-  DeviceArray(DeviceArray&& o) noexcept : ptr(o.ptr), bytes(o.bytes) { o.ptr = nullptr; }
-  DeviceArray& operator=(DeviceArray&& o) noexcept {
-    std::swap(ptr, o.ptr);
-    std::swap(bytes, o.bytes);
-    return *this;
-  }
-  ~DeviceArray() { cudaFree(ptr); }
-  template <class T = void>
-  T* as() const {
-    return static_cast<T*>(ptr);
-  }
-};
+using detail::DeviceArray;
 
 DeviceArray upload_bf16(const char* what, const Tensor<float>& t) {
   DeviceArray a(what, t.numel() * 2);
   std::vector<unsigned char> bytes(static_cast<size_t>(t.numel() * 2));
   encode(DType::bf16, t.data(), t.numel(), bytes.data());
-  LCA_CUDA_OK("GpuModel::upload", cudaMemcpy(a.ptr, bytes.data(), bytes.size(), cudaMemcpyHostToDevice));
+  LCA_CUDA_OK("GpuModel::upload", cudaMemcpy(a.as(), bytes.data(), bytes.size(), cudaMemcpyHostToDevice));
   return a;
 }
 
@@ -88,7 +58,7 @@ struct GpuModel::Impl {
   DeviceArray embed, final_norm, lm_head;  // lm_head empty when tied
   bool qkv_bias = false;
   int64_t bytes = 0;
-  const void* output_weight() const { return lm_head.ptr != nullptr ? lm_head.ptr : embed.ptr; }
+  const void* output_weight() const { return lm_head ? lm_head.as() : embed.as(); }
 };
 
 namespace {
@@ -145,8 +115,8 @@ GpuModel GpuModel::upload(const Model& model) {
   for (const LayerArrays& a : impl->layers)
     for (const DeviceArray* p : {&a.attn_norm, &a.wq, &a.wk, &a.wv, &a.wo, &a.bq, &a.bk, &a.bv, &a.ffn_norm,
                                  &a.w_gate, &a.w_up, &a.w_down})
-      impl->bytes += p->ptr ? p->bytes : 0;
-  impl->bytes += impl->embed.bytes + impl->final_norm.bytes + (impl->lm_head.ptr ? impl->lm_head.bytes : 0);
+      impl->bytes += *p ? p->bytes() : 0;
+  impl->bytes += impl->embed.bytes() + impl->final_norm.bytes() + (impl->lm_head ? impl->lm_head.bytes() : 0);
   return GpuModel(std::move(impl));
 }
 
@@ -162,8 +132,8 @@ GpuModel GpuModel::random(const ModelConfig& config, uint64_t seed) {
   uint64_t s = seed;
   auto rnd = [&](const char* what, int64_t n, double fan_in) {
     DeviceArray a(what, n * 2);
-    detail::fill_uniform(a.ptr, n, static_cast<float>(1.0 / std::sqrt(fan_in)), s++ * 0x2545F4914F6CDD1Dull, nullptr);
-    impl->bytes += a.bytes;
+    detail::fill_uniform(a.as(), n, static_cast<float>(1.0 / std::sqrt(fan_in)), s++ * 0x2545F4914F6CDD1Dull, nullptr);
+    impl->bytes += a.bytes();
     return a;
   };
   auto ones = [&](const char* what, int64_t n) {
@@ -231,36 +201,36 @@ struct GpuSession::Impl {
 
   // MLP of rows [0, n) of x (in place, residual added), in chunks of opt.prefill_chunk rows.
   void mlp(const LayerArrays& L, void* x_rows, void* h_rows, int64_t n, void* gate_buf, void* up_buf, int64_t chunk) {
-    detail::rms_norm(x_rows, L.ffn_norm.ptr, n, D, m->cfg.rms_norm_eps, h_rows, stream);
+    detail::rms_norm(x_rows, L.ffn_norm.as(), n, D, m->cfg.rms_norm_eps, h_rows, stream);
     for (int64_t r0 = 0; r0 < n; r0 += chunk) {
       const int64_t c = std::min(chunk, n - r0);
       const auto* hr = static_cast<const char*>(h_rows) + r0 * D * 2;
       auto* xr = static_cast<char*>(x_rows) + r0 * D * 2;
-      gemm(c, F, D, hr, L.w_gate.ptr, gate_buf, false);
-      gemm(c, F, D, hr, L.w_up.ptr, up_buf, false);
+      gemm(c, F, D, hr, L.w_gate.as(), gate_buf, false);
+      gemm(c, F, D, hr, L.w_up.as(), up_buf, false);
       detail::swiglu(gate_buf, up_buf, c, F, stream);
-      gemm(c, D, F, gate_buf, L.w_down.ptr, xr, true);
+      gemm(c, D, F, gate_buf, L.w_down.as(), xr, true);
     }
   }
 
   // One decode step's launches for the batch in d_tokens/d_positions (capturable).
   void decode_launches(int64_t B) {
-    detail::embed_rows(m->embed.ptr, d_tokens.as<int64_t>(), B, D, x.ptr, stream);
+    detail::embed_rows(m->embed.as(), d_tokens.as<int64_t>(), B, D, x.as(), stream);
     for (size_t l = 0; l < m->layers.size(); ++l) {
       const LayerArrays& L = m->layers[l];
-      detail::rms_norm(x.ptr, L.attn_norm.ptr, B, D, m->cfg.rms_norm_eps, h.ptr, stream);
-      gemm(B, qw, D, h.ptr, L.wq.ptr, q.ptr, false);
-      gemm(B, kvw, D, h.ptr, L.wk.ptr, k.ptr, false);
-      gemm(B, kvw, D, h.ptr, L.wv.ptr, v.ptr, false);
-      detail::bias_rope(q.ptr, k.ptr, v.ptr, L.bq.ptr, L.bk.ptr, L.bv.ptr, B, hq, hkv, d, d_positions.as<int64_t>(), 0,
+      detail::rms_norm(x.as(), L.attn_norm.as(), B, D, m->cfg.rms_norm_eps, h.as(), stream);
+      gemm(B, qw, D, h.as(), L.wq.as(), q.as(), false);
+      gemm(B, kvw, D, h.as(), L.wk.as(), k.as(), false);
+      gemm(B, kvw, D, h.as(), L.wv.as(), v.as(), false);
+      detail::bias_rope(q.as(), k.as(), v.as(), L.bq.as(), L.bk.as(), L.bv.as(), B, hq, hkv, d, d_positions.as<int64_t>(), 0,
                         m->cfg.rope.theta, stream);
-      detail::pack_gqa_rows(k.ptr, v.ptr, B, hkv, d, rows.ptr, stream);
-      cache->decode_layer(static_cast<int64_t>(l), rows.ptr, q.ptr, o.ptr, stream);
-      gemm(B, D, qw, o.ptr, L.wo.ptr, x.ptr, true);
-      mlp(L, x.ptr, h.ptr, B, gate.ptr, up.ptr, B);
+      detail::pack_gqa_rows(k.as(), v.as(), B, hkv, d, rows.as(), stream);
+      cache->decode_layer(static_cast<int64_t>(l), rows.as(), q.as(), o.as(), stream);
+      gemm(B, D, qw, o.as(), L.wo.as(), x.as(), true);
+      mlp(L, x.as(), h.as(), B, gate.as(), up.as(), B);
     }
-    detail::rms_norm(x.ptr, m->final_norm.ptr, B, D, m->cfg.rms_norm_eps, h.ptr, stream);
-    gemm(B, V, D, h.ptr, m->output_weight(), logits.ptr, false, true);
+    detail::rms_norm(x.as(), m->final_norm.as(), B, D, m->cfg.rms_norm_eps, h.as(), stream);
+    gemm(B, V, D, h.as(), m->output_weight(), logits.as(), false, true);
   }
 };
 
@@ -296,7 +266,7 @@ GpuSession::GpuSession(const GpuModel& model, const GpuSessionOptions& options) 
   LCA_CUBLAS_OK(where, cublasCreate(&s.blas));
   LCA_CUBLAS_OK(where, cublasSetStream(s.blas, s.stream));
   s.workspace = DeviceArray("the cuBLAS workspace", 32 << 20);
-  LCA_CUBLAS_OK(where, cublasSetWorkspace(s.blas, s.workspace.ptr, static_cast<size_t>(s.workspace.bytes)));
+  LCA_CUBLAS_OK(where, cublasSetWorkspace(s.blas, s.workspace.as(), static_cast<size_t>(s.workspace.bytes())));
   const int64_t B = s.opt.max_seqs;
   s.x = DeviceArray("decode activations", B * s.D * 2);
   s.h = DeviceArray("decode activations", B * s.D * 2);
@@ -343,20 +313,20 @@ Tensor<float> GpuSession::prefill(int64_t seq, std::span<const int64_t> tokens) 
   DeviceArray rep_v("representative values", std::max<int64_t>(m, 1) * s.kvw * 2);
   DeviceArray rep_rows("representative rows", std::max<int64_t>(m, 1) * 2 * s.kvw * 2);
   DeviceArray raw_rows("raw rows", (N - first_raw) * 2 * s.kvw * 2);
-  LCA_CUDA_OK(where, cudaMemcpyAsync(toks.ptr, tokens.data(), N * 8, cudaMemcpyHostToDevice, s.stream));
-  detail::embed_rows(s.m->embed.ptr, toks.as<int64_t>(), N, s.D, x.ptr, s.stream);
+  LCA_CUDA_OK(where, cudaMemcpyAsync(toks.as(), tokens.data(), N * 8, cudaMemcpyHostToDevice, s.stream));
+  detail::embed_rows(s.m->embed.as(), toks.as<int64_t>(), N, s.D, x.as(), s.stream);
   for (size_t l = 0; l < s.m->layers.size(); ++l) {
     const LayerArrays& L = s.m->layers[l];
-    detail::rms_norm(x.ptr, L.attn_norm.ptr, N, s.D, c.rms_norm_eps, h.ptr, s.stream);
-    s.gemm(N, s.qw, s.D, h.ptr, L.wq.ptr, q.ptr, false);
-    s.gemm(N, s.kvw, s.D, h.ptr, L.wk.ptr, k.ptr, false);
-    s.gemm(N, s.kvw, s.D, h.ptr, L.wv.ptr, v.ptr, false);
-    detail::bias_rope(q.ptr, k.ptr, v.ptr, L.bq.ptr, L.bk.ptr, L.bv.ptr, N, s.hq, s.hkv, s.d, nullptr, 0, c.rope.theta,
+    detail::rms_norm(x.as(), L.attn_norm.as(), N, s.D, c.rms_norm_eps, h.as(), s.stream);
+    s.gemm(N, s.qw, s.D, h.as(), L.wq.as(), q.as(), false);
+    s.gemm(N, s.kvw, s.D, h.as(), L.wk.as(), k.as(), false);
+    s.gemm(N, s.kvw, s.D, h.as(), L.wv.as(), v.as(), false);
+    detail::bias_rope(q.as(), k.as(), v.as(), L.bq.as(), L.bk.as(), L.bv.as(), N, s.hq, s.hkv, s.d, nullptr, 0, c.rope.theta,
                       s.stream);
     if (!p.is_full()) {
-      gqa_summary_queries(q.ptr, sum.as<float>(), N, s.hq, s.hkv, s.d, DType::bf16, s.stream);
+      gqa_summary_queries(q.as(), sum.as<float>(), N, s.hq, s.hkv, s.d, DType::bf16, s.stream);
       CondenseGqaArgs ca;
-      ca.k = k.ptr, ca.v = v.ptr, ca.summary = sum.as<float>(), ca.rep_k = rep_k.ptr, ca.rep_v = rep_v.ptr;
+      ca.k = k.as(), ca.v = v.as(), ca.summary = sum.as<float>(), ca.rep_k = rep_k.as(), ca.rep_v = rep_v.as();
       ca.kv_len = ca.sum_len = N;
       ca.count = m;
       ca.q_heads = s.hq, ca.kv_heads = s.hkv, ca.head_dim = s.d;
@@ -367,7 +337,7 @@ Tensor<float> GpuSession::prefill(int64_t seq, std::span<const int64_t> tokens) 
       condense_groups_gqa(ca, s.stream);
     }
     PrefillArgs a;
-    a.q = q.ptr, a.k = k.ptr, a.v = v.ptr, a.rep_k = rep_k.ptr, a.rep_v = rep_v.ptr, a.out = o.ptr;
+    a.q = q.as(), a.k = k.as(), a.v = v.as(), a.rep_k = rep_k.as(), a.rep_v = rep_v.as(), a.out = o.as();
     a.q_len = a.raw_len = N;
     a.reps = m;
     a.q_heads = s.hq, a.kv_heads = s.hkv, a.d_qk = a.d_v = s.d;
@@ -376,18 +346,18 @@ Tensor<float> GpuSession::prefill(int64_t seq, std::span<const int64_t> tokens) 
     a.params = p;
     lca_prefill(a, s.stream);
     // The layer's cache: representatives, raw rows [g m(N), N), summaries of the last g - 1 positions.
-    detail::pack_gqa_rows(rep_k.ptr, rep_v.ptr, m, s.hkv, s.d, rep_rows.ptr, s.stream);
+    detail::pack_gqa_rows(rep_k.as(), rep_v.as(), m, s.hkv, s.d, rep_rows.as(), s.stream);
     detail::pack_gqa_rows(k.as<char>() + first_raw * s.kvw * 2, v.as<char>() + first_raw * s.kvw * 2, N - first_raw,
-                          s.hkv, s.d, raw_rows.ptr, s.stream);
-    s.cache->write_layer_device(seq, static_cast<int64_t>(l), rep_rows.ptr, raw_rows.ptr,
+                          s.hkv, s.d, raw_rows.as(), s.stream);
+    s.cache->write_layer_device(seq, static_cast<int64_t>(l), rep_rows.as(), raw_rows.as(),
                                 p.is_full() ? nullptr : sum.as<float>() + (N - ring_rows) * s.kvw, nullptr, s.stream);
-    s.gemm(N, s.D, s.qw, o.ptr, L.wo.ptr, x.ptr, true);
-    s.mlp(L, x.ptr, h.ptr, N, gate.ptr, up.ptr, chunk);
+    s.gemm(N, s.D, s.qw, o.as(), L.wo.as(), x.as(), true);
+    s.mlp(L, x.as(), h.as(), N, gate.as(), up.as(), chunk);
   }
-  detail::rms_norm(x.as<char>() + (N - 1) * s.D * 2, s.m->final_norm.ptr, 1, s.D, c.rms_norm_eps, h.ptr, s.stream);
-  s.gemm(1, s.V, s.D, h.ptr, s.m->output_weight(), s.logits.ptr, false, true);
+  detail::rms_norm(x.as<char>() + (N - 1) * s.D * 2, s.m->final_norm.as(), 1, s.D, c.rms_norm_eps, h.as(), s.stream);
+  s.gemm(1, s.V, s.D, h.as(), s.m->output_weight(), s.logits.as(), false, true);
   Tensor<float> out({1, s.V});
-  LCA_CUDA_OK(where, cudaMemcpyAsync(out.data(), s.logits.ptr, s.V * 4, cudaMemcpyDeviceToHost, s.stream));
+  LCA_CUDA_OK(where, cudaMemcpyAsync(out.data(), s.logits.as(), s.V * 4, cudaMemcpyDeviceToHost, s.stream));
   LCA_CUDA_OK(where, cudaStreamSynchronize(s.stream));
   return out;
 }
@@ -404,8 +374,8 @@ Tensor<float> GpuSession::decode(std::span<const int64_t> seqs, std::span<const 
   s.h_positions.clear();
   for (int64_t seq : seqs) s.h_positions.push_back(s.cache->tokens(seq));  // checks the slot
   s.cache->begin_step(seqs, s.stream);  // blocks for the new tokens, or an error with nothing changed
-  LCA_CUDA_OK(where, cudaMemcpyAsync(s.d_tokens.ptr, s.h_tokens.data(), B * 8, cudaMemcpyHostToDevice, s.stream));
-  LCA_CUDA_OK(where, cudaMemcpyAsync(s.d_positions.ptr, s.h_positions.data(), B * 8, cudaMemcpyHostToDevice, s.stream));
+  LCA_CUDA_OK(where, cudaMemcpyAsync(s.d_tokens.as(), s.h_tokens.data(), B * 8, cudaMemcpyHostToDevice, s.stream));
+  LCA_CUDA_OK(where, cudaMemcpyAsync(s.d_positions.as(), s.h_positions.data(), B * 8, cudaMemcpyHostToDevice, s.stream));
   if (!s.opt.graphs) {
     s.decode_launches(B);
   } else {
@@ -430,7 +400,7 @@ Tensor<float> GpuSession::decode(std::span<const int64_t> seqs, std::span<const 
   }
   s.cache->end_step();
   Tensor<float> out({B, s.V});
-  LCA_CUDA_OK(where, cudaMemcpyAsync(out.data(), s.logits.ptr, B * s.V * 4, cudaMemcpyDeviceToHost, s.stream));
+  LCA_CUDA_OK(where, cudaMemcpyAsync(out.data(), s.logits.as(), B * s.V * 4, cudaMemcpyDeviceToHost, s.stream));
   LCA_CUDA_OK(where, cudaStreamSynchronize(s.stream));
   return out;
 }
