@@ -21,10 +21,11 @@ fi
 # agreement test only: installed for this user (pip --user). Debian 12 marks its
 # Python externally managed, hence --break-system-packages, which touches only
 # ~/.local, not the system's packages. Without it the test reports SKIPPED.
+# Pinned: src/model/unicode_tables.cpp follows this version's Unicode data.
 if ! python3 -c "import tokenizers" 2>/dev/null; then
-  echo "install-deps: pip install --user tokenizers"
-  python3 -m pip install --user --quiet --no-warn-script-location --break-system-packages tokenizers ||
-    python3 -m pip install --user --quiet tokenizers ||
+  echo "install-deps: pip install --user tokenizers==0.23.3"
+  python3 -m pip install --user --quiet --no-warn-script-location --break-system-packages tokenizers==0.23.3 ||
+    python3 -m pip install --user --quiet tokenizers==0.23.3 ||
     echo "install-deps: could not install tokenizers; the tokenizer agreement test will report SKIPPED"
 fi
 

@@ -22,6 +22,7 @@
 #include "lca/tokenizer.hpp"
 #include "model/pretokenize.hpp"
 #include "model/unicode.hpp"
+#include "model/unicode_tables.hpp"
 #include "test_util.hpp"
 
 namespace {
@@ -191,6 +192,14 @@ TEST(TokenizerUnicode, CharacterClasses) {
   expect_class({U'!', U'(', U'\'', U'、', U'「', U'\u00BF'}, C::punctuation);
   expect_class({U'$', U'+', U'^', U'`', U'€', U'©', U'👍', U'\uFFFD'}, C::symbol);
   expect_class({U'\u0301', U'\u094D', U'\u20DD', U'\U000E0100'}, C::mark);
+  // Oniguruma in tokenizers 0.23.3 has Unicode 16.0 classes: characters assigned
+  // after Unicode 14 (Egyptian hieroglyphs U+13460.., Cyrillic U+1C89, Garay digits, ...).
+  EXPECT_STREQ(lca::model::unicode::kClassUnicodeVersion, "16.0.0");
+  expect_class({U'\U00013EAA', U'\u1C89', U'\uA7CB'}, C::letter);
+  expect_class({U'\U00010D40'}, C::number);
+  expect_class({U'\u0897', U'\u0CF3'}, C::mark);
+  expect_class({U'\u1B4E', U'\U000113D4'}, C::punctuation);
+  expect_class({U'\u2427', U'\u2FFC'}, C::symbol);
 }
 
 TEST(TokenizerUnicode, NfcComposesReordersAndLeavesComposedTextAlone) {
@@ -211,6 +220,30 @@ TEST(TokenizerUnicode, NfcComposesReordersAndLeavesComposedTextAlone) {
   }
 }
 
+// Hugging Face tokenizers' NFC has Unicode 9.0 data (tables' kNfcUnicodeVersion):
+// a mark assigned later is a starter to it (class 0, nothing to reorder or
+// compose), while the same pattern with a 9.0 mark is reordered.
+TEST(TokenizerUnicode, NfcUsesUnicode9DataAsHuggingFaceTokenizers) {
+  using lca::model::unicode::nfc;
+  EXPECT_STREQ(lca::model::unicode::kNfcUnicodeVersion, "9.0.0");
+  // U+06E2 (class 230) then a class-9 virama: U+094D (Unicode 1.1) moves first;
+  // U+A82C (Syloti Nagri, Unicode 13.0) is a starter and stays.
+  EXPECT_EQ(nfc("x\u06E2\u094D"), "x\u094D\u06E2");
+  EXPECT_EQ(nfc("x\u06E2\u06EC\uA82C"), "x\u06E2\u06EC\uA82C");
+  // U+10D27 (Hanifi Rohingya, class 230, Unicode 11.0) before U+0316 (220):
+  // not reordered; U+0301 (230, Unicode 1.1) in its place is.
+  EXPECT_EQ(nfc("x\U00010D27\u0316"), "x\U00010D27\u0316");
+  EXPECT_EQ(nfc("x\u0301\u0316"), "x\u0316\u0301");
+  // U+07FD (N'Ko, 220, Unicode 11.0) and U+11D42 (Masaram Gondi nukta, 7,
+  // Unicode 10.0) do not move before U+0301 (230).
+  EXPECT_EQ(nfc("x\u0301\u07FD"), "x\u0301\u07FD");
+  EXPECT_EQ(nfc("x\u0301\U00011D42"), "x\u0301\U00011D42");
+  // U+11935 U+11930 is U+11938's canonical decomposition (Dives Akuru, Unicode
+  // 13.0), which 9.0 does not have: nothing composes.
+  EXPECT_EQ(nfc("\U00011938"), "\U00011938");
+  EXPECT_EQ(nfc("\U00011935\U00011930"), "\U00011935\U00011930");
+}
+
 // ---- pre-tokenizer splits ----------------------------------------------------------
 
 std::vector<std::string> split(std::string_view text, lca::model::SplitPattern p, bool keep_gaps = true) {
@@ -226,6 +259,8 @@ TEST(TokenizerPreTokenize, Gpt2Pattern) {
   EXPECT_EQ(split("IT'S 123abc  ", P::gpt2), (V{"IT", "'", "S", " 123", "abc", "  "}));
   EXPECT_EQ(split(" !?x\t\ty", P::gpt2), (V{" !?", "x", "\t", "\t", "y"}));
   EXPECT_EQ(split("I'll we're they've 'd", P::gpt2), (V{"I", "'ll", " we", "'re", " they", "'ve", " '", "d"}));
+  // U+13EAA is a letter (Unicode 16.0), so it splits from the U+FFFD symbols around it.
+  EXPECT_EQ(split("e\uFFFD\U00013EAA\uFFFD\"", P::gpt2), (V{"e", "\uFFFD", "\U00013EAA", "\uFFFD\""}));
 }
 
 TEST(TokenizerPreTokenize, Llama3AndQwen2Patterns) {

@@ -13,6 +13,13 @@ and the Metaspace pre-tokenizer/decoder form). Each tokenizer.json goes to
 `lca tokenize --jsonl`; the byte-level vocabularies and the Llama-2 one also
 go through `--vocab` (Tokenizer::from_vocab, as a GGUF loader builds it).
 
+Random strings draw from every code point (byte soup) and from every code
+point Python's unicodedata calls assigned. No filter is needed: lca's tables
+(scripts/gen_unicode_tables.py) follow `tokenizers` 0.23.3 on all of
+U+0000-10FFFF, with its regex classes at Unicode 16.0 and its NFC at Unicode
+9.0. Another `tokenizers` version may disagree on recently assigned
+characters; the script says so when it runs one.
+
 Exits 77 (ctest: Skipped) with a SKIPPED line when `tokenizers` is not importable.
 """
 import argparse
@@ -36,6 +43,7 @@ LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[
           r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 QWEN2 = LLAMA3.replace(r"\p{N}{1,3}", r"\p{N}")
 SPACE = "\u2581"
+TABLES_MATCH_TOKENIZERS = "0.23.3"  # the version scripts/gen_unicode_tables.py follows
 # DeepSeek-V3's splits as its tokenizer.json has them (CR and LF as characters in the third).
 DEEPSEEK3 = [r"\p{N}{1,3}", "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+",
              "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+"
@@ -242,6 +250,9 @@ def main():
     ap.add_argument("--keep", default=None, help="write the tokenizer files here")
     a = ap.parse_args()
     seed = a.seed if a.seed is not None else int.from_bytes(os.urandom(4), "little")
+    version = __import__("tokenizers").__version__
+    if version != TABLES_MATCH_TOKENIZERS:
+        print(f"note: tokenizers {version}; lca's Unicode tables follow {TABLES_MATCH_TOKENIZERS}")
     print(f"seed {seed} (rerun with --seed {seed})")
     rng = random.Random(seed)
 

@@ -22,7 +22,8 @@ struct Composition {
   char32_t first, second, composite;  // sorted by (first, second)
 };
 
-extern const char* const kUnicodeVersion;
+extern const char* const kClassUnicodeVersion;  // of kClassRanges (Oniguruma's in tokenizers 0.23.3)
+extern const char* const kNfcUnicodeVersion;    // of the NFC tables (tokenizers' NFC)
 extern const ClassRange kClassRanges[];
 extern const size_t kClassRangeCount;
 extern const CccRange kCccRanges[];
