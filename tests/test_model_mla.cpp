@@ -6,6 +6,9 @@
 // pairs, DeepSeek-V3's de-interleaving one, rotate_half), yarn and longrope
 // frequencies, the routers of both DeepSeek MoE versions, MiniCPM3's
 // scalings. Then the spec identities through the whole model, and the errors.
+// MTLA (mtla-spec.md) through the model: checkpoints with hyper-networks, the
+// oracle over the spec's training-form rows, its identities 1-3, the config
+// field, the errors and `lca generate --attention mtla`.
 #include <gtest/gtest.h>
 
 #include <unistd.h>
@@ -14,11 +17,15 @@
 #include <cmath>
 #include <complex>
 #include <cstdint>
+#include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <numbers>
 #include <numeric>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -302,8 +309,38 @@ Vec oracle_moe(const Tiny& m, const std::string& p, const Vec& h) {
   return out;
 }
 
-// Logits [T][V] of every position under full causal attention.
-std::vector<Vec> oracle_logits(const Tiny& m, const std::vector<int64_t>& tokens) {
+// MTLA rows of one layer (mtla-spec.md sections 1-3, training form): row j =
+// sum of w_i c_i over i <= j in j's chunk, w_i = sigmoid(fc_c(PE(floor(i/s))) . fc_p(c_i)),
+// PE(k)[2j] = sin(k 10000^(-2j/d_c)), PE(k)[2j+1] = cos(...). `a` is the layer's "self_attn." prefix.
+std::vector<Vec> oracle_mtla_rows(const Tiny& m, const std::string& a, const std::vector<Vec>& c, int64_t s) {
+  const std::string hn = a + "hypernet_down.";
+  std::vector<Vec> rows;
+  for (size_t i = 0; i < c.size(); ++i) {
+    const double k = static_cast<double>(static_cast<int64_t>(i) / s);
+    Vec pe(static_cast<size_t>(m.dc));
+    for (int64_t j = 0; 2 * j < m.dc; ++j) {
+      const double angle = k * std::pow(10000.0, -static_cast<double>(2 * j) / static_cast<double>(m.dc));
+      pe[2 * j] = std::sin(angle);
+      pe[2 * j + 1] = std::cos(angle);
+    }
+    Vec chunk_code = matvec(m.get(hn + "fc_c.weight"), pe), latent_code = matvec(m.get(hn + "fc_p.weight"), c[i]);
+    add_bias(chunk_code, m.get(hn + "fc_c.bias"));
+    add_bias(latent_code, m.get(hn + "fc_p.bias"));
+    double logit = 0.0;
+    for (size_t r = 0; r < chunk_code.size(); ++r) logit += chunk_code[r] * latent_code[r];
+    const double w = 1.0 / (1.0 + std::exp(-logit));
+    Vec row = i % static_cast<size_t>(s) == 0 ? Vec(c[i].size(), 0.0) : rows.back();
+    for (size_t d = 0; d < row.size(); ++d) row[d] += w * c[i][d];
+    rows.push_back(std::move(row));
+  }
+  return rows;
+}
+
+// Logits [T][V] of every position under full causal attention, or with
+// mtla_s >= 1 under MTLA at down rate s in the training form: query t sees
+// row j (latent oracle_mtla_rows()[j], rope key k^R_j) iff j <= t and
+// ((j + 1) mod s == 0 or j == t).
+std::vector<Vec> oracle_logits(const Tiny& m, const std::vector<int64_t>& tokens, int64_t mtla_s = 0) {
   const int64_t T = static_cast<int64_t>(tokens.size()), D = m.D, H = m.H, dq = m.dn + m.dr;
   const bool cpm = m.arch == Arch::minicpm3;
   const auto [inv, f] = oracle_rope(m);
@@ -339,16 +376,22 @@ std::vector<Vec> oracle_logits(const Tiny& m, const std::vector<int64_t>& tokens
       oracle_rotate(m, kr[t].data(), t, inv, f);
       for (int64_t hd = 0; hd < H; ++hd) oracle_rotate(m, q[t].data() + hd * dq + m.dn, t, inv, f);
     }
-    // kv_b_proj(c): per head [k_nope (d_n) ; v (d_v)].
+    // kv_b_proj(latent): per head [k_nope (d_n) ; v (d_v)].
     const Tensor<float>& kv_b = m.get(a + "kv_b_proj.weight");
+    const std::vector<Vec> latent = mtla_s > 0 ? oracle_mtla_rows(m, a, c, mtla_s) : c;
+    auto visible = [&](int64_t j, int64_t t) { return mtla_s == 0 || (j + 1) % mtla_s == 0 || j == t; };
     std::vector<Vec> kvn(T);
-    for (int64_t t = 0; t < T; ++t) kvn[t] = matvec(kv_b, c[t]);
+    for (int64_t t = 0; t < T; ++t) kvn[t] = matvec(kv_b, latent[t]);
     for (int64_t t = 0; t < T; ++t) {
       Vec o(static_cast<size_t>(H * m.dv), 0.0);
       for (int64_t hd = 0; hd < H; ++hd) {
         Vec s(static_cast<size_t>(t + 1));
         double top = -INFINITY;
         for (int64_t j = 0; j <= t; ++j) {
+          if (!visible(j, t)) {
+            s[j] = -INFINITY;
+            continue;
+          }
           double dot = 0.0;
           for (int64_t i = 0; i < m.dn; ++i) dot += q[t][hd * dq + i] * kvn[j][hd * (m.dn + m.dv) + i];
           for (int64_t i = 0; i < m.dr; ++i) dot += q[t][hd * dq + m.dn + i] * kr[j][i];
@@ -632,5 +675,285 @@ TEST_F(MlaModelTest, BadCheckpointsNameWhatIsWrong) {
   write_hf(dir_ / "act", cpm, "", [](json& c) { c["hidden_act"] = "gelu"; });
   expect_error(load("act"), {"hidden_act", "gelu"});
 }
+
+// ---- MTLA (mtla-spec.md) through the model ----------------------------------------------
+
+// Every layer's hyper-network under the mtla package's module names
+// (self_attn.hypernet_down.fc_c / fc_p, nn.Linear layout). Weights ~2/sqrt(d_c)
+// and biases ~0.5, as in test_mtla.cpp: the merge weights spread over (0, 1).
+void add_hypernets(Tiny& m, Rng& rng) {
+  const int64_t r = m.dc / 4;
+  const double sd = 2.0 / std::sqrt(static_cast<double>(m.dc));
+  for (int64_t l = 0; l < m.layers; ++l) {
+    const std::string hn = "model.layers." + std::to_string(l) + ".self_attn.hypernet_down.";
+    m.tensors.emplace_back(hn + "fc_c.weight", lca_test::randn<float>({r, m.dc}, rng, sd));
+    m.tensors.emplace_back(hn + "fc_c.bias", lca_test::randn<float>({r}, rng, 0.5));
+    m.tensors.emplace_back(hn + "fc_p.weight", lca_test::randn<float>({r, m.dc}, rng, sd));
+    m.tensors.emplace_back(hn + "fc_p.bias", lca_test::randn<float>({r}, rng, 0.5));
+  }
+}
+
+std::function<void(json&)> declare_mtla(int64_t s) {
+  return [s](json& c) { c["mtla"] = {{"down_rate", s}}; };
+}
+
+lca::MtlaParams down_rate(int64_t s) {
+  lca::MtlaParams p;
+  p.down_rate = s;
+  return p;
+}
+
+int64_t ceil_div(int64_t n, int64_t s) { return (n + s - 1) / s; }
+
+// Logits equal the float64 oracle (MTLA rows of the spec's training form, the
+// decompressed MLA attention over them) for every architecture and several
+// rates; the cache holds ceil(n/s) rows per layer.
+TEST_F(MlaModelTest, MtlaForwardMatchesFloat64Oracle) {
+  Rng rng(0x6d746c61);
+  for (const Variant& v : variants()) {
+    Tiny m = v.make(rng);
+    add_hypernets(m, rng);
+    write_hf(dir_ / v.name, m, "", declare_mtla(2));
+    const Model model = Model::load((dir_ / v.name).string());
+    ASSERT_TRUE(model.has_mtla());
+    ASSERT_TRUE(model.config().mtla.has_value());
+    EXPECT_EQ(model.config().mtla->down_rate, 2);
+    const std::vector<int64_t> tokens = random_tokens(rng, 13, m.V);
+    const std::vector<Vec> plain = oracle_logits(m, tokens);
+    for (int64_t s : {2, 3, 5}) {
+      SCOPED_TRACE(v.name + " s=" + std::to_string(s));
+      const std::vector<Vec> expected = oracle_logits(m, tokens, s);
+      // The oracle tells MTLA from plain attention.
+      Tensor<float> plain_last({1, m.V}), mtla_last({1, m.V});
+      for (int64_t i = 0; i < m.V; ++i) {
+        plain_last.data()[i] = static_cast<float>(plain.back()[i]);
+        mtla_last.data()[i] = static_cast<float>(expected.back()[i]);
+      }
+      EXPECT_GT(max_rel_diff(mtla_last, plain_last), 1e-3);
+
+      Sequence seq(model, down_rate(s), lca::DType::f32);
+      const Tensor<float> first = seq.forward(std::span(tokens).first(7), true);
+      EXPECT_LT(max_rel_diff(first, std::vector<Vec>(expected.begin(), expected.begin() + 7)), 5e-5);
+      for (size_t t = 7; t < tokens.size(); ++t) {
+        const Tensor<float> one = seq.forward(std::span(tokens).subspan(t, 1));
+        EXPECT_LT(max_rel_diff(one, {expected[t]}), 5e-5) << "position " << t;
+      }
+      const int64_t n = static_cast<int64_t>(tokens.size());
+      for (const lca::CondensedKvCache& cache : seq.caches()) {
+        EXPECT_TRUE(cache.is_mtla());
+        EXPECT_EQ(cache.entries(), ceil_div(n, s));
+      }
+      const int64_t open = n % s != 0 ? m.dc * 4 : 0;  // the open row's fp32 sum
+      EXPECT_EQ(seq.cache_bytes(), m.layers * (ceil_div(n, s) * (m.dc + m.dr) * 4 + open));
+      EXPECT_TRUE(std::holds_alternative<lca::MtlaParams>(seq.policy()));
+      EXPECT_THROW(seq.params(), lca::Error);
+    }
+  }
+}
+
+// Identities 1 and 2: chunked prefill equals token by token, in f32 and bf16
+// caches; ceil(n/s) rows in every layer at every n.
+TEST_F(MlaModelTest, MtlaChunkedPrefillEqualsTokenByToken) {
+  Rng rng(0x31);
+  for (const Variant& v : variants()) {
+    Tiny m = v.make(rng);
+    add_hypernets(m, rng);
+    write_hf(dir_ / v.name, m);  // hyper-networks without the config's "mtla": the rate is the caller's
+    const Model model = Model::load((dir_ / v.name).string());
+    ASSERT_TRUE(model.has_mtla());
+    EXPECT_FALSE(model.config().mtla.has_value());
+    const int64_t T = 29;
+    const std::vector<int64_t> tokens = random_tokens(rng, T, m.V);
+    for (const auto& [dt, s] : {std::pair{lca::DType::f32, int64_t{3}}, std::pair{lca::DType::bf16, int64_t{4}}}) {
+      SCOPED_TRACE(v.name + " s=" + std::to_string(s) + " " + lca::dtype_name(dt));
+      Sequence stepwise(model, down_rate(s), dt);
+      Tensor<float> last_step;
+      for (int64_t t = 0; t < T; ++t) {
+        last_step = stepwise.forward(std::span(tokens).subspan(t, 1));
+        for (const auto& cache : stepwise.caches()) ASSERT_EQ(cache.entries(), ceil_div(t + 1, s)) << "n " << t + 1;
+      }
+      for (int64_t chunk : {int64_t{5}, int64_t{16}, T}) {
+        Sequence chunked(model, down_rate(s), dt);
+        const Tensor<float> last = chunked.prefill(tokens, chunk);
+        EXPECT_LT(max_rel_diff(last, last_step), dt == lca::DType::f32 ? 1e-5 : 5e-3) << "chunk " << chunk;
+        for (const auto& cache : chunked.caches()) EXPECT_EQ(cache.entries(), ceil_div(T, s));
+      }
+    }
+  }
+}
+
+// Identity 3: s = 1 is full MLA attention over the scaled latents w_i c_i, one
+// row per token with its own rope key (the oracle's dense form), not plain MLA.
+TEST_F(MlaModelTest, MtlaDownRateOneIsFullMlaOverScaledLatents) {
+  Rng rng(0x51);
+  for (const Variant& v : variants()) {
+    SCOPED_TRACE(v.name);
+    Tiny m = v.make(rng);
+    add_hypernets(m, rng);
+    write_hf(dir_ / v.name, m, "", declare_mtla(1));
+    const Model model = Model::load((dir_ / v.name).string());
+    const std::vector<int64_t> tokens = random_tokens(rng, 11, m.V);
+    const std::vector<Vec> expected = oracle_logits(m, tokens, 1);
+    Sequence seq(model, *model.config().mtla, lca::DType::f32);
+    const Tensor<float> logits = seq.forward(tokens, true);
+    EXPECT_LT(max_rel_diff(logits, expected), 5e-5);
+    EXPECT_EQ(seq.caches()[0].entries(), 11);
+    // w_i != 1: plain full attention over c_i differs.
+    Sequence full(model, LcaParams::full(), lca::DType::f32);
+    EXPECT_GT(max_rel_diff(full.forward(tokens, true), logits), 1e-3);
+  }
+}
+
+TEST(MlaConfig, MtlaField) {
+  Rng rng(3);
+  const Tiny m = tiny_v2(rng, false, false);
+  json c = config_of(m);
+  EXPECT_FALSE(lca::parse_model_config(c.dump(), "t").mtla.has_value());
+  c["mtla"] = nullptr;
+  EXPECT_FALSE(lca::parse_model_config(c.dump(), "t").mtla.has_value());
+  const int64_t s = rng.uniform_int(1, 64);
+  c["mtla"] = {{"down_rate", s}};
+  const lca::ModelConfig parsed = lca::parse_model_config(c.dump(), "t");
+  ASSERT_TRUE(parsed.mtla.has_value());
+  EXPECT_EQ(parsed.mtla->down_rate, s);
+
+  auto bad = [&](const json& mtla, const std::vector<std::string>& parts, const std::function<void(json&)>& edit = {}) {
+    json b = config_of(m);
+    b["mtla"] = mtla;
+    if (edit) edit(b);
+    expect_error([&] { lca::parse_model_config(b.dump(), "cfg"); }, parts);
+  };
+  bad({{"down_rate", 0}}, {"cfg", "\"mtla.down_rate\"", ">= 1", "got 0"});
+  bad({{"down_rate", 2.5}}, {"\"mtla.down_rate\"", "integer"});
+  bad(json::object(), {"\"mtla.down_rate\"", "missing"});
+  bad({{"down_rate", 2}, {"downrate", 2}}, {"\"mtla.downrate\"", "not an MTLA field"});
+  bad(json::array({2}), {"\"mtla\"", "an array", "object"});
+  bad({{"down_rate", 2}}, {"\"mtla\"", "kv_lora_rank", "multiple of 4"}, [](json& b) {
+    b["kv_lora_rank"] = 10;
+  });
+  // A GQA model may not declare it.
+  const json llama = {{"architectures", {"LlamaForCausalLM"}}, {"hidden_size", 16}, {"num_hidden_layers", 1},
+                      {"num_attention_heads", 2},                {"vocab_size", 10}, {"intermediate_size", 8},
+                      {"max_position_embeddings", 32},           {"rms_norm_eps", 1e-6},
+                      {"mtla", {{"down_rate", 2}}}};
+  expect_error([&] { lca::parse_model_config(llama.dump(), "llama"); },
+               {"\"mtla\"", "LlamaForCausalLM", "only MLA architectures"});
+}
+
+TEST_F(MlaModelTest, MtlaBadCheckpointsNameTheTensor) {
+  Rng rng(0x99);
+  Tiny m = tiny_v3(rng, true);
+  const Tiny plain = m;
+  add_hypernets(m, rng);
+  auto load = [&](const std::string& d) { return [this, d] { Model::load((dir_ / d).string()); }; };
+
+  write_hf(dir_ / "missing", m, "model.layers.1.self_attn.hypernet_down.fc_p.bias", declare_mtla(2));
+  expect_error(load("missing"), {"model.layers.1.self_attn.hypernet_down.fc_p.bias"});
+  // Without the config's "mtla" too: layer 0 has one, so every layer needs one.
+  write_hf(dir_ / "missing_undeclared", m, "model.layers.2.self_attn.hypernet_down.fc_c.weight");
+  expect_error(load("missing_undeclared"), {"model.layers.2.self_attn.hypernet_down.fc_c.weight"});
+  // Declared, but the checkpoint has none.
+  write_hf(dir_ / "none", plain, "", declare_mtla(2));
+  expect_error(load("none"), {"model.layers.0.self_attn.hypernet_down.fc_c.weight"});
+
+  Tiny wrong = m;
+  for (auto& [n, t] : wrong.tensors)
+    if (n == "model.layers.1.self_attn.hypernet_down.fc_c.weight") t = Tensor<float>({m.dc / 4, m.dc + 1});
+  write_hf(dir_ / "shape", wrong, "", declare_mtla(2));
+  expect_error(load("shape"), {"model.layers.1.self_attn.hypernet_down.fc_c.weight", "[3, 13]"});
+
+  // A model built in memory with a non-finite hyper-network weight.
+  write_hf(dir_ / "good", m, "", declare_mtla(2));
+  const Model good = Model::load((dir_ / "good").string());
+  lca::ModelWeights nan_weights = good.weights();
+  nan_weights.layers[2].mtla.fc_p_bias.data()[1] = NAN;
+  expect_error([&] { const Model bad(good.config(), nan_weights); },
+               {"model.layers.2.self_attn.hypernet_down.fc_p.bias", "finite"});
+
+  // MTLA on a checkpoint without hyper-networks.
+  write_hf(dir_ / "plain", plain);
+  const Model no_hyper = Model::load((dir_ / "plain").string());
+  EXPECT_FALSE(no_hyper.has_mtla());
+  expect_error([&] { const Sequence seq(no_hyper, down_rate(2)); },
+               {"has no MTLA hyper-networks", "model.layers.0.self_attn.hypernet_down.fc_c.weight"});
+  expect_error([&] { const Sequence seq(good, down_rate(0)); }, {"down_rate", ">= 1"});
+}
+
+// A GQA model: MTLA is refused by the sequence and, with hyper-networks, by the model.
+TEST(MlaModelMtla, GqaModelRefusesMtla) {
+  Rng rng(0x47);
+  lca::ModelConfig c;
+  c.source = "tiny-llama";
+  c.architecture = "LlamaForCausalLM";
+  c.attention = lca::AttentionKind::gqa;
+  c.gqa = {4, 2, 4};
+  c.hidden_size = 16;
+  c.num_hidden_layers = 1;
+  c.vocab_size = 11;
+  c.intermediate_size = 12;
+  c.max_position_embeddings = 32;
+  c.rms_norm_eps = 1e-6;
+  lca::ModelWeights w;
+  w.embed = lca_test::randn<float>({11, 16}, rng);
+  w.final_norm = lca_test::randn<float>({16}, rng, 0.1, 1.0);
+  w.lm_head = lca_test::randn<float>({11, 16}, rng);
+  lca::LayerWeights lw;
+  lw.attn_norm = lw.ffn_norm = lca_test::randn<float>({16}, rng, 0.1, 1.0);
+  lw.wq = lca_test::randn<float>({16, 16}, rng);
+  lw.wk = lw.wv = lca_test::randn<float>({8, 16}, rng);
+  lw.wo = lca_test::randn<float>({16, 16}, rng);
+  lw.bq = lw.bk = lw.bv = Tensor<float>({0});
+  lw.w_gate = lw.w_up = lca_test::randn<float>({12, 16}, rng);
+  lw.w_down = lca_test::randn<float>({16, 12}, rng);
+  w.layers.push_back(lw);
+  const Model model(c, w);
+  Sequence(model, LcaParams::full()).forward(std::vector<int64_t>{1, 2});  // the model itself runs
+  expect_error([&] { const Sequence seq(model, down_rate(2)); }, {"MTLA needs an MLA model", "tiny-llama", "GQA"});
+  lca::LayerWeights with_hyper = lw;
+  with_hyper.mtla = {Tensor<float>({1, 4}), Tensor<float>({1}), Tensor<float>({1, 4}), Tensor<float>({1})};
+  w.layers[0] = with_hyper;
+  expect_error([&] { const Model bad(c, w); }, {"MTLA hyper-networks", "GQA model"});
+}
+
+#ifdef LCA_CLI_PATH
+// `lca generate --attention mtla`: runs on a checkpoint with hyper-networks
+// (the config's rate, or --down-rate) and reports the MTLA cache bytes;
+// refuses a checkpoint without them.
+TEST_F(MlaModelTest, GenerateWithMtla) {
+  Rng rng(0x6e);
+  Tiny m = tiny_v2(rng, true, false);
+  const Tiny plain = m;
+  add_hypernets(m, rng);
+  write_hf(dir_ / "mtla", m, "", declare_mtla(3));
+  write_hf(dir_ / "plain", plain);
+  auto run = [&](const std::string& model, const std::string& args, std::string& err) {
+    const fs::path err_file = dir_ / "stderr.txt";
+    const std::string cmd = std::string(LCA_CLI_PATH) + " generate --model '" + (dir_ / model).string() +
+                            "' --prompt-ids 1,2,3,4,5 --max-new-tokens 3 --ignore-eos --dtype f32 " + args +
+                            " > /dev/null 2> '" + err_file.string() + "'";
+    const int rc = std::system(cmd.c_str());
+    std::ifstream f(err_file);
+    err.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+    return rc;
+  };
+  // 5 prompt tokens and 2 decoded ones (the third is not fed back) sit in the cache.
+  auto bytes = [&](int64_t s) {
+    const int64_t n = 7;
+    return m.layers * (ceil_div(n, s) * (m.dc + m.dr) * 4 + (n % s != 0 ? m.dc * 4 : 0));
+  };
+  std::string err;
+  EXPECT_EQ(run("mtla", "--attention mtla", err), 0) << err;
+  EXPECT_NE(err.find("mtla(s=3) attention"), std::string::npos) << err;
+  EXPECT_NE(err.find("(mtla(s=3), " + std::to_string(bytes(3)) + " bytes)"), std::string::npos) << err;
+  EXPECT_EQ(run("mtla", "--attention mtla --down-rate 2", err), 0) << err;
+  EXPECT_NE(err.find("(mtla(s=2), " + std::to_string(bytes(2)) + " bytes)"), std::string::npos) << err;
+  EXPECT_NE(run("plain", "--attention mtla --down-rate 2", err), 0);
+  EXPECT_NE(err.find("has no MTLA hyper-networks (model.layers.0.self_attn.hypernet_down.fc_c.weight"),
+            std::string::npos)
+      << err;
+  EXPECT_NE(run("plain", "--attention lca --down-rate 2", err), 0);
+  EXPECT_NE(err.find("--down-rate applies to --attention mtla only"), std::string::npos) << err;
+}
+#endif
 
 }  // namespace

@@ -1,6 +1,6 @@
 // The model runtime on the CPU: decoder-only transformers whose attention runs
-// through one CondensedKvCache per layer, with LCA or full attention
-// (LcaParams::full()).
+// through one CondensedKvCache per layer, with LCA, full attention
+// (LcaParams::full()) or, for MLA models holding MTLA hyper-networks, MTLA.
 // - GQA: Llama and Qwen2 (RMSNorm, half-split RoPE, SwiGLU MLP; Qwen2 adds
 //   q/k/v biases).
 // - MLA: DeepSeek-V2, DeepSeek-V3 and MiniCPM3, in absorbed form over the MLA
@@ -60,7 +60,11 @@ struct LayerWeights {
   Tensor<float> router, router_bias;
   std::vector<MlpWeights> experts;
   MlpWeights shared;
+  // MLA with MTLA: the layer's hyper-network (self_attn.hypernet_down.fc_c/fc_p,
+  // docs/mtla-checkpoints.md); rank-0 tensors when the checkpoint has none.
+  MtlaHyperNet<float> mtla;
   bool is_moe() const { return !experts.empty(); }
+  bool has_mtla() const { return mtla.fc_c_weight.rank() > 0; }
 };
 
 struct ModelWeights {
@@ -89,6 +93,8 @@ class Model {
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return weights_; }
   bool has_qkv_bias() const { return weights_.layers.front().bq.numel() > 0; }
+  // Every layer holds an MTLA hyper-network (an MLA checkpoint that has them).
+  bool has_mtla() const { return weights_.layers.front().has_mtla(); }
   int64_t vocab_size() const { return config_.vocab_size; }
   int64_t context_length() const { return config_.max_position_embeddings; }
   const Tensor<float>& output_weight() const;  // lm_head, or embed when tied
@@ -106,6 +112,10 @@ class Model {
 BpeVocab gguf_bpe_vocab(const GgufFile& file);
 // The tokenizer of a model path: a GGUF file's vocabulary or a folder's tokenizer.json.
 Tokenizer load_tokenizer(const std::string& model_path);
+// The MTLA hyper-network tensor of a layer: "model.layers.L.self_attn.hypernet_down." + part,
+// part one of "fc_c.weight", "fc_c.bias", "fc_p.weight", "fc_p.bias" (docs/mtla-checkpoints.md).
+std::string mtla_tensor_name(int64_t layer, const std::string& part);
+
 // Token ids that end generation: GGUF eos (and eot) ids; a folder's
 // generation_config.json "eos_token_id" (an id or a list), else config.json's.
 std::vector<int64_t> load_eos_ids(const std::string& model_path);
@@ -115,9 +125,11 @@ const char* supported_model_architectures();
 
 class Sequence {
  public:
-  // One cache per layer with `params` (LcaParams::full() for full attention),
-  // rows stored in `storage`. The model must outlive the sequence.
-  Sequence(const Model& model, const LcaParams& params, DType storage = DType::bf16);
+  // One cache per layer with `policy`: LcaParams (LcaParams::full() for full
+  // attention; an LcaParams converts to a Policy) or MtlaParams, which needs an
+  // MLA model holding MTLA hyper-networks (CondensedKvCache::mtla with each
+  // layer's). Rows stored in `storage`. The model must outlive the sequence.
+  Sequence(const Model& model, const Policy& policy, DType storage = DType::bf16);
 
   // Tokens at positions [n, n + L) (L >= 1): runs every layer, appending to
   // the caches, and returns logits [1, V] of the last position, or [L, V] of
@@ -135,7 +147,8 @@ class Sequence {
   const std::vector<CondensedKvCache>& caches() const { return caches_; }
   int64_t cache_bytes() const;            // sum of the caches' bytes()
   int64_t full_cache_bytes() const;       // what full attention would hold: n rows per layer
-  const LcaParams& params() const { return params_; }
+  const Policy& policy() const { return policy_; }
+  const LcaParams& params() const;  // the LCA policy; throws for MTLA
 
  private:
   // Every layer over hidden states x [L, D] at positions [n, n + L), in place.
@@ -143,7 +156,7 @@ class Sequence {
   void forward_mla(Tensor<float>& x);
 
   const Model* model_;
-  LcaParams params_;
+  Policy policy_;
   DType storage_;
   std::vector<CondensedKvCache> caches_;
   int64_t n_ = 0;

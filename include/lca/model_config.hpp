@@ -3,7 +3,7 @@
 // parse_model_config() turns the JSON text of a config.json into a plain
 // ModelConfig: the attention layout (MLA for DeepSeek-V2/V3 and MiniCPM3, GQA
 // for Qwen2 and Llama), the common sizes, the rotary base and its scaling, and
-// the optional DeepSeek MoE and MiniCPM3 fields. Every bad input throws
+// the optional DeepSeek MoE and MiniCPM3 fields, and lca's optional "mtla". Every bad input throws
 // lca::Error naming the source and the field at fault.
 //
 // Conventions: an optional field given as JSON null counts as absent (its
@@ -105,6 +105,10 @@ struct ModelConfig {
 
   MoeConfig moe;
   MiniCpmScaling minicpm;
+  // "mtla": {"down_rate": s} (lca's own field, docs/mtla-checkpoints.md): the
+  // checkpoint was trained with MTLA at down rate s and holds every layer's
+  // hyper-network. MLA architectures only; kv_lora_rank a multiple of 4.
+  std::optional<MtlaParams> mtla;
 
   bool is_mla() const { return attention == AttentionKind::mla; }
   int64_t num_attention_heads() const { return is_mla() ? mla.heads : gqa.q_heads; }

@@ -140,6 +140,10 @@ ModelWeights read_weights(const ModelConfig& c, const WeightNames& names, const 
 
 }  // namespace
 
+std::string mtla_tensor_name(int64_t layer, const std::string& part) {
+  return "model.layers." + std::to_string(layer) + ".self_attn.hypernet_down." + part;
+}
+
 const char* supported_model_architectures() {
   return "LlamaForCausalLM (gguf: llama), Qwen2ForCausalLM (gguf: qwen2), DeepseekV2ForCausalLM, "
          "DeepseekV3ForCausalLM, MiniCPM3ForCausalLM (Hugging Face folders)";
@@ -225,6 +229,8 @@ Model::Model(ModelConfig config, ModelWeights weights) : config_(std::move(confi
     expect_shape(where, "w_gate", l.w_gate, {F, D});
     expect_shape(where, "w_up", l.w_up, {F, D});
     expect_shape(where, "w_down", l.w_down, {D, F});
+    LCA_CHECK(!l.has_mtla(), "Model: ", in_quotes(c.source), " (", c.architecture,
+              ") holds MTLA hyper-networks, but MTLA condenses MLA latents and this is a GQA model");
   }
 }
 
@@ -321,14 +327,32 @@ Tensor<float> attend(CondensedKvCache& cache, const Tensor<float>& rows, const T
 
 }  // namespace
 
-Sequence::Sequence(const Model& model, const LcaParams& params, DType storage)
-    : model_(&model), params_(params), storage_(storage) {
-  params.validate();
+Sequence::Sequence(const Model& model, const Policy& policy, DType storage)
+    : model_(&model), policy_(policy), storage_(storage) {
   const ModelConfig& c = model.config();
   caches_.reserve(static_cast<size_t>(c.num_hidden_layers));
+  if (const auto* mtla = std::get_if<MtlaParams>(&policy)) {
+    mtla->validate();
+    LCA_CHECK(c.is_mla(), "Sequence: MTLA needs an MLA model; ", in_quotes(c.source), " (", c.architecture,
+              ") is a GQA model");
+    LCA_CHECK(model.has_mtla(), "Sequence: model ", in_quotes(c.source), " has no MTLA hyper-networks (",
+              mtla_tensor_name(0, "fc_c.weight"), " ...); MTLA needs a checkpoint trained with them");
+    const ModelWeights& w = model.weights();
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+      caches_.push_back(CondensedKvCache::mtla(c.mla, c.softmax_scale(), *mtla, w.layers[l].mtla, storage));
+    return;
+  }
+  const LcaParams& params = std::get<LcaParams>(policy);
+  params.validate();
   for (int64_t l = 0; l < c.num_hidden_layers; ++l)
     caches_.push_back(c.is_mla() ? CondensedKvCache::mla(c.mla, c.softmax_scale(), params, storage)
                                  : CondensedKvCache::gqa(c.gqa, c.rope, c.softmax_scale(), params, storage));
+}
+
+const LcaParams& Sequence::params() const {
+  const auto* p = std::get_if<LcaParams>(&policy_);
+  LCA_CHECK(p, "Sequence::params: the sequence runs MTLA, not LCA (use policy())");
+  return *p;
 }
 
 int64_t Sequence::cache_bytes() const {

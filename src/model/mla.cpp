@@ -9,6 +9,7 @@
 #include <cmath>
 #include <numbers>
 #include <numeric>
+#include <tuple>
 
 #include "lca/error.hpp"
 #include "model/text_file.hpp"
@@ -208,6 +209,12 @@ ModelWeights read_mla_weights(const ModelConfig& c, const MlaArch& arch, const T
               " and does not tie it to the embeddings");
     w.lm_head = read("lm_head.weight", {V, D});
   }
+  // MTLA hyper-networks: required when the config declares "mtla", read when
+  // layer 0 has one; either way every layer must hold all four tensors.
+  const std::string first_hyper = mtla_tensor_name(0, "fc_c.weight");
+  const bool mtla = c.mtla.has_value() || has(first_hyper);
+  LCA_CHECK(!mtla || dc % 4 == 0, "Model: ", in_quotes(c.source), " holds MTLA hyper-network ", in_quotes(first_hyper),
+            ", but kv_lora_rank ", dc, " is not a multiple of 4 (the hyper-network maps d_c to d_c/4)");
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     const std::string a = p + "self_attn.";
@@ -239,6 +246,13 @@ ModelWeights read_mla_weights(const ModelConfig& c, const MlaArch& arch, const T
     }
     lw.wo = read(a + "o_proj.weight", {D, H * dv});
     lw.bo = c.attention_bias ? read(a + "o_proj.bias", {D}) : none;
+    if (mtla) {
+      const int64_t r = dc / 4;
+      lw.mtla.fc_c_weight = read(mtla_tensor_name(l, "fc_c.weight"), {r, dc});
+      lw.mtla.fc_c_bias = read(mtla_tensor_name(l, "fc_c.bias"), {r});
+      lw.mtla.fc_p_weight = read(mtla_tensor_name(l, "fc_p.weight"), {r, dc});
+      lw.mtla.fc_p_bias = read(mtla_tensor_name(l, "fc_p.bias"), {r});
+    }
     lw.ffn_norm = read(p + "post_attention_layernorm.weight", {D});
     lw.router = lw.router_bias = none;
     lw.w_gate = lw.w_up = lw.w_down = none;
@@ -293,6 +307,24 @@ void check_mla_weights(const ModelConfig& c, const MlaArch& arch, const ModelWei
     expect_shape(where, "w_uv", lw.w_uv, {H, dv, dc});
     expect_shape(where, "wo", lw.wo, {D, H * dv});
     expect_shape(where, "bo", lw.bo, {bias * D});
+    if (lw.has_mtla() || w.layers.front().has_mtla() || c.mtla) {
+      const int64_t li = static_cast<int64_t>(l);
+      LCA_CHECK(lw.has_mtla(), "Model: ", in_quotes(c.source), " has no MTLA hyper-network ",
+                in_quotes(mtla_tensor_name(li, "fc_c.weight")),
+                c.mtla ? " (the config declares \"mtla\")" : " (layer 0 has one: every layer needs one)");
+      LCA_CHECK(dc % 4 == 0, "Model: ", in_quotes(c.source), " holds MTLA hyper-networks, but kv_lora_rank ", dc,
+                " is not a multiple of 4 (the hyper-network maps d_c to d_c/4)");
+      const MtlaHyperNet<float>& h = lw.mtla;
+      const int64_t r = dc / 4;
+      for (const auto& [part, t, shape] : {std::tuple{"fc_c.weight", &h.fc_c_weight, Shape{r, dc}},
+                                           std::tuple{"fc_c.bias", &h.fc_c_bias, Shape{r}},
+                                           std::tuple{"fc_p.weight", &h.fc_p_weight, Shape{r, dc}},
+                                           std::tuple{"fc_p.bias", &h.fc_p_bias, Shape{r}}}) {
+        const std::string name = mtla_tensor_name(li, part);
+        expect_shape(where, name.c_str(), *t, shape);
+        expect_finite(where, name.c_str(), *t);
+      }
+    }
     expect_shape(where, "ffn_norm", lw.ffn_norm, {D});
     if (arch.is_moe_layer(static_cast<int64_t>(l))) {
       expect_shape(where, "router", lw.router, {arch.experts, D});

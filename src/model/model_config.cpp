@@ -393,6 +393,27 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
   c.minicpm.scale_emb = r.opt_positive("scale_emb");
   c.minicpm.scale_depth = r.opt_positive("scale_depth");
   c.minicpm.dim_model_base = r.opt_positive("dim_model_base");
+
+  // MTLA (lca's field; docs/mtla-checkpoints.md).
+  if (const json* m = r.find("mtla")) {
+    if (!m->is_object()) r.fail_field("mtla", "is " + json_kind(*m) + ", expected an object or null");
+    if (c.attention != AttentionKind::mla)
+      r.fail_field("mtla", "is given for " + c.architecture +
+                               ", but MTLA condenses MLA latents: only MLA architectures (DeepseekV2ForCausalLM, "
+                               "DeepseekV3ForCausalLM, MiniCPM3ForCausalLM) may declare it");
+    const Reader mr(*m, source, "mtla.");
+    for (const auto& [key, value] : m->items())
+      if (key != "down_rate") mr.fail_field(key, "is not an MTLA field (known: down_rate)");
+    MtlaParams p;
+    p.down_rate = mr.req_int("down_rate", 1);
+    if (c.mla.d_latent % 4 != 0) {
+      std::string msg = "is given, but \"kv_lora_rank\" (";
+      detail::append(msg, c.mla.d_latent);
+      msg += ") is not a multiple of 4 (the hyper-network maps d_c to d_c/4)";
+      r.fail_field("mtla", msg);
+    }
+    c.mtla = p;
+  }
   return c;
 }
 

@@ -1,6 +1,7 @@
 // `lca generate`: load a Llama/Qwen2 model (GGUF file or Hugging Face folder),
-// prefill the prompt in chunks through per-layer condensed caches (LCA or
-// full attention), then decode one token at a time, streaming the text.
+// prefill the prompt in chunks through per-layer condensed caches (LCA, full
+// attention, or MTLA with the checkpoint's hyper-networks), then decode one
+// token at a time, streaming the text.
 // Progress and the summary go to stderr, the generated text to stdout.
 #include "generate.hpp"
 
@@ -78,8 +79,10 @@ int64_t pick_token(const float* logits, int64_t vocab, double temperature, std::
 int run_generate(const GenerateOptions& o) {
   const int given = !o.prompt.empty() + !o.prompt_file.empty() + !o.prompt_ids.empty();
   LCA_CHECK(given == 1, "generate: give exactly one of --prompt, --prompt-file, --prompt-ids");
-  LCA_CHECK(o.attention == "lca" || o.attention == "full", "generate: --attention must be lca or full, got '",
-            o.attention, "'");
+  LCA_CHECK(o.attention == "lca" || o.attention == "full" || o.attention == "mtla",
+            "generate: --attention must be lca, full or mtla, got '", o.attention, "'");
+  LCA_CHECK(o.down_rate >= 0, "generate: --down-rate must be >= 1, got ", o.down_rate);
+  LCA_CHECK(o.down_rate == 0 || o.attention == "mtla", "generate: --down-rate applies to --attention mtla only");
   LCA_CHECK(o.max_new_tokens >= 0, "generate: --max-new-tokens must be >= 0, got ", o.max_new_tokens);
   LCA_CHECK(o.chunk >= 1, "generate: --chunk must be >= 1, got ", o.chunk);
   LCA_CHECK(o.temperature >= 0.0, "generate: --temperature must be >= 0, got ", o.temperature);
@@ -91,6 +94,8 @@ int run_generate(const GenerateOptions& o) {
   }
   params.validate();
   const DType storage = parse_dtype(o.dtype);
+  const bool mtla = o.attention == "mtla";
+  LCA_CHECK(!mtla || o.device == "cpu", "generate: --attention mtla runs on the CPU runtime only (--device cpu)");
 
   const auto t_load = Clock::now();
   const Model model = Model::load(o.model);
@@ -104,6 +109,24 @@ int run_generate(const GenerateOptions& o) {
                o.model.c_str(), cfg.architecture.c_str(), static_cast<long long>(cfg.num_hidden_layers),
                static_cast<long long>(cfg.hidden_size), heads.c_str(), static_cast<long long>(cfg.vocab_size),
                static_cast<long long>(cfg.max_position_embeddings), seconds_since(t_load));
+
+  // MTLA: the checkpoint's hyper-networks at --down-rate, else at the config's rate.
+  Policy policy = params;
+  if (mtla) {
+    LCA_CHECK(cfg.is_mla(), "generate: --attention mtla needs an MLA model; ", o.model, " (", cfg.architecture,
+              ") is a GQA model");
+    LCA_CHECK(model.has_mtla(), "generate: --attention mtla: model ", o.model, " has no MTLA hyper-networks (",
+              mtla_tensor_name(0, "fc_c.weight"), " ...); MTLA needs a checkpoint trained with them");
+    MtlaParams p;
+    if (o.down_rate > 0) p.down_rate = o.down_rate;
+    else if (cfg.mtla) p = *cfg.mtla;
+    else
+      LCA_CHECK(false, "generate: --attention mtla needs --down-rate: the config of ", o.model,
+                " declares no \"mtla\": {\"down_rate\": s}");
+    p.validate();
+    policy = p;
+  }
+  const std::string policy_name = std::visit([](const auto& p) { return p.describe(); }, policy);
 
   // The tokenizer: needed for text prompts; with --prompt-ids, output falls back to ids without one.
   std::optional<Tokenizer> tokenizer;
@@ -160,7 +183,7 @@ int run_generate(const GenerateOptions& o) {
     LCA_CHECK(false, "generate: --device cuda needs lca built with CUDA (nvcc on PATH at configure time)");
 #endif
   } else {
-    cpu = std::make_unique<Sequence>(model, params, storage);
+    cpu = std::make_unique<Sequence>(model, policy, storage);
   }
   auto tokens_now = [&]() -> int64_t {
 #if LCA_HAVE_CUDA
@@ -168,7 +191,7 @@ int run_generate(const GenerateOptions& o) {
 #endif
     return cpu->tokens();
   };
-  std::fprintf(stderr, "lca generate: %s attention, %s cache on %s, prompt %lld tokens\n", params.describe().c_str(),
+  std::fprintf(stderr, "lca generate: %s attention, %s cache on %s, prompt %lld tokens\n", policy_name.c_str(),
                dtype_name(storage).c_str(), o.device.c_str(), static_cast<long long>(n_prompt));
 
   const auto t_prefill = Clock::now();
@@ -235,11 +258,11 @@ int run_generate(const GenerateOptions& o) {
   if (cpu) cache_bytes = cpu->cache_bytes(), full_bytes = cpu->full_cache_bytes();
   std::fprintf(stderr,
                "lca generate: prompt %lld tokens, prefill %.2f s (%.1f tokens/s); decode %lld tokens, %.2f tokens/s; "
-               "KV cache %.2f MiB full-equivalent, %.2f MiB actual (%s)\n",
+               "KV cache %.2f MiB full-equivalent, %.2f MiB actual (%s, %lld bytes)\n",
                static_cast<long long>(n_prompt), prefill_s, static_cast<double>(n_prompt) / prefill_s,
                static_cast<long long>(generated), decode_s > 0 ? static_cast<double>(steps) / decode_s : 0.0,
                static_cast<double>(full_bytes) / kMiB, static_cast<double>(cache_bytes) / kMiB,
-               params.is_full() ? "full" : "lca");
+               mtla ? policy_name.c_str() : params.is_full() ? "full" : "lca", static_cast<long long>(cache_bytes));
   return 0;
 }
 

@@ -27,14 +27,17 @@ int main(int argc, char** argv) {
   demo_cmd->add_option("--json", demo.json_path, "Also write the results as JSON to this file");
 
   lca::tools::GenerateOptions gen;
-  CLI::App* gen_cmd = app.add_subcommand("generate", "Generate text with a Llama/Qwen2 model (GGUF or HF folder) over LCA or full attention");
+  CLI::App* gen_cmd = app.add_subcommand("generate", "Generate text with a Llama/Qwen2 (GGUF or HF folder) or DeepSeek-V2/V3/MiniCPM3 model (HF folder) over LCA, full attention or MTLA");
   gen_cmd->add_option("--model", gen.model, "A .gguf file or a Hugging Face model folder")->required();
   gen_cmd->add_option("--prompt", gen.prompt, "Prompt text");
   gen_cmd->add_option("--prompt-file", gen.prompt_file, "Read the prompt text from this file");
   gen_cmd->add_option("--prompt-ids", gen.prompt_ids, "Prompt as comma-separated token ids");
   gen_cmd->add_flag("--chat", gen.chat, "Wrap the prompt as a user turn of the model's chat format (ChatML)");
   gen_cmd->add_option("--system", gen.system, "With --chat: a system message first");
-  gen_cmd->add_option("--attention", gen.attention, "lca or full")->check(CLI::IsMember({"lca", "full"}));
+  gen_cmd->add_option("--attention", gen.attention, "lca, full, or mtla (MLA checkpoints with MTLA hyper-networks)")
+      ->check(CLI::IsMember({"lca", "full", "mtla"}));
+  gen_cmd->add_option("--down-rate", gen.down_rate, "MTLA down rate s (default: the config's mtla.down_rate)")
+      ->check(CLI::PositiveNumber);
   gen_cmd->add_option("--window", gen.window, "LCA window w")->check(CLI::NonNegativeNumber);
   gen_cmd->add_option("--group", gen.group, "LCA group size g")->check(CLI::PositiveNumber);
   gen_cmd->add_option("--dtype", gen.dtype, "KV cache storage: bf16, f16 or f32");
