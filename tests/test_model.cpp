@@ -388,14 +388,7 @@ TEST_F(ModelTest, ChunkedPrefillEqualsTokenByToken) {
 
 // ---- Errors ----------------------------------------------------------------------------
 
-void expect_error(const std::function<void()>& call, const std::vector<std::string>& parts) {
-  try {
-    call();
-    ADD_FAILURE() << "no throw; expected " << ::testing::PrintToString(parts);
-  } catch (const lca::Error& e) {
-    for (const auto& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
-  }
-}
+using lca_test::expect_error;
 
 TEST_F(ModelTest, LoadErrorsNameWhatIsWrong) {
   Rng rng(5);

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <limits>
 #include <numbers>
 #include <random>
@@ -288,6 +289,16 @@ inline double max_rel_diff(const lca::Tensor<float>& a, const lca::Tensor<float>
     scale = std::max(scale, static_cast<double>(std::abs(b.data()[i])));
   }
   return diff / scale;
+}
+
+// Runs call and expects an lca::Error whose message contains every one of parts.
+inline void expect_error(const std::function<void()>& call, const std::vector<std::string>& parts) {
+  try {
+    call();
+    ADD_FAILURE() << "no throw; expected " << ::testing::PrintToString(parts);
+  } catch (const lca::Error& e) {
+    for (const auto& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace lca_test
