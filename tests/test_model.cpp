@@ -90,23 +90,11 @@ Tiny random_tiny(bool qwen2, Rng& rng) {
 
 // ---- The float64 oracle (Hugging Face's definitions) -------------------------------
 
-using Vec = std::vector<double>;
+using lca_test::Vec;
 
-Vec matvec(const Tensor<float>& w, const Vec& x) {  // w [out, in]
-  Vec y(static_cast<size_t>(w.dim(0)), 0.0);
-  for (int64_t o = 0; o < w.dim(0); ++o)
-    for (int64_t i = 0; i < w.dim(1); ++i) y[o] += static_cast<double>(w.row(o)[i]) * x[i];
-  return y;
-}
+using lca_test::matvec;
 
-Vec rms_norm(const Vec& x, const Tensor<float>& w, double eps) {
-  double ms = 0.0;
-  for (double v : x) ms += v * v;
-  ms /= static_cast<double>(x.size());
-  Vec y(x.size());
-  for (size_t i = 0; i < x.size(); ++i) y[i] = w.data()[i] * (x[i] / std::sqrt(ms + eps));
-  return y;
-}
+using lca_test::rms_norm;
 
 // q * cos + rotate_half(q) * sin, cos/sin = cat(freqs, freqs), rotate_half(u) = cat(-u2, u1).
 void rope_hf(double* u, int64_t d, int64_t pos, double theta) {

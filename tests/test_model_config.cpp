@@ -14,6 +14,7 @@
 
 #include "lca/error.hpp"
 #include "lca/model_config.hpp"
+#include "test_util.hpp"
 
 namespace {
 
@@ -22,15 +23,7 @@ using lca::AttentionKind;
 using lca::ModelConfig;
 using lca::RopeScalingType;
 
-// The message of the lca::Error that f throws ("" when it throws none).
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const lca::Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using lca_test::error_of;
 
 // Expects parse_model_config(text, "cfg.json") to throw an lca::Error whose
 // message names the source and holds every one of `parts`.

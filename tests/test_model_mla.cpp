@@ -45,7 +45,7 @@ using lca::Sequence;
 using lca::Shape;
 using lca::Tensor;
 using lca_test::Rng;
-using Vec = std::vector<double>;
+using lca_test::Vec;
 
 enum class Arch { v2, v3, minicpm3 };
 
@@ -174,25 +174,13 @@ Tiny tiny_minicpm3(Rng& rng) {
 
 // ---- The float64 oracle (transformers' definitions) --------------------------------
 
-Vec matvec(const Tensor<float>& w, const Vec& x) {  // w [out, in]
-  Vec y(static_cast<size_t>(w.dim(0)), 0.0);
-  for (int64_t o = 0; o < w.dim(0); ++o)
-    for (int64_t i = 0; i < w.dim(1); ++i) y[o] += static_cast<double>(w.row(o)[i]) * x[i];
-  return y;
-}
+using lca_test::matvec;
 
 void add_bias(Vec& y, const Tensor<float>& b) {
   for (size_t i = 0; i < y.size(); ++i) y[i] += b.data()[i];
 }
 
-Vec rms_norm(const Vec& x, const Tensor<float>& w, double eps) {
-  double ms = 0.0;
-  for (double v : x) ms += v * v;
-  ms /= static_cast<double>(x.size());
-  Vec y(x.size());
-  for (size_t i = 0; i < x.size(); ++i) y[i] = w.data()[i] * (x[i] / std::sqrt(ms + eps));
-  return y;
-}
+using lca_test::rms_norm;
 
 double get_mscale(double scale, double mscale) { return scale <= 1 ? 1.0 : 0.1 * mscale * std::log(scale) + 1.0; }
 

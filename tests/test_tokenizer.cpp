@@ -33,14 +33,7 @@ using lca::BpeVocab;
 using lca::Tokenizer;
 using lca_test::Rng;
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const lca::Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using lca_test::error_of;
 
 void expect_error(const std::function<void()>& f, const std::vector<std::string>& parts) {
   const std::string msg = error_of(f);

@@ -301,4 +301,32 @@ inline void expect_error(const std::function<void()>& call, const std::vector<st
   }
 }
 
+// The message of the lca::Error that f throws ("" when it throws none).
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const lca::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// Pieces of the float64 model oracles (Hugging Face's definitions).
+using Vec = std::vector<double>;
+inline Vec matvec(const lca::Tensor<float>& w, const Vec& x) {  // w [out, in]
+  Vec y(static_cast<size_t>(w.dim(0)), 0.0);
+  for (int64_t o = 0; o < w.dim(0); ++o)
+    for (int64_t i = 0; i < w.dim(1); ++i)
+      y[static_cast<size_t>(o)] += static_cast<double>(w.row(o)[i]) * x[static_cast<size_t>(i)];
+  return y;
+}
+inline Vec rms_norm(const Vec& x, const lca::Tensor<float>& w, double eps) {
+  double ms = 0.0;
+  for (double v : x) ms += v * v;
+  ms /= static_cast<double>(x.size());
+  Vec y(x.size());
+  for (size_t i = 0; i < x.size(); ++i) y[i] = w.data()[i] * (x[i] / std::sqrt(ms + eps));
+  return y;
+}
+
 }  // namespace lca_test
