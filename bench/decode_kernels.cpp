@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <memory>
 #include <string>
 #include <variant>
 #include <vector>
@@ -88,17 +89,25 @@ struct StepTime {
   int64_t splits = 0;
 };
 
-// One step at position t of `batch` sequences of t tokens, replayed from a graph.
-StepTime time_step(lca::cuda::PagedCacheConfig cfg, int64_t batch, int64_t t, int reps) {
+// A cache of `batch` sequences of t tokens each (their slots in seqs), random contents.
+std::unique_ptr<lca::cuda::PagedKvCache> random_cache(lca::cuda::PagedCacheConfig cfg, int64_t batch, int64_t t,
+                                                      std::vector<int64_t>& seqs) {
   cfg.max_seqs = batch;
   cfg.max_context = t + 1;
-  lca::cuda::PagedKvCache cache(cfg);
-  std::vector<int64_t> seqs;
+  auto cache = std::make_unique<lca::cuda::PagedKvCache>(cfg);
   for (int64_t b = 0; b < batch; ++b) {
-    seqs.push_back(cache.add_sequence());
-    cache.set_tokens(seqs.back(), t);
+    seqs.push_back(cache->add_sequence());
+    cache->set_tokens(seqs.back(), t);
   }
-  fill(cache.device_pool(), cache.total_blocks() * cache.block_bytes(), 7);
+  fill(cache->device_pool(), cache->total_blocks() * cache->block_bytes(), 7);
+  return cache;
+}
+
+// One step at position t of `batch` sequences of t tokens, replayed from a graph.
+StepTime time_step(lca::cuda::PagedCacheConfig cfg, int64_t batch, int64_t t, int reps) {
+  std::vector<int64_t> seqs;
+  const auto cache_ptr = random_cache(cfg, batch, t, seqs);
+  lca::cuda::PagedKvCache& cache = *cache_ptr;
   const int64_t rows_bytes = batch * cache.row_width() * 2, q_bytes = batch * cache.query_heads() * cache.query_width() * 2;
   void *rows, *queries, *out;
   CHECK(cudaMalloc(&rows, rows_bytes));
@@ -169,15 +178,9 @@ int64_t capacity(lca::cuda::PagedCacheConfig cfg, int64_t bytes, int64_t context
 // directly (no graph) 20 times, for ncu.
 int profile(int shape, int64_t ctx, int64_t batch, bool full, const Shape* shapes) {
   lca::cuda::PagedCacheConfig cfg = config_of(shapes[shape], full ? lca::LcaParams::full() : lca::LcaParams{});
-  cfg.max_seqs = batch;
-  cfg.max_context = ctx + 1;
-  lca::cuda::PagedKvCache cache(cfg);
   std::vector<int64_t> seqs;
-  for (int64_t b = 0; b < batch; ++b) {
-    seqs.push_back(cache.add_sequence());
-    cache.set_tokens(seqs.back(), ctx);
-  }
-  fill(cache.device_pool(), cache.total_blocks() * cache.block_bytes(), 7);
+  const auto cache_ptr = random_cache(cfg, batch, ctx, seqs);
+  lca::cuda::PagedKvCache& cache = *cache_ptr;
   void *rows, *queries, *out;
   CHECK(cudaMalloc(&rows, batch * cache.row_width() * 2));
   CHECK(cudaMalloc(&queries, batch * cache.query_heads() * cache.query_width() * 2));
