@@ -36,6 +36,8 @@ def main(argv=None):
     parser.add_argument("--extra", nargs="*", default=[], help="more folders of text files")
     parser.add_argument("--heldout-percent", type=float, default=2.0)
     parser.add_argument("--max-file-bytes", type=int, default=1 << 20)
+    parser.add_argument("--max-total-mb", type=float, default=None,
+                        help="stop adding files once the corpus has this many MB of characters")
     args = parser.parse_args(argv)
     if not 0 < args.heldout_percent < 100:
         raise ValueError(f"--heldout-percent must be in (0, 100), got {args.heldout_percent}")
@@ -45,6 +47,8 @@ def main(argv=None):
             open(os.path.join(args.out, "heldout.txt"), "w", encoding="utf-8") as heldout:
         for root, suffixes in [(args.stdlib, (".py",))] + [(e, TEXT_SUFFIXES) for e in args.extra]:
             for relative, path in files_under(root, suffixes):
+                if args.max_total_mb is not None and counts["train"][1] + counts["heldout"][1] >= args.max_total_mb * 1e6:
+                    break
                 try:
                     if os.path.getsize(path) > args.max_file_bytes:
                         continue

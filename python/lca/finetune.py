@@ -9,9 +9,16 @@ accumulation, gradient clipping, bf16 autocast on CUDA (fp32 on CPU). Every --sa
 at the end the weights are saved as a Hugging Face folder (save_pretrained + tokenizer) with the
 optimizer state beside them (trainer_state.pt), from which --resume continues. --attention full
 trains without LCA (pre-training the study's base model).
+
+Several GPUs: start it with torchrun (`torchrun --nproc-per-node 4 -m lca.finetune ...`); each
+process trains on its own rows and the gradients are averaged (DistributedDataParallel), so a step
+sees batch-size x grad-accum x processes sequences. --time-budget SECONDS fits the run to a time
+limit: the step count is set from the speed of the first steps (and printed, so a rerun with that
+--steps reproduces the run).
 """
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -62,15 +69,37 @@ def rows(tokenizer, documents, seq_len):
     return ids, labels
 
 
+def _pieces(text, size=1 << 20):
+    """text cut into pieces of about `size` characters, each cut between a newline and a character that
+    is not whitespace (where the byte-level pre-tokenizers split anyway), so that encoding the pieces
+    gives the tokens of the whole text."""
+    start = 0
+    while len(text) - start > size:
+        cut = start + size
+        while cut < len(text) and not (text[cut - 1] == "\n" and not text[cut].isspace()):
+            cut += 1
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
+
+
 def pack(tokenizer, texts, seq_len):
-    """Token ids of all texts, EOS after each, cut into [count, seq_len] (the tail is dropped)."""
+    """Token ids of all texts, EOS after each, cut into [count, seq_len] (the tail is dropped). Long
+    texts are encoded in pieces, all pieces in one batch (the fast tokenizers encode a batch in parallel)."""
     import torch
 
     if seq_len < 2:
         raise ValueError(f"seq_len must be >= 2, got {seq_len}")
-    ids = []
+    pieces, ends = [], []
     for text in texts:
-        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        pieces.extend(_pieces(text))
+        ends.append(len(pieces))
+    encoded = tokenizer(pieces, add_special_tokens=False)["input_ids"] if pieces else []
+    ids, first = [], 0
+    for end in ends:
+        for piece in encoded[first:end]:
+            ids.extend(piece)
+        first = end
         if tokenizer.eos_token_id is not None:
             ids.append(tokenizer.eos_token_id)
     count = len(ids) // seq_len
@@ -121,10 +150,14 @@ def save(model, tokenizer, out, optimizer=None, scheduler=None, step=None):
 
 
 def train(model, sequences, *, labels=None, steps=1000, lr=1e-4, warmup=50, batch_size=1, grad_accum=1, weight_decay=0.1,
-          max_grad_norm=1.0, seed=0, tokenizer=None, out=None, save_every=0, resume=None, log=None):
+          max_grad_norm=1.0, seed=0, tokenizer=None, out=None, save_every=0, resume=None, log=None, time_budget=None):
     """Trains `model` (patched or not) on rows of `sequences` [count, seq_len] (labels: the same shape,
-    -100 where no loss is taken; default the ids); returns the loss of each step."""
+    -100 where no loss is taken; default the ids); returns the loss of each step. Under
+    torch.distributed (torchrun) every process takes its own rows and the model is wrapped in
+    DistributedDataParallel; only rank 0 saves and reports. time_budget (seconds): the step count
+    becomes what fits, measured over the first steps (the schedule is set from it)."""
     import torch
+    import torch.distributed as dist
 
     for name, value, low in (("steps", steps, 1), ("batch_size", batch_size, 1), ("grad_accum", grad_accum, 1),
                              ("warmup", warmup, 0), ("save_every", save_every, 0)):
@@ -132,12 +165,20 @@ def train(model, sequences, *, labels=None, steps=1000, lr=1e-4, warmup=50, batc
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     if lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
+    if time_budget is not None and time_budget <= 0:
+        raise ValueError(f"time_budget must be > 0 seconds, got {time_budget!r}")
     device = next(model.parameters()).device
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    net = model
+    if distributed:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_schedule(s, steps, warmup))
+    plan = {"steps": steps}  # the schedule reads the step count, which a time budget may change
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_schedule(s, plan["steps"], warmup))
     start = 0
     if resume is not None:
         state = torch.load(os.path.join(resume, "trainer_state.pt"), map_location=device)
@@ -150,37 +191,81 @@ def train(model, sequences, *, labels=None, steps=1000, lr=1e-4, warmup=50, batc
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     model.train()
     losses = []
-    bar = _progress(steps, start)
+    bar = _progress(steps, start) if rank == 0 else None
     began = time.time()
-    for step in range(start, steps):
+    measure_from = (start + 3, None)  # (step, time): the speed is measured after a few warm-up steps
+    step = start
+    while step < plan["steps"]:
+        if time_budget is not None and step == measure_from[0] + 10:
+            per_step_s = (time.time() - measure_from[1]) / 10
+            fit = torch.tensor([step + int((time_budget - (time.time() - began)) / per_step_s)], device=device)
+            if distributed:
+                dist.broadcast(fit, 0)  # every process runs the same number of steps
+            plan["steps"] = max(step + 1, min(steps, int(fit.item())))
+            if rank == 0:
+                print(f"\ntime budget {time_budget:.0f} s at {per_step_s:.3f} s a step: {plan['steps']} steps",
+                      file=sys.stderr, flush=True)
+                if bar is not None:
+                    bar.total = plan["steps"]
+        if step == measure_from[0]:
+            measure_from = (step, time.time())
         total = 0.0
         for micro in range(grad_accum):
-            first = (step * per_step + micro * batch_size) % sequences.shape[0]
+            first = ((step * world + rank) * per_step + micro * batch_size) % sequences.shape[0]
             rows = order[(torch.arange(batch_size) + first) % sequences.shape[0]]
             batch = sequences[rows].to(device)
             targets = batch if labels is None else labels[rows].to(device)
-            with autocast:
-                loss = model(input_ids=batch, labels=targets, use_cache=False).loss / grad_accum
-            loss.backward()
+            sync = not distributed or micro == grad_accum - 1  # DDP averages gradients on the last micro-batch
+            with contextlib.nullcontext() if sync else net.no_sync():
+                with autocast:
+                    loss = net(input_ids=batch, labels=targets, use_cache=False).loss / grad_accum
+                loss.backward()
             total += loss.item()
+        if distributed:
+            reduced = torch.tensor([total], device=device)
+            dist.all_reduce(reduced)
+            total = reduced.item() / world
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(total)
-        message = f"step {step + 1}/{steps} loss {total:.4f} lr {scheduler.get_last_lr()[0]:.2e}"
+        step += 1
+        steps_now = plan["steps"]
+        message = f"step {step}/{steps_now} loss {total:.4f} lr {scheduler.get_last_lr()[0]:.2e}"
         if bar is not None:
             bar.set_postfix_str(f"loss {total:.4f}")
             bar.update(1)
-        elif log is not None:
+        elif log is not None and rank == 0:
             log(f"\r{message} ({time.time() - began:.0f}s)")
-        if out is not None and save_every and (step + 1) % save_every == 0 and step + 1 < steps:
-            save(model, tokenizer, os.path.join(out, f"checkpoint-{step + 1}"), optimizer, scheduler, step + 1)
+        if out is not None and save_every and step % save_every == 0 and step < steps_now and rank == 0:
+            save(model, tokenizer, os.path.join(out, f"checkpoint-{step}"), optimizer, scheduler, step)
     if bar is not None:
         bar.close()
-    if out is not None:
-        save(model, tokenizer, out, optimizer, scheduler, steps)
+    if out is not None and rank == 0:
+        save(model, tokenizer, out, optimizer, scheduler, plan["steps"])
+    if distributed:
+        dist.barrier()
     return losses
+
+
+def _tokenize(tokenizer, args):
+    import torch
+
+    if not args.data and not args.task_data:
+        raise ValueError("data: give --data and/or --task-data")
+    parts, labels = [], []
+    texts = load_texts(args.data) + (load_documents(args.task_data) if args.pack_tasks else [])
+    if texts:
+        packed = pack(tokenizer, texts, args.seq_len)
+        parts.append(packed)
+        labels.append(packed)
+    if args.task_data and not args.pack_tasks:
+        task_ids, task_labels = rows(tokenizer, load_documents(args.task_data), args.seq_len)
+        parts.append(task_ids)
+        labels.append(task_labels)
+        return torch.cat(parts), torch.cat(labels)
+    return torch.cat(parts), None  # packed rows only: the labels are the ids
 
 
 def main(argv=None):
@@ -194,6 +279,11 @@ def main(argv=None):
     parser.add_argument("--data", nargs="*", default=[], help="text files, packed into sequences")
     parser.add_argument("--task-data", nargs="*", default=[],
                         help="JSON-lines files of documents, one padded row each (lca.evaluate --write-training)")
+    parser.add_argument("--pack-tasks", action="store_true",
+                        help="pack the --task-data documents with the text (EOS between) instead of one padded row each")
+    parser.add_argument("--token-cache", help="a .pt file of the tokenized rows: written if absent, else read "
+                        "instead of tokenizing (the same data and --seq-len are the caller's responsibility)")
+    parser.add_argument("--tokenize-only", action="store_true", help="write --token-cache and stop")
     parser.add_argument("--out", required=True)
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--attention", choices=("lca", "full"), default="lca")
@@ -213,9 +303,19 @@ def main(argv=None):
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--resume", help="a checkpoint folder written by this tool (weights and trainer_state.pt)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="seconds: run the steps that fit (at most --steps), measured over the first steps")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
 
+    rank = 0
+    if "LOCAL_RANK" in os.environ:  # started by torchrun: one process per GPU
+        import torch.distributed as dist
+
+        local = int(os.environ["LOCAL_RANK"])
+        torch.cuda.set_device(local)
+        dist.init_process_group("nccl", device_id=torch.device("cuda", local))
+        rank, args.device = dist.get_rank(), f"cuda:{local}"
     torch.manual_seed(args.seed)
     source = args.resume or args.model
     tokenizer = transformers.AutoTokenizer.from_pretrained(args.model)
@@ -225,24 +325,26 @@ def main(argv=None):
     if args.attention == "lca":
         patch(model, window=args.window, group=args.group, key_mode=args.key_mode, score=args.score,
               mass_bias=args.mass_bias, impl=args.impl)
-    if not args.data and not args.task_data:
-        raise ValueError("data: give --data and/or --task-data")
-    parts, labels = [], []
-    if args.data:
-        packed = pack(tokenizer, load_texts(args.data), args.seq_len)
-        parts.append(packed)
-        labels.append(packed)
-    if args.task_data:
-        task_ids, task_labels = rows(tokenizer, load_documents(args.task_data), args.seq_len)
-        parts.append(task_ids)
-        labels.append(task_labels)
-    sequences, labels = torch.cat(parts), torch.cat(labels)
-    print(f"{sequences.shape[0]} sequences of {args.seq_len} tokens; attention {args.attention}", file=sys.stderr)
+    if args.token_cache and os.path.exists(args.token_cache):
+        sequences, labels = torch.load(args.token_cache)
+    else:
+        sequences, labels = _tokenize(tokenizer, args)
+        if args.token_cache and rank == 0:
+            torch.save((sequences, labels), args.token_cache)
+    if args.tokenize_only:
+        print(f"{args.token_cache}: {sequences.shape[0]} sequences of {sequences.shape[1]} tokens", file=sys.stderr)
+        return
+    if rank == 0:
+        print(f"{sequences.shape[0]} sequences of {args.seq_len} tokens; attention {args.attention}", file=sys.stderr)
     losses = train(model, sequences, labels=labels, steps=args.steps, lr=args.lr, warmup=args.warmup, batch_size=args.batch_size,
                    grad_accum=args.grad_accum, weight_decay=args.weight_decay, seed=args.seed, tokenizer=tokenizer,
                    out=args.out, save_every=args.save_every, resume=args.resume,
-                   log=lambda s: print(s, end="", file=sys.stderr, flush=True))
-    print(f"\nfinal loss {losses[-1]:.4f} (first {losses[0]:.4f}); saved to {args.out}", file=sys.stderr)
+                   log=lambda s: print(s, end="", file=sys.stderr, flush=True), time_budget=args.time_budget)
+    if rank == 0:
+        print(f"\nfinal loss {losses[-1]:.4f} (first {losses[0]:.4f}); {len(losses)} steps; saved to {args.out}",
+              file=sys.stderr)
+    if "LOCAL_RANK" in os.environ:
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

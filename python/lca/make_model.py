@@ -4,6 +4,8 @@ Qwen2 or DeepSeek-V2 (MLA, dense MLP) architecture of the requested size.
 
     python -m lca.make_model --arch llama --text FILE... --vocab 8192 --hidden 512 --layers 8 \
         --heads 8 --kv-heads 2 --max-positions 8192 --out DIR
+
+--tokenizer DIR instead of --text reuses the tokenizer of another folder (models that share data).
 """
 
 import argparse
@@ -73,7 +75,9 @@ def read_texts(paths):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m lca.make_model", description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", choices=ARCHS, default="llama")
-    parser.add_argument("--text", nargs="+", required=True, help="text files to train the tokenizer on")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", nargs="+", help="text files to train the tokenizer on")
+    source.add_argument("--tokenizer", help="a folder whose tokenizer to reuse (no training)")
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--layers", type=int, default=8)
@@ -86,7 +90,12 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    tokenizer = train_tokenizer(read_texts(args.text), args.vocab)
+    if args.tokenizer:
+        import transformers
+
+        tokenizer = transformers.AutoTokenizer.from_pretrained(args.tokenizer)
+    else:
+        tokenizer = train_tokenizer(read_texts(args.text), args.vocab)
     config = make_config(args.arch, len(tokenizer), args.hidden, args.layers, args.heads, args.kv_heads,
                          args.intermediate, args.max_positions, args.rope_theta, args.kv_lora_rank)
     config.eos_token_id = tokenizer.eos_token_id

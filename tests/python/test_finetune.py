@@ -94,3 +94,60 @@ def test_cli_trains_on_task_data(tmp_path):
     assert (tmp_path / "out" / "config.json").exists()
     with pytest.raises(ValueError, match="data"):
         finetune.main(["--model", str(model_dir), "--out", str(tmp_path / "o2"), "--device", "cpu"])
+
+
+def _ddp_worker(rank, world, port, sequences, out):
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    model = _tiny_llama()
+    finetune.train(model, sequences, steps=3, batch_size=1, grad_accum=2, warmup=0, lr=1e-2)
+    if rank == 0:
+        torch.save(model.state_dict(), out)
+    dist.destroy_process_group()
+
+
+def _tiny_llama():
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64)
+    return transformers.AutoModelForCausalLM.from_config(config)
+
+
+def test_distributed_equals_one_process_on_the_same_rows(tmp_path):
+    """Two processes (gloo, CPU) with batch 1 x accumulation 2 each take the rows one process with
+    batch 2 x accumulation 2 takes, and DDP averages their gradients: the same weights after 3 steps."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    sequences = torch.randint(0, 50, (16, 12), generator=torch.Generator().manual_seed(1))
+    single = _tiny_llama()
+    finetune.train(single, sequences, steps=3, batch_size=2, grad_accum=2, warmup=0, lr=1e-2)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp.pt"
+    mp.spawn(_ddp_worker, args=(2, port, sequences, str(out)), nprocs=2)
+    ddp = torch.load(out)
+    moved = max((single.state_dict()[k] - _tiny_llama().state_dict()[k]).abs().max().item() for k in ddp)
+    error = max((single.state_dict()[k] - ddp[k]).abs().max().item() for k in ddp)
+    assert moved > 1e-3 and error < 1e-5
+
+
+def test_time_budget_sets_the_step_count(tmp_path):
+    sequences = torch.randint(0, 50, (16, 12), generator=torch.Generator().manual_seed(1))
+    losses = finetune.train(_tiny_llama(), sequences, steps=100000, batch_size=1, warmup=0, time_budget=2.0)
+    assert 13 < len(losses) < 100000
+    with pytest.raises(ValueError, match="time_budget"):
+        finetune.train(_tiny_llama(), sequences, steps=3, time_budget=0)
+
+
+def test_pack_encodes_long_texts_in_pieces_exactly(tmp_path):
+    _, tokenizer = tiny_folder(tmp_path)
+    long = "\n".join(text(30, seed) + ("\n\n    indented" if seed % 3 == 0 else "") for seed in range(200))
+    pieces = list(finetune._pieces(long, size=500))
+    assert len(pieces) > 5 and "".join(pieces) == long
+    whole = tokenizer(long, add_special_tokens=False)["input_ids"]
+    assert sum((tokenizer(p, add_special_tokens=False)["input_ids"] for p in pieces), []) == whole
