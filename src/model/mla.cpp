@@ -472,8 +472,9 @@ void moe(const MlaArch& a, const LayerWeights& lw, const float* h, int64_t rows,
       }
       std::vector<int64_t> groups(static_cast<size_t>(a.n_group));
       std::iota(groups.begin(), groups.end(), 0);
-      std::partial_sort(groups.begin(), groups.begin() + a.topk_group, groups.end(),
-                        [&](int64_t x, int64_t y) { return group_score[x] > group_score[y]; });
+      std::partial_sort(groups.begin(), groups.begin() + a.topk_group, groups.end(), [&](int64_t x, int64_t y) {
+        return group_score[x] > group_score[y] || (group_score[x] == group_score[y] && x < y);
+      });
       std::vector<bool> keep(static_cast<size_t>(a.n_group), false);
       for (int64_t i = 0; i < a.topk_group; ++i) keep[groups[i]] = true;
       // V2 masks with 0 (scores are positive), V3 with -inf.
@@ -481,8 +482,10 @@ void moe(const MlaArch& a, const LayerWeights& lw, const float* h, int64_t rows,
         if (!keep[e / group]) choice[e] = a.routing == MoeRouting::sigmoid_noaux_tc ? -INFINITY : 0.0;
     }
     std::iota(order.begin(), order.end(), 0);
-    std::partial_sort(order.begin(), order.begin() + K, order.end(),
-                      [&](int64_t x, int64_t y) { return choice[x] > choice[y]; });
+    // Ties (here and among groups) go to the smaller index: a fixed order the GPU runtime matches.
+    std::partial_sort(order.begin(), order.begin() + K, order.end(), [&](int64_t x, int64_t y) {
+      return choice[x] > choice[y] || (choice[x] == choice[y] && x < y);
+    });
     double norm = 1.0;
     if (a.routing == MoeRouting::sigmoid_noaux_tc && a.norm_topk_prob) {
       norm = 1e-20;

@@ -1,0 +1,55 @@
+// Launchers of the MoE kernels (internal to src/runtime/gpu_moe.cpp; plain C++
+// declarations). Every launcher checks its launch; none synchronises, so a
+// forward built from them is capturable in a CUDA graph.
+#pragma once
+
+#include <cstdint>
+
+typedef struct CUstream_st* cudaStream_t;
+
+namespace lca::cuda::detail {
+
+// The routing of DeepSeek's MoE (model::moe's, values of lca::model::MoeRouting).
+struct MoeRoutingArgs {
+  int routing = 0;  // 0 softmax greedy, 1 softmax group-limited, 2 sigmoid noaux_tc
+  int experts = 0, per_token = 0, n_group = 1, topk_group = 1;
+  bool norm_topk_prob = false;
+  double routed_scaling = 1.0;
+};
+
+// Per token t < rows: the per_token experts chosen from logits [rows, E] (fp32;
+// bias [E] fp32, the V3 correction, null otherwise) and their weights:
+// expert[t * K + k], weight[t * K + k], in the order of decreasing choice score
+// (ties: the smaller expert index first).
+void moe_route(const float* logits, const float* bias, int64_t rows, const MoeRoutingArgs& args, int32_t* expert,
+               float* weight, cudaStream_t stream);
+
+// Counting sort of the pairs p < pairs (pair p = token p / per_token) by
+// expert[p]: offsets [E + 1] (the expert-ordered rows of each expert),
+// tile_offsets [E + 1] (the row tiles of `tile_rows` rows before each expert),
+// position[p] (the pair's expert-ordered row) and token_of[row].
+void moe_dispatch(const int32_t* expert, int64_t pairs, int per_token, int experts, int tile_rows, int32_t* offsets,
+                  int32_t* tile_offsets, int32_t* position, int32_t* token_of, cudaStream_t stream);
+
+// Rows of the grouped GEMM's tiles (moe_grouped_gemm.cu's TM).
+constexpr int kMoeTileRows = 64;
+
+// The experts' products over expert-ordered rows (bf16 in and out, fp32
+// accumulation); grid sized for `pairs` rows in at most `experts` groups.
+// Gate and up with SwiGLU: act [pairs, F] = silu(a W_g^T) * (a W_u^T), a row r
+//   being h[token_of[r]] [D]; w_gate_up [E, 2F, D] with gate and up rows
+//   interleaved in blocks of 8 (rows 16 j .. 16 j + 7 gate rows 8 j .., the
+//   next 8 the up rows 8 j ..).
+void moe_gemm_gate_up(const void* h, const int32_t* token_of, const void* w_gate_up, const int32_t* offsets,
+                      const int32_t* tile_offsets, int64_t pairs, int experts, int64_t d, int64_t f, void* act,
+                      cudaStream_t stream);
+// Down: y [pairs, D] = act W_d^T per expert; w_down [E, D, F].
+void moe_gemm_down(const void* act, const void* w_down, const int32_t* offsets, const int32_t* tile_offsets,
+                   int64_t pairs, int experts, int64_t d, int64_t f, void* y, cudaStream_t stream);
+
+// x[t] += sum_k weight[t * K + k] y[position[t * K + k]] (+ shared[t] when
+// not null), in fp32, rounded once to bf16; x, y, shared bf16 rows of d.
+void moe_combine(void* x, const void* y, const void* shared, const int32_t* position, const float* weight,
+                 int64_t rows, int per_token, int64_t d, cudaStream_t stream);
+
+}  // namespace lca::cuda::detail

@@ -1,0 +1,327 @@
+// DeepSeek's MoE feed-forward on the GPU (gpu_moe.hpp): model::moe with bf16
+// weights and activations, fp32 logits and fp64 routing scores, fp32
+// accumulation.
+//
+// forward(h, rows, x), all on `stream`, no host synchronisation:
+// 1. logits [rows, E] fp32 = h router^T (cuBLAS, bf16 in, fp32 out).
+// 2. moe_route: per token the per_token experts and their weights (scoring,
+//    group choice, top-k with ties to the smaller index, normalisation,
+//    routed scaling), as model::moe.
+// 3. moe_dispatch: counting sort of the rows * per_token pairs by expert ->
+//    row and row-tile offsets per expert, each pair's expert-ordered row.
+// 4. moe_gemm_gate_up: act [pairs, F] = silu(h W_g^T) * (h W_u^T) per expert,
+//    the rows of h gathered through the sort inside the GEMM.
+// 5. moe_gemm_down: y [pairs, D] = act W_d^T per expert.
+// 6. shared experts (when the arch has them): cuBLAS gate and up, swiglu, down
+//    -> s [rows, D].
+// 7. moe_combine: x[t] += sum_k weight_k y[pair t k] (+ s[t]), rounded once.
+// The grouped GEMMs' grids are sized from `rows` (an upper bound on the row
+// tiles); the device offsets tell each CTA its expert or that it has none.
+//
+// Device layout of the routed experts: w_gate_up [E, 2F, D] with the gate and
+// up rows interleaved in blocks of 8 (the SwiGLU epilogue finds a column's
+// gate and up value in the same thread), w_down [E, D, F]. The V3 correction
+// bias stays fp32 (E values; it decides the choice, so it is not rounded).
+#include "runtime/gpu_moe.hpp"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "cuda/device_memory.hpp"
+#include "cuda/model_ops.hpp"
+#include "cuda/moe.hpp"
+#include "lca/cuda.hpp"
+#include "lca/error.hpp"
+
+#define LCA_CUBLAS_OK(where, expr)                                                                \
+  do {                                                                                            \
+    const cublasStatus_t lca_st_ = (expr);                                                        \
+    if (lca_st_ != CUBLAS_STATUS_SUCCESS)                                                         \
+      ::lca::detail::fail(where, ": ", #expr, " failed: ", cublasGetStatusString(lca_st_));       \
+  } while (0)
+
+namespace lca::cuda {
+namespace {
+
+using detail::DeviceArray;
+using model::MlaArch;
+using model::MoeRouting;
+
+// The sizes of one MoE layer (what a workspace must match).
+struct MoeSizes {
+  int64_t experts = 0, per_token = 0, hidden = 0, expert_size = 0, shared_size = 0;
+  bool operator==(const MoeSizes&) const = default;
+};
+
+MoeSizes checked_sizes(const char* where, const MlaArch& a, int64_t hidden) {
+  LCA_CHECK(a.experts >= 1, where, ": arch has no routed experts (experts ", a.experts, "): not a MoE architecture");
+  LCA_CHECK(a.per_token >= 1 && a.per_token <= a.experts, where, ": arch per_token ", a.per_token,
+            " must lie in [1, experts ", a.experts, "]");
+  LCA_CHECK(a.expert_size >= 8 && a.expert_size % 8 == 0, where, ": arch expert_size ", a.expert_size,
+            " must be a positive multiple of 8 (the grouped GEMM's 16-byte rows)");
+  LCA_CHECK(a.shared >= 0, where, ": arch shared ", a.shared, " must be >= 0");
+  LCA_CHECK(hidden >= 8 && hidden % 8 == 0, where, ": hidden ", hidden, " must be a positive multiple of 8");
+  LCA_CHECK(a.n_group >= 1 && a.experts % a.n_group == 0 && a.topk_group >= 1 && a.topk_group <= a.n_group, where,
+            ": arch n_group ", a.n_group, " must divide experts ", a.experts, " and topk_group ", a.topk_group,
+            " lie in [1, n_group]");
+  LCA_CHECK(a.routing != MoeRouting::sigmoid_noaux_tc || a.experts / a.n_group >= 2, where,
+            ": DeepSeek-V3 routing needs groups of >= 2 experts, got ", a.experts / a.n_group);
+  LCA_CHECK(a.routing == MoeRouting::softmax_greedy || a.per_token <= a.topk_group * (a.experts / a.n_group), where,
+            ": arch per_token ", a.per_token, " exceeds the experts of the topk_group selected groups");
+  return MoeSizes{a.experts, a.per_token, hidden, a.expert_size, a.shared * a.expert_size};
+}
+
+DeviceArray upload_bf16(const char* what, const float* data, int64_t n) {
+  DeviceArray a(what, n * 2);
+  std::vector<unsigned char> bytes(static_cast<size_t>(n * 2));
+  encode(DType::bf16, data, n, bytes.data());
+  LCA_CUDA_OK("GpuMoe::upload", cudaMemcpy(a.as(), bytes.data(), bytes.size(), cudaMemcpyHostToDevice));
+  return a;
+}
+
+}  // namespace
+
+// ---- MoeWorkspace ----------------------------------------------------------------------
+
+struct MoeWorkspace::Impl {
+  MoeSizes sizes;
+  int64_t max_rows = 0;
+  DeviceArray logits;                              // [max_rows, E] fp32
+  DeviceArray expert, weight, position, token_of;  // [max_rows * K] int32, fp32, int32, int32
+  DeviceArray offsets, tile_offsets;               // [E + 1] int32
+  DeviceArray act, y;                              // [max_rows * K, F], [max_rows * K, D] bf16
+  DeviceArray shared_gate, shared_up, shared_out;  // [max_rows, Fs] x 2, [max_rows, D] bf16 (when shared)
+  int64_t bytes() const {
+    int64_t b = 0;
+    for (const DeviceArray* p : {&logits, &expert, &weight, &position, &token_of, &offsets, &tile_offsets, &act, &y,
+                                 &shared_gate, &shared_up, &shared_out})
+      b += *p ? p->bytes() : 0;
+    return b;
+  }
+};
+
+MoeWorkspace::MoeWorkspace(const MlaArch& arch, int64_t hidden, int64_t max_rows) : impl_(std::make_unique<Impl>()) {
+  const char* where = "MoeWorkspace";
+  Impl& w = *impl_;
+  w.sizes = checked_sizes(where, arch, hidden);
+  LCA_CHECK(max_rows >= 1, where, ": max_rows must be >= 1, got ", max_rows);
+  const int64_t P = max_rows * w.sizes.per_token;
+  LCA_CHECK(P <= INT_MAX, where, ": max_rows ", max_rows, " times per_token ", w.sizes.per_token,
+            " exceeds the int32 row indices of the dispatch");
+  LCA_CHECK(device_present(), where, ": no CUDA device is present");
+  w.max_rows = max_rows;
+  const int64_t E = w.sizes.experts, D = w.sizes.hidden, F = w.sizes.expert_size, Fs = w.sizes.shared_size;
+  w.logits = DeviceArray("MoE router logits", max_rows * E * 4);
+  w.expert = DeviceArray("MoE routing", P * 4);
+  w.weight = DeviceArray("MoE routing", P * 4);
+  w.position = DeviceArray("MoE dispatch", P * 4);
+  w.token_of = DeviceArray("MoE dispatch", P * 4);
+  w.offsets = DeviceArray("MoE dispatch", (E + 1) * 4);
+  w.tile_offsets = DeviceArray("MoE dispatch", (E + 1) * 4);
+  w.act = DeviceArray("MoE expert activations", P * F * 2);
+  w.y = DeviceArray("MoE expert outputs", P * D * 2);
+  if (Fs > 0) {
+    w.shared_gate = DeviceArray("MoE shared experts", max_rows * Fs * 2);
+    w.shared_up = DeviceArray("MoE shared experts", max_rows * Fs * 2);
+    w.shared_out = DeviceArray("MoE shared experts", max_rows * D * 2);
+  }
+  // Poison the float buffers (all-ones bytes are NaN in bf16 and fp32): a
+  // forward that reads what it did not write shows as NaN in its output.
+  for (const DeviceArray* p : {&w.logits, &w.weight, &w.act, &w.y, &w.shared_gate, &w.shared_up, &w.shared_out})
+    if (*p) LCA_CUDA_OK(where, cudaMemset(p->as(), 0xff, static_cast<size_t>(p->bytes())));
+  LCA_CUDA_OK(where, cudaDeviceSynchronize());
+}
+
+MoeWorkspace::MoeWorkspace(MoeWorkspace&&) noexcept = default;
+MoeWorkspace& MoeWorkspace::operator=(MoeWorkspace&&) noexcept = default;
+MoeWorkspace::~MoeWorkspace() = default;
+int64_t MoeWorkspace::max_rows() const { return impl_->max_rows; }
+int64_t MoeWorkspace::bytes() const { return impl_->bytes(); }
+
+// ---- GpuMoe ------------------------------------------------------------------------------
+
+struct GpuMoe::Impl {
+  MoeSizes sizes;
+  detail::MoeRoutingArgs routing;
+  DeviceArray router;       // [E, D] bf16
+  DeviceArray router_bias;  // [E] fp32 (V3), else empty
+  DeviceArray gate_up;      // [E, 2F, D] bf16, gate and up interleaved in blocks of 8 rows
+  DeviceArray down;         // [E, D, F] bf16
+  DeviceArray shared_gate, shared_up, shared_down;  // [Fs, D], [Fs, D], [D, Fs] bf16 (when shared)
+  int64_t bytes() const {
+    int64_t b = 0;
+    for (const DeviceArray* p : {&router, &router_bias, &gate_up, &down, &shared_gate, &shared_up, &shared_down})
+      b += *p ? p->bytes() : 0;
+    return b;
+  }
+};
+
+namespace {
+
+detail::MoeRoutingArgs routing_args(const MlaArch& a) {
+  detail::MoeRoutingArgs r;
+  r.routing = a.routing == MoeRouting::softmax_greedy ? 0 : a.routing == MoeRouting::softmax_group_limited ? 1 : 2;
+  r.experts = static_cast<int>(a.experts);
+  r.per_token = static_cast<int>(a.per_token);
+  r.n_group = static_cast<int>(a.n_group);
+  r.topk_group = static_cast<int>(a.topk_group);
+  r.norm_topk_prob = a.norm_topk_prob;
+  r.routed_scaling = a.routed_scaling;
+  return r;
+}
+
+void check_expert(const char* where, const std::string& what, const MlpWeights& m, int64_t D, int64_t F) {
+  expect_shape(where, (what + " gate").c_str(), m.gate, {F, D});
+  expect_shape(where, (what + " up").c_str(), m.up, {F, D});
+  expect_shape(where, (what + " down").c_str(), m.down, {D, F});
+  LCA_CHECK(m.b_gate.numel() == 0 && m.b_up.numel() == 0 && m.b_down.numel() == 0, where, ": ", what,
+            " has biases, which DeepSeek's experts do not (not supported)");
+}
+
+}  // namespace
+
+GpuMoe::GpuMoe(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+GpuMoe::GpuMoe(GpuMoe&&) noexcept = default;
+GpuMoe& GpuMoe::operator=(GpuMoe&&) noexcept = default;
+GpuMoe::~GpuMoe() = default;
+int64_t GpuMoe::weight_bytes() const { return impl_->bytes(); }
+
+GpuMoe GpuMoe::upload(const MlaArch& arch, const LayerWeights& lw, int64_t hidden) {
+  const char* where = "GpuMoe::upload";
+  const MoeSizes s = checked_sizes(where, arch, hidden);
+  const int64_t E = s.experts, D = s.hidden, F = s.expert_size, Fs = s.shared_size;
+  LCA_CHECK(lw.is_moe(), where, ": the layer holds no experts (a dense layer)");
+  LCA_CHECK(static_cast<int64_t>(lw.experts.size()) == E, where, ": the layer holds ", lw.experts.size(),
+            " experts, the arch ", E);
+  expect_shape(where, "router", lw.router, {E, D});
+  const bool v3 = arch.routing == MoeRouting::sigmoid_noaux_tc;
+  if (v3) expect_shape(where, "router_bias", lw.router_bias, {E});
+  for (int64_t e = 0; e < E; ++e) check_expert(where, "expert " + std::to_string(e), lw.experts[e], D, F);
+  if (Fs > 0) check_expert(where, "shared expert", lw.shared, D, Fs);
+  LCA_CHECK(device_present(), where, ": no CUDA device is present");
+
+  auto impl = std::make_unique<Impl>();
+  impl->sizes = s;
+  impl->routing = routing_args(arch);
+  impl->router = upload_bf16("MoE router", lw.router.data(), E * D);
+  if (v3) {
+    impl->router_bias = DeviceArray("MoE router bias", E * 4);
+    LCA_CUDA_OK(where, cudaMemcpy(impl->router_bias.as(), lw.router_bias.data(), static_cast<size_t>(E * 4),
+                                  cudaMemcpyHostToDevice));
+  }
+  impl->gate_up = DeviceArray("MoE expert gate and up", E * 2 * F * D * 2);
+  impl->down = DeviceArray("MoE expert down", E * D * F * 2);
+  std::vector<float> interleaved(static_cast<size_t>(2 * F * D));
+  std::vector<unsigned char> bytes(static_cast<size_t>(2 * F * D * 2));
+  for (int64_t e = 0; e < E; ++e) {  // one expert at a time: no host copy of all experts
+    const MlpWeights& m = lw.experts[e];
+    for (int64_t r = 0; r < F; ++r) {
+      const int64_t dst = (r / 8) * 16 + r % 8;
+      std::copy_n(m.gate.row(r), D, interleaved.data() + dst * D);
+      std::copy_n(m.up.row(r), D, interleaved.data() + (dst + 8) * D);
+    }
+    encode(DType::bf16, interleaved.data(), 2 * F * D, bytes.data());
+    LCA_CUDA_OK(where, cudaMemcpy(impl->gate_up.as<char>() + e * 2 * F * D * 2, bytes.data(),
+                                  static_cast<size_t>(2 * F * D * 2), cudaMemcpyHostToDevice));
+    encode(DType::bf16, m.down.data(), D * F, bytes.data());
+    LCA_CUDA_OK(where, cudaMemcpy(impl->down.as<char>() + e * D * F * 2, bytes.data(), static_cast<size_t>(D * F * 2),
+                                  cudaMemcpyHostToDevice));
+  }
+  if (Fs > 0) {
+    impl->shared_gate = upload_bf16("MoE shared gate", lw.shared.gate.data(), Fs * D);
+    impl->shared_up = upload_bf16("MoE shared up", lw.shared.up.data(), Fs * D);
+    impl->shared_down = upload_bf16("MoE shared down", lw.shared.down.data(), D * Fs);
+  }
+  return GpuMoe(std::move(impl));
+}
+
+GpuMoe GpuMoe::random(const MlaArch& arch, int64_t hidden, uint64_t seed) {
+  const char* where = "GpuMoe::random";
+  const MoeSizes s = checked_sizes(where, arch, hidden);
+  LCA_CHECK(device_present(), where, ": no CUDA device is present");
+  const int64_t E = s.experts, D = s.hidden, F = s.expert_size, Fs = s.shared_size;
+  auto impl = std::make_unique<Impl>();
+  impl->sizes = s;
+  impl->routing = routing_args(arch);
+  uint64_t next = seed;
+  auto rnd = [&](const char* what, int64_t n, double fan_in) {
+    DeviceArray a(what, n * 2);
+    detail::fill_uniform(a.as(), n, static_cast<float>(1.0 / std::sqrt(fan_in)), next++ * 0x2545F4914F6CDD1Dull,
+                         nullptr);
+    return a;
+  };
+  impl->router = rnd("MoE router", E * D, static_cast<double>(D));
+  if (arch.routing == MoeRouting::sigmoid_noaux_tc) {
+    impl->router_bias = DeviceArray("MoE router bias", E * 4);
+    LCA_CUDA_OK(where, cudaMemset(impl->router_bias.as(), 0, static_cast<size_t>(E * 4)));
+  }
+  impl->gate_up = rnd("MoE expert gate and up", E * 2 * F * D, static_cast<double>(D));
+  impl->down = rnd("MoE expert down", E * D * F, static_cast<double>(F));
+  if (Fs > 0) {
+    impl->shared_gate = rnd("MoE shared gate", Fs * D, static_cast<double>(D));
+    impl->shared_up = rnd("MoE shared up", Fs * D, static_cast<double>(D));
+    impl->shared_down = rnd("MoE shared down", D * Fs, static_cast<double>(Fs));
+  }
+  LCA_CUDA_OK(where, cudaDeviceSynchronize());
+  return GpuMoe(std::move(impl));
+}
+
+namespace {
+
+// Y [M, N] = X [M, K] W [N, K]^T, row-major, bf16 in, bf16 or fp32 out.
+void gemm(cublasHandle_t blas, int64_t M, int64_t N, int64_t K, const void* X, const void* W, void* Y, bool y_f32) {
+  const float alpha = 1.f, beta = 0.f;
+  LCA_CUBLAS_OK("GpuMoe::forward",
+                cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(N), static_cast<int>(M),
+                             static_cast<int>(K), &alpha, W, CUDA_R_16BF, static_cast<int>(K), X, CUDA_R_16BF,
+                             static_cast<int>(K), &beta, Y, y_f32 ? CUDA_R_32F : CUDA_R_16BF, static_cast<int>(N),
+                             CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+}  // namespace
+
+void GpuMoe::forward(const void* h, int64_t rows, void* x, MoeWorkspace& ws, cudaStream_t stream,
+                     cublasHandle_t blas) const {
+  const char* where = "GpuMoe::forward";
+  const Impl& m = *impl_;
+  MoeWorkspace::Impl& w = *ws.impl_;
+  LCA_CHECK(rows >= 0, where, ": rows must be >= 0, got ", rows);
+  LCA_CHECK(rows <= w.max_rows, where, ": rows ", rows, " exceed the workspace's max_rows ", w.max_rows);
+  LCA_CHECK(w.sizes == m.sizes, where, ": the workspace was made for experts ", w.sizes.experts, ", per_token ",
+            w.sizes.per_token, ", hidden ", w.sizes.hidden, ", expert_size ", w.sizes.expert_size, ", shared size ",
+            w.sizes.shared_size, "; the layer has ", m.sizes.experts, ", ", m.sizes.per_token, ", ", m.sizes.hidden,
+            ", ", m.sizes.expert_size, ", ", m.sizes.shared_size);
+  if (rows == 0) return;
+  LCA_CHECK(h != nullptr && x != nullptr, where, ": h and x must not be null");
+  LCA_CHECK(blas != nullptr, where, ": blas must not be null");
+  const int64_t E = m.sizes.experts, K = m.sizes.per_token, D = m.sizes.hidden, F = m.sizes.expert_size;
+  const int64_t Fs = m.sizes.shared_size, P = rows * K;
+  const int experts = static_cast<int>(E);
+
+  gemm(blas, rows, E, D, h, m.router.as(), w.logits.as(), true);
+  detail::moe_route(w.logits.as<float>(), m.router_bias ? m.router_bias.as<float>() : nullptr, rows, m.routing,
+                    w.expert.as<int32_t>(), w.weight.as<float>(), stream);
+  detail::moe_dispatch(w.expert.as<int32_t>(), P, static_cast<int>(K), experts, detail::kMoeTileRows,
+                       w.offsets.as<int32_t>(), w.tile_offsets.as<int32_t>(), w.position.as<int32_t>(),
+                       w.token_of.as<int32_t>(), stream);
+  detail::moe_gemm_gate_up(h, w.token_of.as<int32_t>(), m.gate_up.as(), w.offsets.as<int32_t>(),
+                           w.tile_offsets.as<int32_t>(), P, experts, D, F, w.act.as(), stream);
+  detail::moe_gemm_down(w.act.as(), m.down.as(), w.offsets.as<int32_t>(), w.tile_offsets.as<int32_t>(), P, experts, D,
+                        F, w.y.as(), stream);
+  if (Fs > 0) {
+    gemm(blas, rows, Fs, D, h, m.shared_gate.as(), w.shared_gate.as(), false);
+    gemm(blas, rows, Fs, D, h, m.shared_up.as(), w.shared_up.as(), false);
+    detail::swiglu(w.shared_gate.as(), w.shared_up.as(), rows, Fs, stream);
+    gemm(blas, rows, D, Fs, w.shared_gate.as(), m.shared_down.as(), w.shared_out.as(), false);
+  }
+  detail::moe_combine(x, w.y.as(), Fs > 0 ? w.shared_out.as() : nullptr, w.position.as<int32_t>(),
+                      w.weight.as<float>(), rows, static_cast<int>(K), D, stream);
+}
+
+}  // namespace lca::cuda
