@@ -81,8 +81,6 @@ void check_mla(const char* where, const ModelConfig& c) {
             "), which the GPU runtime does not run yet (DeepSeek's MoE on the GPU is not built)");
   LCA_CHECK(c.hidden_size % 8 == 0 && c.intermediate_size % 2 == 0, where,
             ": hidden_size must be a multiple of 8 and intermediate_size even");
-  LCA_CHECK(!c.q_lora_rank || *c.q_lora_rank % 8 == 0, where, ": q_lora_rank must be a multiple of 8, got ",
-            c.q_lora_rank.value_or(0));
 }
 
 std::unique_ptr<MlaWeights> upload_mla(const Model& model) {
