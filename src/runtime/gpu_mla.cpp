@@ -126,6 +126,8 @@ std::unique_ptr<MlaWeights> upload_mla(const Model& model) {
     w->layers.push_back(std::move(a));
   }
   w->inv_freq = upload_inv_freq(w->arch.inv_freq);
+  // The summary weights were laid out on the legacy stream; sessions run on their own.
+  LCA_CUDA_OK("GpuModel::upload", cudaDeviceSynchronize());
   return w;
 }
 
