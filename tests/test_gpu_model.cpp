@@ -1,13 +1,15 @@
 // The GPU runtime (GpuModel + GpuSession: cuBLAS products, lca's prefill,
 // condense and decode kernels, the paged cache) against the CPU runtime
-// (Model + Sequence, tested against a float64 oracle) on tiny random Llama and
-// Qwen2 models with bf16-valued weights: prefill logits and the logits of
-// every decode step after it, for full attention and LCA with a small window
-// (many groups condensed), batches of sequences of different lengths, with
-// and without CUDA graphs. Without a GPU every case reports SKIPPED.
+// (Model + Sequence, tested against a float64 oracle) on tiny random models
+// with bf16-valued weights: Llama and Qwen2 (GQA), MiniCPM3, DeepSeek-V2 and
+// DeepSeek-V3 (MLA, dense layers). Prefill logits and the logits of every
+// decode step after it, for full attention and LCA with a small window (many
+// groups condensed), batches of sequences of different lengths, with and
+// without CUDA graphs; and the errors. Without a GPU every case reports SKIPPED.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 #include <random>
 #include <string>
 #include <vector>
@@ -16,6 +18,8 @@
 #include "lca/gpu_model.hpp"
 #include "lca/model.hpp"
 #include "lca/model_config.hpp"
+#include "mla_checkpoint.hpp"
+#include "test_util.hpp"
 
 namespace {
 
@@ -78,11 +82,12 @@ double rel_error(const float* got, const float* want, int64_t n) {
   return std::sqrt(num / den);
 }
 
-// Prompts of different lengths prefilled one by one, then `steps` decode steps of the whole batch.
-void compare(bool qwen2, const LcaParams& params, bool graphs, const std::vector<int64_t>& prompts, int64_t steps) {
-  SCOPED_TRACE(std::string(qwen2 ? "qwen2 " : "llama ") + params.describe() + (graphs ? " graphs" : " no graphs"));
-  std::mt19937_64 rng(11);
-  const lca::Model model = tiny_model(qwen2, rng);
+// Prompts of different lengths prefilled one by one, then `steps` decode steps
+// of the whole batch: the GPU runtime's logits against the CPU runtime's (bf16
+// cache), relative error below `tolerance` at every step.
+void compare_runtimes(const lca::Model& model, const LcaParams& params, bool graphs,
+                      const std::vector<int64_t>& prompts, int64_t steps, double tolerance, std::mt19937_64& rng) {
+  const int64_t vocab = model.vocab_size();
   const lca::cuda::GpuModel gpu_model = lca::cuda::GpuModel::upload(model);
   lca::cuda::GpuSessionOptions opt;
   opt.attention = params;
@@ -93,7 +98,7 @@ void compare(bool qwen2, const LcaParams& params, bool graphs, const std::vector
   lca::cuda::GpuSession session(gpu_model, opt);
   std::vector<lca::Sequence> cpu;
   std::vector<int64_t> seqs;
-  std::uniform_int_distribution<int64_t> tok(0, V - 1);
+  std::uniform_int_distribution<int64_t> tok(0, vocab - 1);
   double worst = 0;
   for (int64_t n : prompts) {
     std::vector<int64_t> prompt(static_cast<size_t>(n));
@@ -102,9 +107,9 @@ void compare(bool qwen2, const LcaParams& params, bool graphs, const std::vector
     const Tensor<float> want = cpu.back().forward(prompt);
     seqs.push_back(session.add_sequence());
     const Tensor<float> got = session.prefill(seqs.back(), prompt);
-    const double err = rel_error(got.data(), want.data(), V);
+    const double err = rel_error(got.data(), want.data(), vocab);
     worst = std::max(worst, err);
-    ASSERT_LT(err, 3e-2) << "prefill of " << n << " tokens";
+    ASSERT_LT(err, tolerance) << "prefill of " << n << " tokens";
   }
   for (int64_t s = 0; s < steps; ++s) {
     std::vector<int64_t> tokens;
@@ -112,13 +117,20 @@ void compare(bool qwen2, const LcaParams& params, bool graphs, const std::vector
     const Tensor<float> got = session.decode(seqs, tokens);
     for (size_t b = 0; b < seqs.size(); ++b) {
       const Tensor<float> want = cpu[b].forward(std::vector<int64_t>{tokens[b]});
-      const double err = rel_error(got.row(static_cast<int64_t>(b)), want.data(), V);
+      const double err = rel_error(got.row(static_cast<int64_t>(b)), want.data(), vocab);
       worst = std::max(worst, err);
-      ASSERT_LT(err, 3e-2) << "decode step " << s << " of sequence " << b;
+      ASSERT_LT(err, tolerance) << "decode step " << s << " of sequence " << b;
       ASSERT_EQ(session.tokens(seqs[b]), cpu[b].tokens());
     }
   }
   std::printf("  worst relative error of the logits: %.2e\n", worst);
+}
+
+void compare(bool qwen2, const LcaParams& params, bool graphs, const std::vector<int64_t>& prompts, int64_t steps) {
+  SCOPED_TRACE(std::string(qwen2 ? "qwen2 " : "llama ") + params.describe() + (graphs ? " graphs" : " no graphs"));
+  std::mt19937_64 rng(11);
+  const lca::Model model = tiny_model(qwen2, rng);
+  compare_runtimes(model, params, graphs, prompts, steps, 3e-2, rng);
 }
 
 LcaParams small_lca(int64_t w, int64_t g) {
@@ -167,6 +179,117 @@ TEST(GpuModel, ErrorsNameTheProblem) {
   expect([&] { session.decode(std::vector<int64_t>{seq, seq}, std::vector<int64_t>{1}); }, "tokens");
   session.prefill(seq, std::vector<int64_t>(40, 2));
   expect([&] { session.decode(std::vector<int64_t>{seq}, std::vector<int64_t>{1}); }, "max_context");
+}
+
+// ---- MLA: DeepSeek-V2/V3 and MiniCPM3 ------------------------------------------------------
+
+using lca_test::mla::Arch;
+using lca_test::mla::Tiny;
+
+enum class MlaKind { minicpm3, v2, v3 };
+
+// A tiny MLA checkpoint at the head dims the GPU kernels are built for
+// (MiniCPM3: d_c 256, d_r 32, d_n 64, d_v 64; DeepSeek: 512, 64, 128, 128),
+// every layer dense (the GPU MoE is built apart), weights rounded to bf16 (what
+// the GPU holds). MiniCPM3 with its scalings and longrope; DeepSeek-V2 with
+// yarn (a softmax-scale correction and a cos/sin factor) and interleaved rope;
+// DeepSeek-V3 with half-split rope.
+Tiny tiny_mla(MlaKind kind, bool q_lora, lca_test::Rng& rng) {
+  Tiny m;
+  m.arch = kind == MlaKind::minicpm3 ? Arch::minicpm3 : kind == MlaKind::v2 ? Arch::v2 : Arch::v3;
+  m.D = 128, m.H = 2, m.F = 256, m.layers = 2, m.V = 97, m.context = 4096;
+  if (kind == MlaKind::minicpm3) m.dc = 256, m.dr = 32, m.dn = 64, m.dv = 64;
+  else m.dc = 512, m.dr = 64, m.dn = 128, m.dv = 128;
+  m.q_lora = q_lora ? 32 : 0;
+  m.first_dense = m.layers;  // no MoE layer
+  if (kind == MlaKind::minicpm3) {
+    m.tied = true;
+    m.eps = 1e-5;
+    m.scale_emb = 12.0, m.scale_depth = 1.4, m.dim_model_base = 32.0;
+    nlohmann::json factors = nlohmann::json::array();
+    for (int64_t j = 0; j < m.dr / 2; ++j) factors.push_back(1.0 + 3 * rng.uniform());
+    m.rope_scaling = {{"rope_type", "longrope"}, {"factor", 2.0}, {"original_max_position_embeddings", m.context},
+                      {"short_factor", factors}, {"long_factor", factors}};
+  } else if (kind == MlaKind::v2) {
+    m.bias = true;
+    m.rope_scaling = {{"type", "yarn"}, {"factor", 4.0}, {"original_max_position_embeddings", 256},
+                      {"beta_fast", 32}, {"beta_slow", 1}, {"mscale", 1.0}, {"mscale_all_dim", 0.8}};
+  } else {
+    m.interleave = false;
+    m.n_group = 2, m.topk_group = 1, m.E = 4, m.K = 2;
+  }
+  lca_test::mla::add_weights(m, rng);
+  for (auto& [name, t] : m.tensors)
+    for (float& x : t.vec()) x = lca::round_to(lca::DType::bf16, x);
+  return m;
+}
+
+using GpuMlaModel = lca_test::TempDirTest;
+
+void compare_mla(const std::filesystem::path& dir, MlaKind kind, bool q_lora, const LcaParams& params, bool graphs,
+                 const std::vector<int64_t>& prompts, int64_t steps) {
+  static const char* kNames[] = {"minicpm3", "deepseek-v2", "deepseek-v3"};
+  const std::string name = std::string(kNames[static_cast<int>(kind)]) + (q_lora ? "_qlora" : "_wq");
+  SCOPED_TRACE(name + " " + params.describe() + (graphs ? " graphs" : " no graphs"));
+  lca_test::Rng rng(0x6d6c61 + static_cast<uint64_t>(kind) * 7 + (q_lora ? 1 : 0));
+  const Tiny m = tiny_mla(kind, q_lora, rng);
+  lca_test::mla::write_hf(dir / name, m);
+  const lca::Model model = lca::Model::load((dir / name).string());
+  ASSERT_TRUE(model.config().is_mla());
+  std::mt19937_64 tokens_rng(rng.bits());
+  compare_runtimes(model, params, graphs, prompts, steps, 2e-2, tokens_rng);
+}
+
+// LCA with w = 32, g = 4: groups condense within the prefill of the longer
+// prompt and every 4 decode steps after it; the shorter prompt starts below w + g.
+TEST_F(GpuMlaModel, MiniCpm3MatchesCpuRuntime) {
+  REQUIRE_GPU();
+  compare_mla(dir_, MlaKind::minicpm3, true, small_lca(32, 4), true, {150, 20}, 40);
+  compare_mla(dir_, MlaKind::minicpm3, true, LcaParams::full(), true, {90, 7}, 40);
+}
+
+TEST_F(GpuMlaModel, DeepseekV2MatchesCpuRuntime) {
+  REQUIRE_GPU();
+  compare_mla(dir_, MlaKind::v2, false, small_lca(32, 4), true, {131, 33}, 40);
+  compare_mla(dir_, MlaKind::v2, true, small_lca(32, 4), false, {70, 100}, 40);
+  compare_mla(dir_, MlaKind::v2, false, LcaParams::full(), true, {64, 9}, 40);
+}
+
+TEST_F(GpuMlaModel, DeepseekV3HalfSplitRopeAndFullScoreMatchCpuRuntime) {
+  REQUIRE_GPU();
+  LcaParams p = small_lca(32, 4);
+  p.score = lca::ScoreMode::full;  // summaries with the rope part
+  compare_mla(dir_, MlaKind::v3, true, p, true, {120, 45}, 40);
+}
+
+TEST_F(GpuMlaModel, ErrorsNameTheProblem) {
+  REQUIRE_GPU();
+  lca_test::Rng rng(5);
+  // MoE layers, while the GPU MoE is not built.
+  Tiny moe = tiny_mla(MlaKind::v2, false, rng);
+  moe.first_dense = 1;
+  moe.tensors.clear();
+  lca_test::mla::add_weights(moe, rng);
+  lca_test::mla::write_hf(dir_ / "moe", moe);
+  const lca::Model moe_model = lca::Model::load((dir_ / "moe").string());
+  lca_test::expect_error([&] { lca::cuda::GpuModel::upload(moe_model); }, {"MoE", "first_k_dense_replace = 1"});
+  lca_test::expect_error([&] { lca::cuda::GpuModel::random(lca::preset_config("deepseek-v2-lite")); }, {"MoE"});
+  // Head dims the prefill kernel is not built for (d_n + d_r = 14, d_v 7).
+  Tiny small;
+  small.first_dense = small.layers;
+  lca_test::mla::add_weights(small, rng);
+  lca_test::mla::write_hf(dir_ / "small", small);
+  const lca::Model small_model = lca::Model::load((dir_ / "small").string());
+  lca_test::expect_error([&] { lca::cuda::GpuModel::upload(small_model); }, {"d_qk", "= 14", "v_head_dim 7", "(96, 64)"});
+  // Prefill dims built (96, 64), decode dims not (d_c 128 with d_r 32).
+  Tiny narrow = tiny_mla(MlaKind::minicpm3, true, rng);
+  narrow.dc = 128;
+  narrow.tensors.clear();
+  lca_test::mla::add_weights(narrow, rng);
+  lca_test::mla::write_hf(dir_ / "narrow", narrow);
+  const lca::Model narrow_model = lca::Model::load((dir_ / "narrow").string());
+  lca_test::expect_error([&] { lca::cuda::GpuModel::upload(narrow_model); },
+                         {"kv_lora_rank 128", "decode", "(256, 32)"});
 }
 
 }  // namespace

@@ -420,12 +420,12 @@ TEST_F(ModelTest, LoadErrorsNameWhatIsWrong) {
   lca_test::write_bytes(dir_ / "junk.gguf", "this is not a model file at all");
   expect_error([&] { Model::load((dir_ / "junk.gguf").string()); }, {"junk.gguf", "bad magic"});
 
-  // MLA configs run (tests/test_model_mla.cpp), but weights must match them,
-  // and MiniCPM3-4B's preset lacks its longrope factor lists.
+  // MLA configs run (tests/test_model_mla.cpp), but weights must match them
+  // (MiniCPM3-4B's preset holds placeholder longrope factor lists).
   const lca::ModelConfig ds = lca::preset_config("deepseek-v2-lite");
   expect_error([&] { Model(ds, lca::ModelWeights{}); }, {"embed", "[102400, 2048]"});
   const lca::ModelConfig cpm = lca::preset_config("minicpm3-4b");
-  expect_error([&] { Model(cpm, lca::ModelWeights{}); }, {"minicpm3-4b", "short_factor"});
+  expect_error([&] { Model(cpm, lca::ModelWeights{}); }, {"embed", "[73448, 2560]"});
 }
 
 TEST_F(ModelTest, ForwardErrorsLeaveTheSequenceUsable) {

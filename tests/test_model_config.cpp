@@ -127,6 +127,9 @@ TEST(ModelConfig, PresetMiniCpm3_4B) {
   EXPECT_DOUBLE_EQ(c.rms_norm_eps, 1e-5);
   EXPECT_EQ(c.rope_scaling.type, RopeScalingType::longrope);
   EXPECT_EQ(c.rope_scaling.original_max_position_embeddings.value_or(-1), 32768);
+  // Placeholder factor lists (the published ones are not known here), one per rope pair.
+  EXPECT_EQ(c.rope_scaling.short_factor, std::vector<double>(16, 1.0));
+  EXPECT_EQ(c.rope_scaling.long_factor, std::vector<double>(16, 1.0));
   EXPECT_DOUBLE_EQ(c.minicpm.scale_emb.value_or(-1), 12.0);
   EXPECT_DOUBLE_EQ(c.minicpm.scale_depth.value_or(-1), 1.4);
   EXPECT_DOUBLE_EQ(c.minicpm.dim_model_base.value_or(-1), 256.0);

@@ -1,4 +1,5 @@
-// The model runtime on the GPU for Llama and Qwen2 (GQA): bf16 weights,
+// The model runtime on the GPU for Llama and Qwen2 (GQA) and DeepSeek-V2/V3
+// and MiniCPM3 (MLA; DeepSeek's MoE layers once the GPU MoE is built): bf16 weights,
 // cuBLAS products, and lca's kernels for the attention (condense + prefill
 // over [representatives ; raw rows], decode through PagedKvCache). Present
 // only when lca is built with CUDA.
@@ -28,9 +29,9 @@ namespace lca::cuda {
 
 class GpuModel {
  public:
-  // The weights of a CPU model (Llama/Qwen2), rounded to bf16.
+  // The weights of a CPU model (Llama, Qwen2, DeepSeek-V2/V3, MiniCPM3), rounded to bf16.
   static GpuModel upload(const Model& model);
-  // Random weights (uniform, scale 1/sqrt(fan-in); norms 1) at a GQA config's
+  // Random weights (uniform, scale 1/sqrt(fan-in); norms 1) at a config's
   // sizes: benchmarks at real size with no checkpoint.
   static GpuModel random(const ModelConfig& config, uint64_t seed = 1);
 

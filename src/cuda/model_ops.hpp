@@ -27,6 +27,40 @@ void swiglu(void* gate, const void* up, int64_t n, int64_t f, cudaStream_t strea
 // rows [n, hkv * 2d] = per kv head [k ; v], from k and v [n, hkv, d].
 void pack_gqa_rows(const void* k, const void* v, int64_t n, int64_t hkv, int64_t d, void* rows, cudaStream_t stream);
 
+// ---- MLA (src/cuda/mla_rows.cu) ----
+// RoPE there takes the model's inverse frequencies (d_r / 2 fp64 values on the
+// device) and a factor on cos and sin; pairs (2j, 2j + 1) when interleaved,
+// else (j, j + d_r/2); position positions[i] (positions null: start + i).
+
+// kv [n, d_c + d_r] (the kv_a product) -> rows [n, d_c + d_r] = [rms_norm(c + b)
+// * norm_weight ; RoPE(k^R + b)] (bias may be null); also into latent [n, d_c]
+// and rope_key [n, d_r] when those are not null.
+void mla_kv_rows(const void* kv, const void* bias, const void* norm_weight, double eps, int64_t n, int64_t dc,
+                 int64_t dr, const int64_t* positions, int64_t start, const double* inv_freq, double factor,
+                 bool interleaved, void* rows, void* latent, void* rope_key, cudaStream_t stream);
+
+// q [n, heads, d_n + d_r]: RoPE on each head's last d_r values, in place; the
+// rotated values also into the last d_r of q_abs [n, heads, abs_width] rows
+// (when not null), and their sum over heads into summary_rope[i * summary_width
+// + d] (fp32, when not null).
+void mla_rope_queries(void* q, int64_t n, int64_t heads, int64_t dn, int64_t dr, const int64_t* positions,
+                      int64_t start, const double* inv_freq, double factor, bool interleaved, void* q_abs,
+                      int64_t abs_width, float* summary_rope, int64_t summary_width, cudaStream_t stream);
+
+// k [n, heads, d_n + d_r]: each head's last d_r values <- rope_key [n, d_r].
+void rope_keys_to_heads(const void* rope_key, int64_t n, int64_t heads, int64_t dn, int64_t dr, void* k,
+                        cudaStream_t stream);
+
+// rows [n, d_c + d_r] = [latent ; rope_key].
+void pack_mla_rows(const void* latent, const void* rope_key, int64_t n, int64_t dc, int64_t dr, void* rows,
+                   cudaStream_t stream);
+
+// x [rows, d] += scale * bias (broadcast over rows).
+void add_bias(void* x, const void* bias, int64_t rows, int64_t d, float scale, cudaStream_t stream);
+
+// x[0, n) *= scale.
+void scale_values(void* x, int64_t n, float scale, cudaStream_t stream);
+
 // Uniform values in [-scale, scale) from a hash of (seed, index), bf16.
 void fill_uniform(void* p, int64_t n, float scale, uint64_t seed, cudaStream_t stream);
 

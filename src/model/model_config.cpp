@@ -476,7 +476,9 @@ constexpr const char* kDeepseekV2Lite = R"json({
 })json";
 
 // openbmb/MiniCPM3-4B. The long/short factor lists of its longrope scaling are
-// left out. Uncertain: the published file gives no v_head_dim (the modeling
+// placeholders of 1.0 (qk_rope_head_dim / 2 = 16 values each): the published
+// values are not known here. They change the rotation angles only, not the
+// work, so benchmarks time the real model; `lca bench-model` says so. Uncertain: the published file gives no v_head_dim (the modeling
 // code uses hidden_size / num_attention_heads = 64, the parser's default for
 // MiniCPM3); rope_theta 10000.0 and the absence of tie_word_embeddings (so
 // false here) are from memory.
@@ -498,7 +500,9 @@ constexpr const char* kMiniCpm3_4B = R"json({
   "rope_theta": 10000.0,
   "rope_scaling": {
     "type": "longrope",
-    "original_max_position_embeddings": 32768
+    "original_max_position_embeddings": 32768,
+    "short_factor": [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+    "long_factor": [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
   },
   "scale_emb": 12,
   "scale_depth": 1.4,

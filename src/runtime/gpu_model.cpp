@@ -1,5 +1,7 @@
-// The GPU runtime for Llama/Qwen2: weights and the layer loop on the host
-// side, cuBLAS for the products, lca's kernels for everything else.
+// The GPU runtime: weights and the layer loop on the host side, cuBLAS for
+// the products, lca's kernels for everything else. Llama/Qwen2 (GQA) here;
+// DeepSeek-V2/V3 and MiniCPM3 (MLA) layers in runtime/gpu_mla.cpp, which
+// shares the embeddings, the final norm and logits, the cache and the graphs.
 //
 // Prefill runs layer by layer over the whole prompt (as one chunk of the
 // spec's streaming identity), so every attention kernel sees all its queries
@@ -21,6 +23,8 @@
 #include "cuda/model_ops.hpp"
 #include "lca/cuda.hpp"
 #include "lca/error.hpp"
+#include "runtime/gpu_mla.hpp"
+#include "runtime/gpu_moe.hpp"
 
 #define LCA_CUBLAS_OK(where, expr)                                                                \
   do {                                                                                            \
@@ -30,9 +34,8 @@
   } while (0)
 
 namespace lca::cuda {
-namespace {
 
-using detail::DeviceArray;
+namespace detail {
 
 DeviceArray upload_bf16(const char* what, const Tensor<float>& t) {
   DeviceArray a(what, t.numel() * 2);
@@ -41,6 +44,47 @@ DeviceArray upload_bf16(const char* what, const Tensor<float>& t) {
   LCA_CUDA_OK("GpuModel::upload", cudaMemcpy(a.as(), bytes.data(), bytes.size(), cudaMemcpyHostToDevice));
   return a;
 }
+
+// DeepSeek's MoE on the GPU (runtime/gpu_moe.hpp) is implemented apart: set
+// this to true once src/runtime/gpu_moe.cpp is built into lca_cuda. While it
+// is false, MoE configs are refused (check_mla) and the calls below are
+// discarded statements, so nothing links against the missing definitions.
+constexpr bool kGpuMoeBuilt = false;
+
+bool gpu_moe_available() { return kGpuMoeBuilt; }
+
+std::shared_ptr<const GpuMoe> moe_upload(const model::MlaArch& arch, const LayerWeights& lw, int64_t hidden) {
+  if constexpr (kGpuMoeBuilt) return std::make_shared<const GpuMoe>(GpuMoe::upload(arch, lw, hidden));
+  else ::lca::detail::fail("GpuModel: DeepSeek's MoE is not built on the GPU runtime");
+}
+
+std::shared_ptr<const GpuMoe> moe_random(const model::MlaArch& arch, int64_t hidden, uint64_t seed) {
+  if constexpr (kGpuMoeBuilt) return std::make_shared<const GpuMoe>(GpuMoe::random(arch, hidden, seed));
+  else ::lca::detail::fail("GpuModel: DeepSeek's MoE is not built on the GPU runtime");
+}
+
+std::shared_ptr<MoeWorkspace> moe_workspace(const model::MlaArch& arch, int64_t hidden, int64_t max_rows) {
+  if constexpr (kGpuMoeBuilt) return std::make_shared<MoeWorkspace>(arch, hidden, max_rows);
+  else ::lca::detail::fail("GpuSession: DeepSeek's MoE is not built on the GPU runtime");
+}
+
+void moe_forward(const GpuMoe& moe, const void* h, int64_t rows, void* x, MoeWorkspace& ws, cudaStream_t stream,
+                 cublasHandle_t blas) {
+  if constexpr (kGpuMoeBuilt) moe.forward(h, rows, x, ws, stream, blas);
+  else ::lca::detail::fail("GpuSession: DeepSeek's MoE is not built on the GPU runtime");
+}
+
+int64_t moe_weight_bytes(const GpuMoe& moe) {
+  if constexpr (kGpuMoeBuilt) return moe.weight_bytes();
+  else return 0;
+}
+
+}  // namespace detail
+
+namespace {
+
+using detail::DeviceArray;
+using detail::upload_bf16;
 
 struct LayerArrays {
   DeviceArray attn_norm, wq, wk, wv, wo, bq, bk, bv, ffn_norm, w_gate, w_up, w_down;
@@ -58,6 +102,8 @@ struct GpuModel::Impl {
   DeviceArray embed, final_norm, lm_head;  // lm_head empty when tied
   bool qkv_bias = false;
   int64_t bytes = 0;
+  std::unique_ptr<detail::MlaWeights> mla;  // MLA models: their layers (layers above empty)
+  float embed_scale = 1.f, logits_scale = 1.f;  // MiniCPM3: scale_emb, dim_model_base / hidden_size
   const void* output_weight() const { return lm_head ? lm_head.as() : embed.as(); }
 };
 
@@ -88,26 +134,34 @@ GpuModel GpuModel::upload(const Model& model) {
   LCA_CHECK(device_present(), where, ": no CUDA device is present");
   auto impl = std::make_unique<Impl>();
   impl->cfg = model.config();
-  check_gqa(where, impl->cfg);
   const ModelWeights& w = model.weights();
-  impl->qkv_bias = model.has_qkv_bias();
-  for (const LayerWeights& l : w.layers) {
-    LayerArrays a;
-    a.attn_norm = upload_bf16("attn_norm", l.attn_norm);
-    a.wq = upload_bf16("q_proj", l.wq);
-    a.wk = upload_bf16("k_proj", l.wk);
-    a.wv = upload_bf16("v_proj", l.wv);
-    a.wo = upload_bf16("o_proj", l.wo);
-    if (impl->qkv_bias) {
-      a.bq = upload_bf16("q bias", l.bq);
-      a.bk = upload_bf16("k bias", l.bk);
-      a.bv = upload_bf16("v bias", l.bv);
+  if (impl->cfg.is_mla()) {
+    detail::check_mla(where, impl->cfg);
+    impl->mla = detail::upload_mla(model);
+    impl->bytes += impl->mla->bytes;
+    impl->embed_scale = static_cast<float>(impl->mla->arch.embed_scale);
+    impl->logits_scale = static_cast<float>(1.0 / impl->mla->arch.logits_divisor);
+  } else {
+    check_gqa(where, impl->cfg);
+    impl->qkv_bias = model.has_qkv_bias();
+    for (const LayerWeights& l : w.layers) {
+      LayerArrays a;
+      a.attn_norm = upload_bf16("attn_norm", l.attn_norm);
+      a.wq = upload_bf16("q_proj", l.wq);
+      a.wk = upload_bf16("k_proj", l.wk);
+      a.wv = upload_bf16("v_proj", l.wv);
+      a.wo = upload_bf16("o_proj", l.wo);
+      if (impl->qkv_bias) {
+        a.bq = upload_bf16("q bias", l.bq);
+        a.bk = upload_bf16("k bias", l.bk);
+        a.bv = upload_bf16("v bias", l.bv);
+      }
+      a.ffn_norm = upload_bf16("ffn_norm", l.ffn_norm);
+      a.w_gate = upload_bf16("gate_proj", l.w_gate);
+      a.w_up = upload_bf16("up_proj", l.w_up);
+      a.w_down = upload_bf16("down_proj", l.w_down);
+      impl->layers.push_back(std::move(a));
     }
-    a.ffn_norm = upload_bf16("ffn_norm", l.ffn_norm);
-    a.w_gate = upload_bf16("gate_proj", l.w_gate);
-    a.w_up = upload_bf16("up_proj", l.w_up);
-    a.w_down = upload_bf16("down_proj", l.w_down);
-    impl->layers.push_back(std::move(a));
   }
   impl->embed = upload_bf16("embed_tokens", w.embed);
   impl->final_norm = upload_bf16("norm", w.final_norm);
@@ -125,7 +179,17 @@ GpuModel GpuModel::random(const ModelConfig& config, uint64_t seed) {
   LCA_CHECK(device_present(), where, ": no CUDA device is present");
   auto impl = std::make_unique<Impl>();
   impl->cfg = config;
-  check_gqa(where, config);
+  if (config.is_mla()) {
+    detail::check_mla(where, config);
+    impl->mla = detail::random_mla(config, seed);
+    impl->bytes += impl->mla->bytes;
+    impl->embed_scale = static_cast<float>(impl->mla->arch.embed_scale);
+    impl->logits_scale = static_cast<float>(1.0 / impl->mla->arch.logits_divisor);
+    seed += 1000003;  // the embeddings' seeds apart from the layers'
+  } else {
+    check_gqa(where, config);
+  }
+  const int64_t gqa_layers = impl->mla ? 0 : config.num_hidden_layers;
   const int64_t D = config.hidden_size, F = config.intermediate_size, V = config.vocab_size;
   const int64_t hq = config.gqa.q_heads * config.gqa.head_dim, hkv = config.gqa.kv_heads * config.gqa.head_dim;
   impl->qkv_bias = config.architecture.find("Qwen2") != std::string::npos;
@@ -139,7 +203,7 @@ GpuModel GpuModel::random(const ModelConfig& config, uint64_t seed) {
   auto ones = [&](const char* what, int64_t n) {
     return upload_bf16(what, Tensor<float>({n}, 1.f));
   };
-  for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
+  for (int64_t l = 0; l < gqa_layers; ++l) {
     LayerArrays a;
     a.attn_norm = ones("attn_norm", D);
     a.wq = rnd("q_proj", hq * D, D);
@@ -171,6 +235,7 @@ struct GpuSession::Impl {
   GpuSessionOptions opt;
   int64_t D = 0, F = 0, V = 0, hq = 0, hkv = 0, d = 0, qw = 0, kvw = 0;
   std::unique_ptr<PagedKvCache> cache;
+  std::unique_ptr<detail::MlaLayers> mla;  // MLA models: their layers
   cudaStream_t stream = nullptr;
   cublasHandle_t blas = nullptr;
   DeviceArray workspace;
@@ -188,10 +253,10 @@ struct GpuSession::Impl {
     if (stream) cudaStreamDestroy(stream);
   }
 
-  // Y [M, N] (+)= X [M, K] W [N, K]^T, row-major, bf16 in and out (fp32 out when y_f32).
+  // Y [M, N] (+)= alpha X [M, K] W [N, K]^T, row-major, bf16 in and out (fp32 out when y_f32).
   void gemm(int64_t M, int64_t N, int64_t K, const void* X, const void* W, void* Y, bool accumulate,
-            bool y_f32 = false) {
-    const float alpha = 1.f, beta = accumulate ? 1.f : 0.f;
+            bool y_f32 = false, float alpha = 1.f) {
+    const float beta = accumulate ? 1.f : 0.f;
     LCA_CUBLAS_OK("GpuSession", cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(N), static_cast<int>(M),
                                              static_cast<int>(K), &alpha, W, CUDA_R_16BF, static_cast<int>(K), X,
                                              CUDA_R_16BF, static_cast<int>(K), &beta, Y,
@@ -213,9 +278,22 @@ struct GpuSession::Impl {
     }
   }
 
+  // x [n, D] = the embeddings of tokens [n] (device), times MiniCPM3's scale_emb.
+  void embed(const int64_t* tokens, int64_t n, void* x_rows) {
+    detail::embed_rows(m->embed.as(), tokens, n, D, x_rows, stream);
+    if (m->embed_scale != 1.f) detail::scale_values(x_rows, n * D, m->embed_scale, stream);
+  }
+
+  // logits [n, V] (fp32) of the final hidden states x_rows [n, D].
+  void final_logits(const void* x_rows, int64_t n) {
+    detail::rms_norm(x_rows, m->final_norm.as(), n, D, m->cfg.rms_norm_eps, h.as(), stream);
+    gemm(n, V, D, h.as(), m->output_weight(), logits.as(), false, true, m->logits_scale);
+  }
+
   // One decode step's launches for the batch in d_tokens/d_positions (capturable).
   void decode_launches(int64_t B) {
-    detail::embed_rows(m->embed.as(), d_tokens.as<int64_t>(), B, D, x.as(), stream);
+    embed(d_tokens.as<int64_t>(), B, x.as());
+    if (mla) mla->decode(*cache, B, x.as(), d_positions.as<int64_t>());
     for (size_t l = 0; l < m->layers.size(); ++l) {
       const LayerArrays& L = m->layers[l];
       detail::rms_norm(x.as(), L.attn_norm.as(), B, D, m->cfg.rms_norm_eps, h.as(), stream);
@@ -229,8 +307,7 @@ struct GpuSession::Impl {
       gemm(B, D, qw, o.as(), L.wo.as(), x.as(), true);
       mlp(L, x.as(), h.as(), B, gate.as(), up.as(), B);
     }
-    detail::rms_norm(x.as(), m->final_norm.as(), B, D, m->cfg.rms_norm_eps, h.as(), stream);
-    gemm(B, V, D, h.as(), m->output_weight(), logits.as(), false, true);
+    final_logits(x.as(), B);
   }
 };
 
@@ -250,7 +327,8 @@ GpuSession::GpuSession(const GpuModel& model, const GpuSessionOptions& options) 
   s.qw = s.hq * s.d, s.kvw = s.hkv * s.d;
 
   PagedCacheConfig pc;
-  pc.layout = KvLayout::gqa;
+  pc.layout = c.is_mla() ? KvLayout::mla : KvLayout::gqa;
+  pc.mla = c.mla;
   pc.gqa = c.gqa;
   pc.rope = c.rope;
   pc.scale = c.softmax_scale();
@@ -280,6 +358,7 @@ GpuSession::GpuSession(const GpuModel& model, const GpuSessionOptions& options) 
   s.logits = DeviceArray("decode logits", B * s.V * 4);
   s.d_tokens = DeviceArray("decode tokens", B * 8);
   s.d_positions = DeviceArray("decode positions", B * 8);
+  if (s.m->mla) s.mla = std::make_unique<detail::MlaLayers>(c, *s.m->mla, s.opt, s.stream, s.blas);
 }
 
 GpuSession::~GpuSession() = default;
@@ -302,6 +381,18 @@ Tensor<float> GpuSession::prefill(int64_t seq, std::span<const int64_t> tokens) 
   const int64_t m = condensed_groups(N, p), first_raw = first_raw_position(N, p);
   const int64_t ring_rows = p.is_full() ? 0 : std::min(N, p.group - 1);
   s.cache->set_tokens(seq, N);  // takes the blocks first: out of blocks fails before any work
+
+  if (s.mla) {
+    DeviceArray toks("prompt tokens", N * 8), x("prefill activations", N * s.D * 2);
+    LCA_CUDA_OK(where, cudaMemcpyAsync(toks.as(), tokens.data(), N * 8, cudaMemcpyHostToDevice, s.stream));
+    s.embed(toks.as<int64_t>(), N, x.as());
+    s.mla->prefill(*s.cache, seq, N, x.as());
+    s.final_logits(x.as<char>() + (N - 1) * s.D * 2, 1);
+    Tensor<float> out({1, s.V});
+    LCA_CUDA_OK(where, cudaMemcpyAsync(out.data(), s.logits.as(), s.V * 4, cudaMemcpyDeviceToHost, s.stream));
+    LCA_CUDA_OK(where, cudaStreamSynchronize(s.stream));
+    return out;
+  }
 
   const int64_t chunk = std::min(N, s.opt.prefill_chunk);
   DeviceArray toks("prompt tokens", N * 8), x("prefill activations", N * s.D * 2), h("prefill activations", N * s.D * 2);

@@ -3,6 +3,8 @@
 // and the latency of one decode step (median of many, each step a graph
 // replay plus its host work: token upload, block bookkeeping, logits back) at
 // each batch size, with the KV cache bytes the allocator holds per sequence.
+// GQA (qwen2.5-7b) and MLA (minicpm3-4b; deepseek-v2-lite once the GPU MoE
+// is built) presets, or a model folder's config.json.
 // Batches above 1 decode from caches of random contents (a decode step reads
 // the cache whatever it holds), so only one prefill per context is computed.
 #include "bench_model.hpp"
@@ -53,6 +55,16 @@ int run_bench_model(const BenchModelOptions& o) {
   const cuda::GpuModel model = cuda::GpuModel::random(cfg, 1);
   std::printf("device: %s; %s (%s), weights %.2f GiB bf16\n", cuda::device_name().c_str(), o.config.c_str(),
               cfg.architecture.c_str(), model.weight_bytes() / 1073741824.0);
+  if (o.config == "minicpm3-4b" && !std::filesystem::is_directory(o.config))
+    std::printf("note: the minicpm3-4b preset's longrope factor lists are placeholders (1.0; the published values "
+                "are not known here): they change the rotation angles, not the work timed\n");
+  if (cfg.max_position_embeddings > 0) {
+    const long long longest = *std::max_element(o.contexts.begin(), o.contexts.end());
+    if (longest > cfg.max_position_embeddings)
+      std::printf("note: contexts up to %lld exceed the config's max_position_embeddings %lld (sessions are sized "
+                  "by --context; random weights, so only the time is measured)\n",
+                  longest, static_cast<long long>(cfg.max_position_embeddings));
+  }
   LcaParams lca_p;
   lca_p.window = o.window;
   lca_p.group = o.group;

@@ -173,6 +173,7 @@ int run_generate(const GenerateOptions& o) {
   if (o.device == "cuda") {
 #if LCA_HAVE_CUDA
     LCA_CHECK(storage == DType::bf16, "generate: --device cuda keeps the cache in bf16; got --dtype ", o.dtype);
+    LCA_CHECK(!mtla, "generate: --device cuda runs LCA and full attention; --attention mtla runs on the CPU");
     gpu_model = std::make_unique<cuda::GpuModel>(cuda::GpuModel::upload(model));
     cuda::GpuSessionOptions so;
     so.attention = params;

@@ -65,7 +65,8 @@ int main(int argc, char** argv) {
   lca::tools::BenchModelOptions bench;
   CLI::App* bench_cmd = app.add_subcommand(
       "bench-model", "On the GPU: prefill time and decode step latency of a whole model, full vs LCA, in one run");
-  bench_cmd->add_option("--config", bench.config, "A preset (qwen2.5-7b) or a model folder with config.json");
+  bench_cmd->add_option("--config", bench.config,
+                        "A preset (qwen2.5-7b, minicpm3-4b, deepseek-v2-lite) or a model folder with config.json");
   bench_cmd->add_flag("--random-weights", bench.random_weights, "Random weights at the config's sizes (required)");
   bench_cmd->add_option("--context", bench.contexts, "Context lengths (tokens)")->delimiter(',')->check(CLI::PositiveNumber);
   bench_cmd->add_option("--batch", bench.batches, "Decode batch sizes")->delimiter(',')->check(CLI::PositiveNumber);

@@ -1,0 +1,389 @@
+// DeepSeek-V2/V3 and MiniCPM3 on the GPU runtime (runtime/gpu_mla.hpp), the
+// function the CPU runtime computes (model/mla.cpp, Sequence::forward_mla)
+// with bf16 weights and activations:
+//   h = rms_norm(x); q = q_b(q_a_norm(q_a h)) or wq h; [c ; k^R] = kv_a h,
+//   c = kv_a_norm(c), k^R and q^R rotated (the arch's inv_freq, factor, pair
+//   layout); attention; x += residual_scale (o_proj(W_UV latents) + bo);
+//   x += residual_scale mlp(rms_norm(x)) (or DeepSeek's MoE).
+// Prefill: summary queries sum_h W_UK[h]^T q^C_h in one product (W_UK laid
+// out beside zero rows for the rope dims of q), condense on the latents, then
+// the prefill kernel on decompressed keys and values (representatives and raw
+// rows alike). Decode: absorbed queries into PagedKvCache::decode_layer.
+#include "runtime/gpu_mla.hpp"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "cuda/decode.hpp"
+#include "cuda/model_ops.hpp"
+#include "lca/cuda.hpp"
+#include "lca/error.hpp"
+#include "lca/paged_cache.hpp"
+
+#define LCA_CUBLAS_OK(where, expr)                                                                                \
+  do {                                                                                                            \
+    const cublasStatus_t lca_st_ = (expr);                                                                        \
+    if (lca_st_ != CUBLAS_STATUS_SUCCESS)                                                                         \
+      ::lca::detail::fail(where, ": ", #expr, " failed: ", cublasGetStatusString(lca_st_));                       \
+  } while (0)
+
+namespace lca::cuda::detail {
+namespace {
+
+// The q_a/kv_a layernorms' epsilon: DeepseekV2RMSNorm's default, not rms_norm_eps (as model/mla.cpp).
+constexpr double kLatentNormEps = 1e-6;
+
+bool has_moe_layers(const ModelConfig& c, const model::MlaArch& arch) {
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+    if (arch.is_moe_layer(l)) return true;
+  return false;
+}
+
+// Element e of a bf16 array.
+void* bf(void* p, int64_t e) { return static_cast<char*>(p) + e * 2; }
+const void* bf(const void* p, int64_t e) { return static_cast<const char*>(p) + e * 2; }
+
+// W_UK [H, dn, dc] laid out as [H * (dn + dr), dc] with zero rows at each head's
+// rope dims: q [N, H * dq] times it is sum_h W_UK[h]^T q^C_h, one product.
+DeviceArray summary_weight(const DeviceArray& w_uk, int64_t H, int64_t dn, int64_t dr, int64_t dc) {
+  const char* where = "GpuModel (MLA summary weight)";
+  DeviceArray a("the MLA summary weight", H * (dn + dr) * dc * 2);
+  LCA_CUDA_OK(where, cudaMemset(a.as(), 0, static_cast<size_t>(a.bytes())));
+  LCA_CUDA_OK(where, cudaMemcpy2D(a.as(), static_cast<size_t>((dn + dr) * dc * 2), w_uk.as(),
+                                  static_cast<size_t>(dn * dc * 2), static_cast<size_t>(dn * dc * 2),
+                                  static_cast<size_t>(H), cudaMemcpyDeviceToDevice));
+  return a;
+}
+
+DeviceArray upload_inv_freq(const std::vector<double>& inv_freq) {
+  DeviceArray a("rope inverse frequencies", static_cast<int64_t>(inv_freq.size()) * 8);
+  LCA_CUDA_OK("GpuModel", cudaMemcpy(a.as(), inv_freq.data(), inv_freq.size() * 8, cudaMemcpyHostToDevice));
+  return a;
+}
+
+}  // namespace
+
+void check_mla(const char* where, const ModelConfig& c) {
+  const model::MlaArch arch = model::mla_arch(c);  // throws naming the config field at fault
+  const MlaDims& m = c.mla;
+  LCA_CHECK(prefill_supports(m.d_nope + m.d_rope, m.d_v), where, ": ", c.architecture, " head dims (d_qk = ",
+            "qk_nope_head_dim + qk_rope_head_dim = ", m.d_nope + m.d_rope, ", v_head_dim ", m.d_v,
+            ") are not built for the GPU prefill kernel; built (d_qk, d_v): (96, 64) as MiniCPM3, (192, 128) as "
+            "DeepSeek-V2/V3, (64, 64), (128, 128)");
+  LCA_CHECK(decode_supports(true, m.row_width(), m.d_latent), where, ": ", c.architecture, " kv_lora_rank ",
+            m.d_latent, " with qk_rope_head_dim ", m.d_rope,
+            " is not built for the GPU decode kernels; built: (512, 64) as DeepSeek-V2/V3, (256, 32) as MiniCPM3");
+  LCA_CHECK(!has_moe_layers(c, arch) || gpu_moe_available(), where, ": ", c.architecture,
+            " has MoE layers (layers >= first_k_dense_replace = ", arch.first_dense, " of ", c.num_hidden_layers,
+            "), which the GPU runtime does not run yet (DeepSeek's MoE on the GPU is not built)");
+  LCA_CHECK(c.hidden_size % 8 == 0 && c.intermediate_size % 2 == 0, where,
+            ": hidden_size must be a multiple of 8 and intermediate_size even");
+}
+
+std::unique_ptr<MlaWeights> upload_mla(const Model& model) {
+  const ModelConfig& c = model.config();
+  const int64_t D = c.hidden_size, H = c.mla.heads;
+  auto w = std::make_unique<MlaWeights>();
+  w->arch = model::mla_arch(c);
+  auto up = [&](const char* what, const Tensor<float>& t) {
+    if (t.numel() == 0) return DeviceArray();
+    DeviceArray a = upload_bf16(what, t);
+    w->bytes += a.bytes();
+    return a;
+  };
+  for (const LayerWeights& lw : model.weights().layers) {
+    MlaLayerArrays a;
+    a.attn_norm = up("input_layernorm", lw.attn_norm);
+    if (c.q_lora_rank) {
+      a.q_a = up("q_a_proj", lw.q_a);
+      a.b_q_a = up("q_a_proj bias", lw.b_q_a);
+      a.q_a_norm = up("q_a_layernorm", lw.q_a_norm);
+      a.q_b = up("q_b_proj", lw.q_b);
+    } else {
+      a.wq = up("q_proj", lw.wq);
+    }
+    a.kv_a = up("kv_a_proj_with_mqa", lw.kv_a);
+    a.b_kv_a = up("kv_a_proj_with_mqa bias", lw.b_kv_a);
+    a.kv_a_norm = up("kv_a_layernorm", lw.kv_a_norm);
+    a.w_uk = up("kv_b_proj (W_UK)", lw.w_uk);
+    a.w_uv = up("kv_b_proj (W_UV)", lw.w_uv);
+    a.w_uk_sum = summary_weight(a.w_uk, H, c.mla.d_nope, c.mla.d_rope, c.mla.d_latent);
+    w->bytes += a.w_uk_sum.bytes();
+    a.wo = up("o_proj", lw.wo);
+    a.bo = up("o_proj bias", lw.bo);
+    a.ffn_norm = up("post_attention_layernorm", lw.ffn_norm);
+    if (lw.is_moe()) {
+      a.moe = moe_upload(w->arch, lw, D);
+      w->bytes += moe_weight_bytes(*a.moe);
+    } else {
+      a.w_gate = up("gate_proj", lw.w_gate);
+      a.w_up = up("up_proj", lw.w_up);
+      a.w_down = up("down_proj", lw.w_down);
+    }
+    w->layers.push_back(std::move(a));
+  }
+  w->inv_freq = upload_inv_freq(w->arch.inv_freq);
+  // The summary weights were laid out on the legacy stream; sessions run on their own.
+  LCA_CUDA_OK("GpuModel::upload", cudaDeviceSynchronize());
+  return w;
+}
+
+std::unique_ptr<MlaWeights> random_mla(const ModelConfig& c, uint64_t seed) {
+  const int64_t D = c.hidden_size, F = c.intermediate_size, H = c.mla.heads;
+  const int64_t dn = c.mla.d_nope, dr = c.mla.d_rope, dc = c.mla.d_latent, dv = c.mla.d_v, dq = dn + dr;
+  auto w = std::make_unique<MlaWeights>();
+  w->arch = model::mla_arch(c);
+  uint64_t s = seed;
+  auto rnd = [&](const char* what, int64_t n, double fan_in) {
+    DeviceArray a(what, n * 2);
+    fill_uniform(a.as(), n, static_cast<float>(1.0 / std::sqrt(fan_in)), s++ * 0x2545F4914F6CDD1Dull, nullptr);
+    w->bytes += a.bytes();
+    return a;
+  };
+  auto ones = [&](const char* what, int64_t n) {
+    DeviceArray a = upload_bf16(what, Tensor<float>({n}, 1.f));
+    w->bytes += a.bytes();
+    return a;
+  };
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    MlaLayerArrays a;
+    a.attn_norm = ones("input_layernorm", D);
+    if (c.q_lora_rank) {
+      const int64_t r = *c.q_lora_rank;
+      a.q_a = rnd("q_a_proj", r * D, D);
+      if (c.attention_bias) a.b_q_a = rnd("q_a_proj bias", r, 64);
+      a.q_a_norm = ones("q_a_layernorm", r);
+      a.q_b = rnd("q_b_proj", H * dq * r, r);
+    } else {
+      a.wq = rnd("q_proj", H * dq * D, D);
+    }
+    a.kv_a = rnd("kv_a_proj_with_mqa", (dc + dr) * D, D);
+    if (c.attention_bias) a.b_kv_a = rnd("kv_a_proj_with_mqa bias", dc + dr, 64);
+    a.kv_a_norm = ones("kv_a_layernorm", dc);
+    a.w_uk = rnd("kv_b_proj (W_UK)", H * dn * dc, dc);
+    a.w_uv = rnd("kv_b_proj (W_UV)", H * dv * dc, dc);
+    a.w_uk_sum = summary_weight(a.w_uk, H, dn, dr, dc);
+    w->bytes += a.w_uk_sum.bytes();
+    a.wo = rnd("o_proj", D * H * dv, H * dv);
+    if (c.attention_bias) a.bo = rnd("o_proj bias", D, 64);
+    a.ffn_norm = ones("post_attention_layernorm", D);
+    if (w->arch.is_moe_layer(l)) {
+      a.moe = moe_random(w->arch, D, s++ * 0x2545F4914F6CDD1Dull);
+      w->bytes += moe_weight_bytes(*a.moe);
+    } else {
+      a.w_gate = rnd("gate_proj", F * D, D);
+      a.w_up = rnd("up_proj", F * D, D);
+      a.w_down = rnd("down_proj", D * F, F);
+    }
+    w->layers.push_back(std::move(a));
+  }
+  w->inv_freq = upload_inv_freq(w->arch.inv_freq);
+  LCA_CUDA_OK("GpuModel::random", cudaDeviceSynchronize());
+  return w;
+}
+
+// ---- A session's layers ------------------------------------------------------------------
+
+struct MlaLayers::Impl {
+  const ModelConfig* c = nullptr;
+  const MlaWeights* w = nullptr;
+  GpuSessionOptions opt;
+  cudaStream_t stream = nullptr;
+  cublasHandle_t blas = nullptr;
+  int64_t D = 0, F = 0, H = 0, dn = 0, dr = 0, dc = 0, dv = 0, dq = 0, width = 0, r = 0;
+  float residual_scale = 1.f;
+  std::shared_ptr<MoeWorkspace> moe_ws;
+  // Decode buffers, max_seqs rows each.
+  DeviceArray h, q, qa, qn, kv, rows, q_abs, lat, heads, gate, up;
+
+  const model::MlaArch& arch() const { return w->arch; }
+
+  // Y [M, N] = alpha X [M, K] W^T + beta Y with W [N, K] (w_nk), else alpha X W + beta Y with
+  // W [K, N]; row-major with leading dims; `batch` products, element strides (0: shared).
+  void gemm(int64_t M, int64_t N, int64_t K, const void* X, int64_t ldx, int64_t sx, const void* W, bool w_nk,
+            int64_t ldw, int64_t sw, void* Y, int64_t ldy, int64_t sy, int64_t batch, float alpha, float beta,
+            bool y_f32 = false) {
+    if (M == 0) return;
+    LCA_CUBLAS_OK("GpuSession (MLA)",
+                  cublasGemmStridedBatchedEx(blas, w_nk ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(N),
+                                             static_cast<int>(M), static_cast<int>(K), &alpha, W, CUDA_R_16BF,
+                                             static_cast<int>(ldw), sw, X, CUDA_R_16BF, static_cast<int>(ldx), sx,
+                                             &beta, Y, y_f32 ? CUDA_R_32F : CUDA_R_16BF, static_cast<int>(ldy), sy,
+                                             static_cast<int>(batch), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  }
+  // Y [M, N] = alpha X [M, K] W [N, K]^T + beta Y, contiguous.
+  void linear(int64_t M, int64_t N, int64_t K, const void* X, const DeviceArray& W, void* Y, float alpha = 1.f,
+              float beta = 0.f) {
+    gemm(M, N, K, X, K, 0, W.as(), true, K, 0, Y, N, 0, 1, alpha, beta);
+  }
+
+  // q [n, H, dq] (rope dims not yet rotated) of normed hidden states h [n, D].
+  void queries(const MlaLayerArrays& L, const void* hs, int64_t n, void* q_out, void* qa_buf, void* qn_buf) {
+    if (r > 0) {
+      linear(n, r, D, hs, L.q_a, qa_buf);
+      if (L.b_q_a) add_bias(qa_buf, L.b_q_a.as(), n, r, 1.f, stream);
+      rms_norm(qa_buf, L.q_a_norm.as(), n, r, kLatentNormEps, qn_buf, stream);
+      linear(n, H * dq, r, qn_buf, L.q_b, q_out);
+    } else {
+      linear(n, H * dq, D, hs, L.wq, q_out);
+    }
+  }
+
+  // The cache rows [n, dc + dr] of h [n, D] (and the latents and rope keys apart, when given).
+  void latent_rows(const MlaLayerArrays& L, const void* hs, int64_t n, const int64_t* positions, void* kv_buf,
+                   void* rows_out, void* latent, void* rope_key) {
+    linear(n, width, D, hs, L.kv_a, kv_buf);
+    mla_kv_rows(kv_buf, L.b_kv_a.as(), L.kv_a_norm.as(), kLatentNormEps, n, dc, dr, positions, 0,
+                w->inv_freq.as<double>(), arch().rope_factor, arch().interleaved, rows_out, latent, rope_key, stream);
+  }
+
+  // Decompressed keys k [n, H, dq] = [W_UK[h] c ; k^R] and values v [n, H * dv] = W_UV[h] c.
+  void decompress(const MlaLayerArrays& L, const void* latent, const void* rope_key, int64_t n, void* k, void* v) {
+    gemm(n, dn, dc, latent, dc, 0, L.w_uk.as(), true, dc, dn * dc, k, H * dq, dq, H, 1.f, 0.f);
+    rope_keys_to_heads(rope_key, n, H, dn, dr, k, stream);
+    linear(n, H * dv, dc, latent, L.w_uv, v);
+  }
+
+  // x [n, D] += residual_scale (o_proj(heads [n, H * dv]) + bo).
+  void attention_out(const MlaLayerArrays& L, const void* heads_in, int64_t n, void* x) {
+    linear(n, D, H * dv, heads_in, L.wo, x, residual_scale, 1.f);
+    if (L.bo) add_bias(x, L.bo.as(), n, D, residual_scale, stream);
+  }
+
+  // x [n, D] += residual_scale ffn(rms_norm(x)), in chunks of `chunk` rows.
+  void ffn(const MlaLayerArrays& L, void* x, void* hs, int64_t n, void* gate_buf, void* up_buf, int64_t chunk) {
+    rms_norm(x, L.ffn_norm.as(), n, D, c->rms_norm_eps, hs, stream);
+    for (int64_t r0 = 0; r0 < n; r0 += chunk) {
+      const int64_t rows_n = std::min(chunk, n - r0);
+      const void* hr = bf(static_cast<const void*>(hs), r0 * D);
+      void* xr = bf(x, r0 * D);
+      if (L.moe) {  // DeepSeek: residual_scale is 1
+        moe_forward(*L.moe, hr, rows_n, xr, *moe_ws, stream, blas);
+      } else {
+        linear(rows_n, F, D, hr, L.w_gate, gate_buf);
+        linear(rows_n, F, D, hr, L.w_up, up_buf);
+        swiglu(gate_buf, up_buf, rows_n, F, stream);
+        linear(rows_n, D, F, gate_buf, L.w_down, xr, residual_scale, 1.f);
+      }
+    }
+  }
+};
+
+MlaLayers::MlaLayers(const ModelConfig& c, const MlaWeights& w, const GpuSessionOptions& opt, cudaStream_t stream,
+                     cublasHandle_t blas)
+    : impl_(std::make_unique<Impl>()) {
+  Impl& s = *impl_;
+  s.c = &c, s.w = &w, s.opt = opt, s.stream = stream, s.blas = blas;
+  s.D = c.hidden_size, s.F = c.intermediate_size, s.H = c.mla.heads;
+  s.dn = c.mla.d_nope, s.dr = c.mla.d_rope, s.dc = c.mla.d_latent, s.dv = c.mla.d_v;
+  s.dq = s.dn + s.dr, s.width = s.dc + s.dr, s.r = c.q_lora_rank.value_or(0);
+  s.residual_scale = static_cast<float>(w.arch.residual_scale);
+  const int64_t B = opt.max_seqs;
+  s.h = DeviceArray("MLA decode activations", B * s.D * 2);
+  s.q = DeviceArray("MLA decode queries", B * s.H * s.dq * 2);
+  s.qa = DeviceArray("MLA decode q_a", B * std::max<int64_t>(s.r, 1) * 2);
+  s.qn = DeviceArray("MLA decode q_a_norm", B * std::max<int64_t>(s.r, 1) * 2);
+  s.kv = DeviceArray("MLA decode kv_a", B * s.width * 2);
+  s.rows = DeviceArray("MLA decode cache rows", B * s.width * 2);
+  s.q_abs = DeviceArray("MLA decode absorbed queries", B * s.H * s.width * 2);
+  s.lat = DeviceArray("MLA decode output latents", B * s.H * s.dc * 2);
+  s.heads = DeviceArray("MLA decode head outputs", B * s.H * s.dv * 2);
+  s.gate = DeviceArray("MLA decode MLP", B * s.F * 2);
+  s.up = DeviceArray("MLA decode MLP", B * s.F * 2);
+  if (has_moe_layers(c, w.arch)) s.moe_ws = moe_workspace(w.arch, s.D, std::max(opt.prefill_chunk, B));
+}
+
+MlaLayers::~MlaLayers() = default;
+
+void MlaLayers::prefill(PagedKvCache& cache, int64_t seq, int64_t N, void* x) {
+  Impl& s = *impl_;
+  const LcaParams& p = s.opt.attention;
+  const bool lca = !p.is_full();
+  const int64_t D = s.D, H = s.H, dn = s.dn, dr = s.dr, dc = s.dc, dv = s.dv, dq = s.dq, width = s.width;
+  const int64_t m = condensed_groups(N, p), first_raw = first_raw_position(N, p), mr = std::max<int64_t>(m, 1);
+  const int64_t ring_rows = lca ? std::min(N, p.group - 1) : 0;
+  const int64_t sw = cache.summary_width(), chunk = std::min(N, s.opt.prefill_chunk);
+  const double scale = s.c->softmax_scale();
+  cudaStream_t st = s.stream;
+  DeviceArray h("prefill activations", N * D * 2), q("prefill queries", N * H * dq * 2);
+  DeviceArray qa("prefill q_a", N * std::max<int64_t>(s.r, 1) * 2), qn("prefill q_a_norm", N * std::max<int64_t>(s.r, 1) * 2);
+  DeviceArray kv("prefill kv_a", N * width * 2), rows("prefill cache rows", N * width * 2);
+  DeviceArray latent("prefill latents", N * dc * 2), rope_key("prefill rope keys", N * dr * 2);
+  DeviceArray k("prefill decompressed keys", N * H * dq * 2), v("prefill decompressed values", N * H * dv * 2);
+  DeviceArray o("prefill attention outputs", N * H * dv * 2);
+  DeviceArray gate("prefill MLP", chunk * s.F * 2), up("prefill MLP", chunk * s.F * 2);
+  DeviceArray sum("summary queries", lca ? N * sw * 4 : 16);
+  DeviceArray rep_latent("representative latents", mr * dc * 2), rep_rope("representative rope keys", mr * dr * 2);
+  DeviceArray rep_rows("representative rows", mr * width * 2);
+  DeviceArray rep_k("representative keys", mr * H * dq * 2), rep_v("representative values", mr * H * dv * 2);
+  for (size_t l = 0; l < s.w->layers.size(); ++l) {
+    const MlaLayerArrays& L = s.w->layers[l];
+    rms_norm(x, L.attn_norm.as(), N, D, s.c->rms_norm_eps, h.as(), st);
+    s.queries(L, h.as(), N, q.as(), qa.as(), qn.as());
+    s.latent_rows(L, h.as(), N, nullptr, kv.as(), rows.as(), latent.as(), rope_key.as());
+    float* sum_rope = lca && p.score == ScoreMode::full ? sum.as<float>() + dc : nullptr;
+    mla_rope_queries(q.as(), N, H, dn, dr, nullptr, 0, s.w->inv_freq.as<double>(), s.arch().rope_factor,
+                     s.arch().interleaved, nullptr, 0, sum_rope, sw, st);
+    if (lca) {
+      // Head-summed absorbed queries [N, dc] (fp32) into the summary's latent columns.
+      s.gemm(N, dc, H * dq, q.as(), H * dq, 0, L.w_uk_sum.as(), false, dc, 0, sum.as(), sw, 0, 1, 1.f, 0.f, true);
+      CondenseMlaArgs ca;
+      ca.latent = latent.as(), ca.rope_key = rope_key.as(), ca.summary = sum.as<float>();
+      ca.rep_latent = rep_latent.as(), ca.rep_rope_key = rep_rope.as();
+      ca.kv_len = ca.sum_len = N;
+      ca.count = m;
+      ca.heads = H, ca.d_latent = dc, ca.d_rope = dr;
+      ca.scale = scale;
+      ca.dtype = DType::bf16;
+      ca.params = p;
+      condense_groups_mla(ca, st);
+      if (m > 0) {
+        s.decompress(L, rep_latent.as(), rep_rope.as(), m, rep_k.as(), rep_v.as());
+        pack_mla_rows(rep_latent.as(), rep_rope.as(), m, dc, dr, rep_rows.as(), st);
+      }
+    }
+    s.decompress(L, latent.as(), rope_key.as(), N, k.as(), v.as());
+    PrefillArgs a;
+    a.q = q.as(), a.k = k.as(), a.v = v.as(), a.rep_k = rep_k.as(), a.rep_v = rep_v.as(), a.out = o.as();
+    a.q_len = a.raw_len = N;
+    a.reps = m;
+    a.q_heads = a.kv_heads = H, a.d_qk = dq, a.d_v = dv;
+    a.scale = scale;
+    a.dtype = DType::bf16;
+    a.params = p;
+    lca_prefill(a, st);
+    // The layer's cache: representatives, raw rows [g m(N), N), summaries of the last g - 1 positions.
+    cache.write_layer_device(seq, static_cast<int64_t>(l), rep_rows.as(), bf(rows.as(), first_raw * width),
+                             lca ? sum.as<float>() + (N - ring_rows) * sw : nullptr, nullptr, st);
+    s.attention_out(L, o.as(), N, x);
+    s.ffn(L, x, h.as(), N, gate.as(), up.as(), chunk);
+  }
+  // The buffers above are freed on return: the work that reads them must be done.
+  LCA_CUDA_OK("GpuSession::prefill", cudaStreamSynchronize(st));
+}
+
+void MlaLayers::decode(PagedKvCache& cache, int64_t B, void* x, const int64_t* positions) {
+  Impl& s = *impl_;
+  const int64_t H = s.H, dn = s.dn, dr = s.dr, dc = s.dc, dv = s.dv, dq = s.dq, width = s.width;
+  for (size_t l = 0; l < s.w->layers.size(); ++l) {
+    const MlaLayerArrays& L = s.w->layers[l];
+    rms_norm(x, L.attn_norm.as(), B, s.D, s.c->rms_norm_eps, s.h.as(), s.stream);
+    s.queries(L, s.h.as(), B, s.q.as(), s.qa.as(), s.qn.as());
+    s.latent_rows(L, s.h.as(), B, positions, s.kv.as(), s.rows.as(), nullptr, nullptr);
+    // Absorbed queries: q~_h = W_UK[h]^T q^C_h ([B, dn] x [dn, dc] per head), then the rotated q^R.
+    s.gemm(B, dc, dn, s.q.as(), H * dq, dq, L.w_uk.as(), false, dc, dn * dc, s.q_abs.as(), H * width, width, H, 1.f,
+           0.f);
+    mla_rope_queries(s.q.as(), B, H, dn, dr, positions, 0, s.w->inv_freq.as<double>(), s.arch().rope_factor,
+                     s.arch().interleaved, s.q_abs.as(), width, nullptr, 0, s.stream);
+    cache.decode_layer(static_cast<int64_t>(l), s.rows.as(), s.q_abs.as(), s.lat.as(), s.stream);
+    // Head outputs W_UV[h] latent_h ([B, dc] x [dc, dv] per head).
+    s.gemm(B, dv, dc, s.lat.as(), H * dc, dc, L.w_uv.as(), true, dc, dv * dc, s.heads.as(), H * dv, dv, H, 1.f, 0.f);
+    s.attention_out(L, s.heads.as(), B, x);
+    s.ffn(L, x, s.h.as(), B, s.gate.as(), s.up.as(), B);
+  }
+}
+
+}  // namespace lca::cuda::detail

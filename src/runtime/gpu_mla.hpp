@@ -1,0 +1,86 @@
+// The MLA architectures (DeepSeek-V2/V3, MiniCPM3) in the GPU runtime
+// (internal to src/runtime/): their weights on the device and a session's
+// layer loops. GpuModel and GpuSession (gpu_model.cpp) own these and keep the
+// parts every architecture shares: embeddings, final norm, logits, the paged
+// cache, the stream, cuBLAS and the decode graph.
+//
+// Prefill runs the attention in decompressed form (per-head keys [W_UK c ;
+// k^R] and values W_UV c, the prefill kernel's MLA shapes), condensing on the
+// latents first; decode runs it in absorbed form over the paged MLA cache
+// (queries [W_UK^T q^C ; q^R], output latents then W_UV), as the CPU runtime.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "cuda/device_memory.hpp"
+#include "lca/gpu_model.hpp"
+#include "model/mla.hpp"
+
+typedef struct cublasContext* cublasHandle_t;
+
+namespace lca::cuda {
+
+class GpuMoe;
+class MoeWorkspace;
+
+namespace detail {
+
+DeviceArray upload_bf16(const char* what, const Tensor<float>& t);
+
+// DeepSeek's MoE layers on the GPU (src/runtime/gpu_moe.hpp): the glue, in
+// gpu_model.cpp beside the one switch that says whether gpu_moe.cpp is built.
+bool gpu_moe_available();
+std::shared_ptr<const GpuMoe> moe_upload(const model::MlaArch& arch, const LayerWeights& lw, int64_t hidden);
+std::shared_ptr<const GpuMoe> moe_random(const model::MlaArch& arch, int64_t hidden, uint64_t seed);
+std::shared_ptr<MoeWorkspace> moe_workspace(const model::MlaArch& arch, int64_t hidden, int64_t max_rows);
+void moe_forward(const GpuMoe& moe, const void* h, int64_t rows, void* x, MoeWorkspace& ws, cudaStream_t stream,
+                 cublasHandle_t blas);
+int64_t moe_weight_bytes(const GpuMoe& moe);
+
+struct MlaLayerArrays {
+  DeviceArray attn_norm;
+  DeviceArray wq;                     // [H*dq, D] without q_lora
+  DeviceArray q_a, b_q_a, q_a_norm, q_b;  // q_lora: [r, D], [r] or empty, [r], [H*dq, r]
+  DeviceArray kv_a, b_kv_a, kv_a_norm;    // [dc + dr, D], [dc + dr] or empty, [dc]
+  DeviceArray w_uk, w_uv;             // [H, dn, dc], [H, dv, dc]
+  DeviceArray w_uk_sum;               // [H * dq, dc]: W_UK[h] at each head's nope rows, zeros at its rope rows
+  DeviceArray wo, bo;                 // [D, H*dv], [D] or empty
+  DeviceArray ffn_norm, w_gate, w_up, w_down;  // dense layers
+  std::shared_ptr<const GpuMoe> moe;  // MoE layers
+};
+
+struct MlaWeights {
+  model::MlaArch arch;
+  std::vector<MlaLayerArrays> layers;
+  DeviceArray inv_freq;  // fp64 [d_r / 2]
+  int64_t bytes = 0;     // the layers' weights
+};
+
+// Throws lca::Error when the config cannot run on the GPU runtime (head dims
+// the kernels are not built for, MoE layers without the GPU MoE, bad sizes).
+void check_mla(const char* where, const ModelConfig& c);
+std::unique_ptr<MlaWeights> upload_mla(const Model& model);
+std::unique_ptr<MlaWeights> random_mla(const ModelConfig& c, uint64_t seed);
+
+// One session's MLA layers: the decode buffers (max_seqs rows) and the loops.
+class MlaLayers {
+ public:
+  MlaLayers(const ModelConfig& c, const MlaWeights& w, const GpuSessionOptions& opt, cudaStream_t stream,
+            cublasHandle_t blas);
+  ~MlaLayers();
+  // Every layer over x [N, D] (embedded, scaled) of an empty sequence's whole
+  // prompt (positions 0..N-1), each layer's rows written into the cache.
+  void prefill(PagedKvCache& cache, int64_t seq, int64_t N, void* x);
+  // One decode step's layers over x [B, D] for the cache's step (positions on
+  // the device): capturable, no allocation or host synchronisation.
+  void decode(PagedKvCache& cache, int64_t B, void* x, const int64_t* positions);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace detail
+}  // namespace lca::cuda
