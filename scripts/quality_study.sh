@@ -47,10 +47,11 @@ tasks() {  # name seed-base per-worker tokenizer-model: solved tasks (seeds unli
   echo "$1 tasks: $(cat "$S"/tasks/"$1"-*.jsonl | wc -l) documents"
 }
 
-corpus() {
-  [ -f "$S/corpus/heldout.txt" ] && return
+corpus() {  # once per machine (the folders are those of the machine's own Python and docs)
+  [ -f "$S/corpus/done" ] && return
   site=$(python3 -c 'import site; print(site.getsitepackages()[0])')
   python3 scripts/quality_corpus.py --out "$S/corpus" --extra /usr/share/doc "$site" --max-total-mb "$CORPUS_MB"
+  touch "$S/corpus/done"
 }
 
 common_train() {  # the data options every training run shares
@@ -104,18 +105,22 @@ finetune)
   for f in "$S"/*-ft.log; do echo "$f: $(tr '\r' '\n' <"$f" | grep -E "time budget|final loss" | tr '\n' ' ')"; done
   ;;
 evaluate)
+  # One process per (model, method), spread over the GPUs and run together: the models are small,
+  # so each process is bound by kernel launches and several share a GPU well.
   corpus
-  ev() {  # gpu model methods
-    CUDA_VISIBLE_DEVICES=$1 python3 -m lca.evaluate --model "$S/$2" --label "$2" --methods "$3" --contexts "$CONTEXTS" \
-      --samples "$SAMPLES" --window "$WINDOW" --group "$GROUP" --heldout "$S/corpus/heldout.txt" --ppl-sequences 8 \
-      --out "$S/eval-$2.json" >"$S/eval-$2.log" 2>&1
-  }
-  (ev 0 base full,lca,lca-anchor-only,window-only) &
-  (ev $((1 % GPUS)) lca-ft lca,lca-anchor-only,window-only) &
-  (ev $((2 % GPUS)) full-ft full; ev $((2 % GPUS)) mtla4-ft mtla) &
-  (ev $((3 % GPUS)) mtla16-ft mtla; ev $((3 % GPUS)) small-lca-ft full,lca) &
+  i=0
+  for job in ${STUDY_EVAL_JOBS:-base:full base:lca base:lca-anchor-only base:window-only lca-ft:lca \
+    lca-ft:lca-anchor-only lca-ft:window-only full-ft:full mtla4-ft:mtla mtla16-ft:mtla small-lca-ft:full \
+    small-lca-ft:lca}; do
+    model=${job%%:*} method=${job#*:}
+    [ -d "$S/$model" ] || { echo "skipping $job: no model $S/$model"; continue; }
+    CUDA_VISIBLE_DEVICES=$((i % GPUS)) python3 -m lca.evaluate --model "$S/$model" --label "$model" --methods "$method" \
+      --contexts "$CONTEXTS" --samples "$SAMPLES" --window "$WINDOW" --group "$GROUP" --heldout "$S/corpus/heldout.txt" \
+      --ppl-sequences 8 --out "$S/eval-$model-$method.json" >"$S/eval-$model-$method.log" 2>&1 &
+    i=$((i + 1))
+  done
   wait
-  python3 -m lca.evaluate --report "$S"/eval-*.json --plot "$S/quality.png"
+  python3 -m lca.evaluate --report "$S"/eval-*.json --plot "$S/quality.png" | tee "$S/report.txt"
   ;;
 *)
   echo "usage: bash scripts/quality_study.sh setup|pretrain|finetune|evaluate" >&2

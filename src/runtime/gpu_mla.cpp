@@ -22,6 +22,7 @@
 #include "lca/cuda.hpp"
 #include "lca/error.hpp"
 #include "lca/paged_cache.hpp"
+#include "runtime/gpu_moe.hpp"
 
 #define LCA_CUBLAS_OK(where, expr)                                                                                \
   do {                                                                                                            \
@@ -76,9 +77,6 @@ void check_mla(const char* where, const ModelConfig& c) {
   LCA_CHECK(decode_supports(true, m.row_width(), m.d_latent), where, ": ", c.architecture, " kv_lora_rank ",
             m.d_latent, " with qk_rope_head_dim ", m.d_rope,
             " is not built for the GPU decode kernels; built: (512, 64) as DeepSeek-V2/V3, (256, 32) as MiniCPM3");
-  LCA_CHECK(!has_moe_layers(c, arch) || gpu_moe_available(), where, ": ", c.architecture,
-            " has MoE layers (layers >= first_k_dense_replace = ", arch.first_dense, " of ", c.num_hidden_layers,
-            "), which the GPU runtime does not run yet (DeepSeek's MoE on the GPU is not built)");
   LCA_CHECK(c.hidden_size % 8 == 0 && c.intermediate_size % 2 == 0, where,
             ": hidden_size must be a multiple of 8 and intermediate_size even");
 }
@@ -116,8 +114,8 @@ std::unique_ptr<MlaWeights> upload_mla(const Model& model) {
     a.bo = up("o_proj bias", lw.bo);
     a.ffn_norm = up("post_attention_layernorm", lw.ffn_norm);
     if (lw.is_moe()) {
-      a.moe = moe_upload(w->arch, lw, D);
-      w->bytes += moe_weight_bytes(*a.moe);
+      a.moe = std::make_shared<const GpuMoe>(GpuMoe::upload(w->arch, lw, D));
+      w->bytes += a.moe->weight_bytes();
     } else {
       a.w_gate = up("gate_proj", lw.w_gate);
       a.w_up = up("up_proj", lw.w_up);
@@ -171,8 +169,8 @@ std::unique_ptr<MlaWeights> random_mla(const ModelConfig& c, uint64_t seed) {
     if (c.attention_bias) a.bo = rnd("o_proj bias", D, 64);
     a.ffn_norm = ones("post_attention_layernorm", D);
     if (w->arch.is_moe_layer(l)) {
-      a.moe = moe_random(w->arch, D, s++ * 0x2545F4914F6CDD1Dull);
-      w->bytes += moe_weight_bytes(*a.moe);
+      a.moe = std::make_shared<const GpuMoe>(GpuMoe::random(w->arch, D, s++ * 0x2545F4914F6CDD1Dull));
+      w->bytes += a.moe->weight_bytes();
     } else {
       a.w_gate = rnd("gate_proj", F * D, D);
       a.w_up = rnd("up_proj", F * D, D);
@@ -261,7 +259,7 @@ struct MlaLayers::Impl {
       const void* hr = bf(static_cast<const void*>(hs), r0 * D);
       void* xr = bf(x, r0 * D);
       if (L.moe) {  // DeepSeek: residual_scale is 1
-        moe_forward(*L.moe, hr, rows_n, xr, *moe_ws, stream, blas);
+        L.moe->forward(hr, rows_n, xr, *moe_ws, stream, blas);
       } else {
         linear(rows_n, F, D, hr, L.w_gate, gate_buf);
         linear(rows_n, F, D, hr, L.w_up, up_buf);
@@ -293,7 +291,7 @@ MlaLayers::MlaLayers(const ModelConfig& c, const MlaWeights& w, const GpuSession
   s.heads = DeviceArray("MLA decode head outputs", B * s.H * s.dv * 2);
   s.gate = DeviceArray("MLA decode MLP", B * s.F * 2);
   s.up = DeviceArray("MLA decode MLP", B * s.F * 2);
-  if (has_moe_layers(c, w.arch)) s.moe_ws = moe_workspace(w.arch, s.D, std::max(opt.prefill_chunk, B));
+  if (has_moe_layers(c, w.arch)) s.moe_ws = std::make_shared<MoeWorkspace>(w.arch, s.D, std::max(opt.prefill_chunk, B));
 }
 
 MlaLayers::~MlaLayers() = default;

@@ -29,16 +29,6 @@ namespace detail {
 
 DeviceArray upload_bf16(const char* what, const Tensor<float>& t);
 
-// DeepSeek's MoE layers on the GPU (src/runtime/gpu_moe.hpp): the glue, in
-// gpu_model.cpp beside the one switch that says whether gpu_moe.cpp is built.
-bool gpu_moe_available();
-std::shared_ptr<const GpuMoe> moe_upload(const model::MlaArch& arch, const LayerWeights& lw, int64_t hidden);
-std::shared_ptr<const GpuMoe> moe_random(const model::MlaArch& arch, int64_t hidden, uint64_t seed);
-std::shared_ptr<MoeWorkspace> moe_workspace(const model::MlaArch& arch, int64_t hidden, int64_t max_rows);
-void moe_forward(const GpuMoe& moe, const void* h, int64_t rows, void* x, MoeWorkspace& ws, cudaStream_t stream,
-                 cublasHandle_t blas);
-int64_t moe_weight_bytes(const GpuMoe& moe);
-
 struct MlaLayerArrays {
   DeviceArray attn_norm;
   DeviceArray wq;                     // [H*dq, D] without q_lora

@@ -45,40 +45,6 @@ DeviceArray upload_bf16(const char* what, const Tensor<float>& t) {
   return a;
 }
 
-// DeepSeek's MoE on the GPU (runtime/gpu_moe.hpp) is implemented apart: set
-// this to true once src/runtime/gpu_moe.cpp is built into lca_cuda. While it
-// is false, MoE configs are refused (check_mla) and the calls below are
-// discarded statements, so nothing links against the missing definitions.
-constexpr bool kGpuMoeBuilt = false;
-
-bool gpu_moe_available() { return kGpuMoeBuilt; }
-
-std::shared_ptr<const GpuMoe> moe_upload(const model::MlaArch& arch, const LayerWeights& lw, int64_t hidden) {
-  if constexpr (kGpuMoeBuilt) return std::make_shared<const GpuMoe>(GpuMoe::upload(arch, lw, hidden));
-  else ::lca::detail::fail("GpuModel: DeepSeek's MoE is not built on the GPU runtime");
-}
-
-std::shared_ptr<const GpuMoe> moe_random(const model::MlaArch& arch, int64_t hidden, uint64_t seed) {
-  if constexpr (kGpuMoeBuilt) return std::make_shared<const GpuMoe>(GpuMoe::random(arch, hidden, seed));
-  else ::lca::detail::fail("GpuModel: DeepSeek's MoE is not built on the GPU runtime");
-}
-
-std::shared_ptr<MoeWorkspace> moe_workspace(const model::MlaArch& arch, int64_t hidden, int64_t max_rows) {
-  if constexpr (kGpuMoeBuilt) return std::make_shared<MoeWorkspace>(arch, hidden, max_rows);
-  else ::lca::detail::fail("GpuSession: DeepSeek's MoE is not built on the GPU runtime");
-}
-
-void moe_forward(const GpuMoe& moe, const void* h, int64_t rows, void* x, MoeWorkspace& ws, cudaStream_t stream,
-                 cublasHandle_t blas) {
-  if constexpr (kGpuMoeBuilt) moe.forward(h, rows, x, ws, stream, blas);
-  else ::lca::detail::fail("GpuSession: DeepSeek's MoE is not built on the GPU runtime");
-}
-
-int64_t moe_weight_bytes(const GpuMoe& moe) {
-  if constexpr (kGpuMoeBuilt) return moe.weight_bytes();
-  else return 0;
-}
-
 }  // namespace detail
 
 namespace {
