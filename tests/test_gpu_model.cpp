@@ -243,7 +243,11 @@ void compare_mla(const std::filesystem::path& dir, MlaKind kind, bool q_lora, co
   const lca::Model model = lca::Model::load((dir / name).string());
   ASSERT_TRUE(model.config().is_mla());
   std::mt19937_64 tokens_rng(rng.bits());
-  compare_runtimes(model, params, graphs, prompts, steps, 2e-2, tokens_rng);
+  // 3e-2, not the GQA tests' 2e-2: the GPU keeps the residual stream and every
+  // activation in bf16 (the CPU runtime in float, bf16 only in its cache rows),
+  // and DeepSeek's 512-wide latents and 128-wide heads land at 1.5-2.2e-2 after
+  // 40 decode steps (measured on an H100), MiniCPM3's at 0.5-1.6e-2.
+  compare_runtimes(model, params, graphs, prompts, steps, 3e-2, tokens_rng);
 }
 
 // LCA with w = 32, g = 4: groups condense within the prefill of the longer

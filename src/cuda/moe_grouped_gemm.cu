@@ -10,15 +10,17 @@
 //   expert by a binary search of the device tile offsets, so the grid is
 //   sized on the host from the row count alone (an upper bound; CTAs past the
 //   last tile exit) and nothing waits for the host.
-// - A and B tiles of TK = 32 (k) are double-buffered in shared memory by
-//   cp.async; rows past the expert's rows or N, and k past K, are zero-filled
+// - A and B tiles of TK = 32 (k) go through a kStages = 4 deep cp.async ring in
+//   shared memory (three tiles in flight while one is multiplied: a decode
+//   step, with a row or two per expert, is a stream of weight tiles that needs
+//   that many bytes in flight per SM to approach the memory bandwidth); rows past the expert's rows or N, and k past K, are zero-filled
 //   (K a multiple of 8). Rows padded by 16 B so that ldmatrix hits distinct
 //   banks. The gate/up A rows are gathered from h through token_of (no
 //   gathered copy of h).
 // - SwiGLU: the gate and up weights are interleaved in blocks of 8 rows, so a
 //   thread's accumulators of n8 tile 2j (gate) and 2j + 1 (up) hold the same
 //   columns: silu(gate) * up in fp32, one bf16 store per pair.
-// Shared memory: 2 (TM + TN) (TK + 8) * 2 B = 30 KB (static).
+// Shared memory: kStages (TM + TN) (TK + 8) * 2 B = 60 KB (dynamic).
 #include <algorithm>
 
 #include "common.cuh"
@@ -31,7 +33,8 @@ namespace {
 
 using bf16 = __nv_bfloat16;
 
-constexpr int TM = kMoeTileRows, TN = 128, TK = 32, kThreads = 128, AS = TK + 8;
+constexpr int TM = kMoeTileRows, TN = 128, TK = 32, kThreads = 128, AS = TK + 8, kStages = 4;
+constexpr int kSmemBytes = kStages * (TM + TN) * AS * 2;
 constexpr int kAChunks = TM * TK / 8 / kThreads, kBChunks = TN * TK / 8 / kThreads;  // 16-byte copies per thread
 static_assert(kAChunks * kThreads * 8 == TM * TK && kBChunks * kThreads * 8 == TN * TK);
 
@@ -48,8 +51,9 @@ struct GemmArgs {
 
 template <bool kSwiglu>
 __global__ void __launch_bounds__(kThreads) moe_grouped_gemm_kernel(GemmArgs g) {
-  __shared__ __align__(16) bf16 sA[2][TM * AS];
-  __shared__ __align__(16) bf16 sB[2][TN * AS];
+  extern __shared__ __align__(16) bf16 smem[];
+  bf16* const sA = smem;                  // [kStages][TM * AS]
+  bf16* const sB = smem + kStages * TM * AS;  // [kStages][TN * AS]
 
   const int tile = blockIdx.x;
   if (tile >= g.tile_offsets[g.experts]) return;
@@ -89,13 +93,13 @@ __global__ void __launch_bounds__(kThreads) moe_grouped_gemm_kernel(GemmArgs g) 
     for (int i = 0; i < kAChunks; ++i) {
       const int c = threadIdx.x + i * kThreads, r = c / (TK / 8), col = (c % (TK / 8)) * 8;
       const bool ok = a_ok[i] && k0 + col < g.k;
-      cp_async16(&sA[stage][r * AS + col], ok ? a_src[i] + k0 + col : g.a, ok ? 16 : 0);
+      cp_async16(&sA[stage * TM * AS + r * AS + col], ok ? a_src[i] + k0 + col : g.a, ok ? 16 : 0);
     }
 #pragma unroll
     for (int i = 0; i < kBChunks; ++i) {
       const int c = threadIdx.x + i * kThreads, r = c / (TK / 8), col = (c % (TK / 8)) * 8;
       const bool ok = b_ok[i] && k0 + col < g.k;
-      cp_async16(&sB[stage][r * AS + col], ok ? b_src[i] + k0 + col : g.w, ok ? 16 : 0);
+      cp_async16(&sB[stage * TN * AS + r * AS + col], ok ? b_src[i] + k0 + col : g.w, ok ? 16 : 0);
     }
   };
 
@@ -105,20 +109,24 @@ __global__ void __launch_bounds__(kThreads) moe_grouped_gemm_kernel(GemmArgs g) 
 #pragma unroll
     for (int ni = 0; ni < 8; ++ni) acc[mi][ni][0] = acc[mi][ni][1] = acc[mi][ni][2] = acc[mi][ni][3] = 0.f;
 
+  // The ring: tiles 0 .. kStages - 2 in flight before the loop; iteration kt
+  // waits for tile kt, then refills the stage iteration kt - 1 read (every
+  // thread is past it: the barrier) with tile kt + kStages - 1. One commit
+  // group per tile, empty past the end, so wait<kStages - 2> counts right.
   const int64_t k_tiles = (g.k + TK - 1) / TK;
-  load_stage(0, 0);
-  cp_async_commit();
+#pragma unroll
+  for (int st = 0; st < kStages - 1; ++st) {
+    if (st < k_tiles) load_stage(int64_t(st) * TK, st);
+    cp_async_commit();
+  }
   for (int64_t kt = 0; kt < k_tiles; ++kt) {
-    if (kt + 1 < k_tiles) {
-      load_stage((kt + 1) * TK, (kt + 1) & 1);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
+    cp_async_wait<kStages - 2>();
     __syncthreads();
-    const bf16* tA = sA[kt & 1];
-    const bf16* tB = sB[kt & 1];
+    const int64_t next = kt + kStages - 1;
+    if (next < k_tiles) load_stage(next * TK, static_cast<int>(next % kStages));
+    cp_async_commit();
+    const bf16* tA = sA + (kt % kStages) * TM * AS;
+    const bf16* tB = sB + (kt % kStages) * TN * AS;
 #pragma unroll
     for (int kk = 0; kk < TK / 16; ++kk) {
       uint32_t af[2][4];
@@ -136,8 +144,8 @@ __global__ void __launch_bounds__(kThreads) moe_grouped_gemm_kernel(GemmArgs g) 
         }
       }
     }
-    __syncthreads();  // the next iteration's copies overwrite this stage
   }
+  cp_async_wait<0>();  // no copy outlives the CTA (the ring's last groups are empty)
 
   // Thread's accumulators: rows lane / 4 (+ 8), columns (lane % 4) * 2 + {0, 1} of each m16n8 tile.
 #pragma unroll
@@ -179,7 +187,12 @@ void launch(const GemmArgs& g, int64_t pairs, const char* what, cudaStream_t str
   // sum_e ceil(count_e / TM) <= pairs / TM + (experts with rows), and every tile holds a row.
   const int64_t bound = std::min<int64_t>(pairs, (pairs + TM - 1) / TM + std::min<int64_t>(g.experts, pairs));
   const dim3 grid(static_cast<unsigned>(bound), static_cast<unsigned>((g.n + TN - 1) / TN));
-  moe_grouped_gemm_kernel<kSwiglu><<<grid, kThreads, 0, stream>>>(g);
+  static const bool sized = [] {  // opt in to more than 48 KB of dynamic shared memory, once per instantiation
+    cudaFuncSetAttribute(moe_grouped_gemm_kernel<kSwiglu>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
+    return true;
+  }();
+  (void)sized;
+  moe_grouped_gemm_kernel<kSwiglu><<<grid, kThreads, kSmemBytes, stream>>>(g);
   LCA_CUDA_CHECK_LAUNCH(what);
 }
 
