@@ -50,11 +50,11 @@ def positional_encoding(chunks, dim, device=None, dtype=torch.float32):
     PE(k)[2j] = sin(k 10000^(-2j/dim)), PE(k)[2j+1] = cos(k 10000^(-2j/dim))."""
     if dim % 2 != 0:
         raise ValueError(f"dim must be even, got {dim}")
-    k = torch.arange(chunks, dtype=torch.float64)
-    frequency = 10000.0 ** (-2.0 * torch.arange(dim // 2, dtype=torch.float64) / dim)
+    k = torch.arange(chunks, dtype=torch.float64, device=device)     # on the device: no copy per forward
+    frequency = 10000.0 ** (-2.0 * torch.arange(dim // 2, dtype=torch.float64, device=device) / dim)
     angle = k[:, None] * frequency
     pe = torch.stack((angle.sin(), angle.cos()), dim=-1).reshape(chunks, dim)
-    return pe.to(device=device, dtype=dtype)
+    return pe.to(dtype)
 
 
 class HyperNetwork(nn.Module):
