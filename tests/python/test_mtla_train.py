@@ -329,6 +329,7 @@ def test_save_has_the_runtime_tensors_and_reloads(tmp_path):
     finetune.save(model, None, tmp_path / "m")
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["mtla"] == {"down_rate": 4}
+    assert isinstance(config["num_experts_per_tok"], int)      # the C++ loader has no default for it
     assert config.get("_attn_implementation") in (None, "sdpa", "eager")
     assert model.config._attn_implementation == "mtla"          # still patched after saving
     names = {}
