@@ -6,10 +6,11 @@ kernel); `lca.reference` holds the same functions in plain PyTorch, written
 from lca-spec.md, for checks and for baselines. `lca.attention` is the
 differentiable LCA attention for training; `lca.patch` / `lca.unpatch` put it
 into Hugging Face models; `lca.finetune` and `lca.evaluate` are the quality
-study's tools.
+study's tools. `lca.mtla` is MTLA (mtla-spec.md) in the same form: `lca.patch_mtla` adds its
+hyper-networks to a DeepSeek-V2 model, `lca.load_mtla` loads a folder saved with them.
 """
 
-__all__ = ["ops", "reference", "attention", "patch", "unpatch", "is_patched"]
+__all__ = ["ops", "reference", "attention", "mtla", "patch", "unpatch", "is_patched", "patch_mtla", "load_mtla"]
 
 
 def __getattr__(name):
@@ -18,4 +19,8 @@ def __getattr__(name):
         from . import hf
 
         return getattr(hf, name)
+    if name in ("patch_mtla", "load_mtla"):
+        from . import mtla
+
+        return getattr(mtla, name)
     raise AttributeError(f"module 'lca' has no attribute {name!r}")

@@ -3,6 +3,7 @@
     python -m lca.evaluate --model DIR --methods full,lca,lca-anchor-only,window-only \
         --contexts 1024,2048,4096 --window 1024 --group 16 --samples 20 --heldout FILE.txt \
         --out results.json --plot results.png
+    python -m lca.evaluate --model MTLA_DIR --methods full,mtla ...     (s from the folder's config)
     python -m lca.evaluate --report a.json b.json --plot both.png      (table and plot of saved runs)
 
 Tasks (generated here from a seed, after RULER's definitions): single needle, multi-key needle,
@@ -12,7 +13,10 @@ and scored as RULER does: the fraction of reference strings found in the predict
 sequences of each context length.
 
 Methods: full (unpatched), lca (pool="softmax"), lca-anchor-only (each group represented by its
-anchor token's own k/v), window-only (condensed groups dropped: the last w..w+g-1 tokens).
+anchor token's own k/v), window-only (condensed groups dropped: the last w..w+g-1 tokens), mtla
+(mtla-spec.md with the hyper-networks of a folder fine-tuned by lca.finetune --attention mtla, at
+the down rate of its config or --down-rate). Each result records the rows one layer's cache holds
+after `context` tokens (`cache_rows`).
 """
 
 import argparse
@@ -27,6 +31,8 @@ METHODS = {
     "lca-anchor-only": dict(pool="anchor"),
     "window-only": dict(pool="drop"),
 }
+MTLA = "mtla"
+ALL_METHODS = tuple(METHODS) + (MTLA,)
 TASKS = ("niah_single", "niah_multikey", "niah_multivalue", "variable_tracking", "common_words")
 MAX_NEW_TOKENS = {"niah_single": 24, "niah_multikey": 24, "niah_multivalue": 64, "variable_tracking": 48,
                   "common_words": 96}
@@ -275,35 +281,88 @@ def perplexity(model, sequences, batch_size=1):
     return math.exp(total / tokens), tokens
 
 
-def apply_method(model, method, window, group, key_mode="pooled", mass_bias=False, impl="auto"):
-    from .hf import is_patched, patch, unpatch
+def cache_rows(method, n, window, group, down_rate=None):
+    """Rows one layer's cache holds after n tokens: full n; lca and lca-anchor-only m(n) + n - g m(n)
+    (lca-spec.md section 6); window-only n - g m(n) (the raw window alone: groups are dropped); mtla
+    ceil(n / s) (mtla-spec.md section 4)."""
+    from .ops import condensed_groups
 
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {tuple(METHODS)}, got {method!r}")
+    if method not in ALL_METHODS:
+        raise ValueError(f"method must be one of {ALL_METHODS}, got {method!r}")
+    if method == "full":
+        return n
+    if method == MTLA:
+        if down_rate is None:
+            raise ValueError("down_rate: method mtla needs one")
+        return -(-n // down_rate)
+    m = condensed_groups(n, window, group)
+    return n - group * m if method == "window-only" else m + n - group * m
+
+
+def apply_method(model, method, window, group, key_mode="pooled", mass_bias=False, impl="auto", down_rate=None,
+                 hypernets=None):
+    """Unpatches `model` and patches it for `method`; mtla takes its down rate and hyper-networks
+    (lca.mtla.hypernet_state's dict) from the arguments."""
+    from .hf import is_patched, patch, unpatch
+    from .mtla import patch_mtla
+
+    if method not in ALL_METHODS:
+        raise ValueError(f"method must be one of {ALL_METHODS}, got {method!r}")
+    if method == MTLA and (down_rate is None or hypernets is None):
+        raise ValueError("method mtla needs down_rate and hypernets")
     if is_patched(model):
         unpatch(model)
-    if METHODS[method] is not None:
+    if method == MTLA:
+        patch_mtla(model, down_rate, hypernets=hypernets, impl=impl)
+    elif METHODS[method] is not None:
         patch(model, window=window, group=group, key_mode=key_mode, mass_bias=mass_bias, impl=impl,
               **METHODS[method])
     return model
 
 
+def _mtla_setup(model, down_rate, hypernets):
+    """The down rate and hyper-networks method mtla evaluates: the arguments, else the model's own (an
+    MTLA-patched model, e.g. from lca.load_mtla), the down rate else from the config's "mtla" field."""
+    from . import mtla
+
+    if getattr(model, "_lca_method", None) == mtla.IMPLEMENTATION:
+        if hypernets is None:
+            hypernets = mtla.hypernet_state(model)
+        if down_rate is None:
+            down_rate = mtla.down_rate_of(model.config)
+    if down_rate is None:
+        down_rate = mtla.down_rate_of(model.config)
+    if hypernets is None:
+        raise ValueError("evaluate: method mtla needs trained hyper-networks (a folder written by lca.finetune "
+                         "--attention mtla, or a model patched by lca.patch_mtla)")
+    if down_rate is None:
+        raise ValueError("evaluate: method mtla needs a down rate (--down-rate, or the config's mtla.down_rate)")
+    return down_rate, hypernets
+
+
 def evaluate(model, tokenizer, *, methods, contexts, tasks=TASKS, samples=10, window=1024, group=16,
              key_mode="pooled", mass_bias=False, heldout_text=None, ppl_sequences=4, seed=0, impl="auto",
-             max_new_tokens=None, progress=None):
-    """Scores of every (method, context, task) and perplexities; a JSON-ready dict."""
+             max_new_tokens=None, progress=None, down_rate=None, hypernets=None):
+    """Scores of every (method, context, task) and perplexities; a JSON-ready dict. Method mtla uses
+    `down_rate` and `hypernets` (lca.mtla.hypernet_state's dict), by default those of an MTLA-patched
+    model (and the down rate of its config)."""
     import torch
 
     from .finetune import pack
 
+    if MTLA in methods:
+        down_rate, hypernets = _mtla_setup(model, down_rate, hypernets)
+    else:
+        down_rate = None
     device = next(model.parameters()).device
     model.eval()
     results, perplexities = [], []
     data = {(task, context): generate_samples(tokenizer, task, context, samples, seed)
             for task in tasks for context in contexts}
     for method in methods:
-        apply_method(model, method, window, group, key_mode, mass_bias, impl)
+        apply_method(model, method, window, group, key_mode, mass_bias, impl, down_rate, hypernets)
         for context in contexts:
+            rows_kept = cache_rows(method, context, window, group, down_rate)
             for task in tasks:
                 scores = []
                 for sample in data[(task, context)]:
@@ -313,7 +372,7 @@ def evaluate(model, tokenizer, *, methods, contexts, tasks=TASKS, samples=10, wi
                     answer = tokenizer.decode(greedy(model, ids, limit, tokenizer.eos_token_id))
                     scores.append(string_match_all(answer, sample["answers"]))
                 results.append(dict(method=method, context=context, task=task, score=sum(scores) / len(scores),
-                                    samples=len(scores)))
+                                    samples=len(scores), cache_rows=rows_kept))
                 if progress:
                     progress(f"{method} {context} {task}: {results[-1]['score']:.3f}")
             if heldout_text:
@@ -323,12 +382,13 @@ def evaluate(model, tokenizer, *, methods, contexts, tasks=TASKS, samples=10, wi
                     rows = None
                 if rows is not None:
                     ppl, count = perplexity(model, rows)
-                    perplexities.append(dict(method=method, context=context, perplexity=ppl, tokens=count))
+                    perplexities.append(dict(method=method, context=context, perplexity=ppl, tokens=count,
+                                             cache_rows=rows_kept))
                     if progress:
                         progress(f"{method} {context} perplexity: {ppl:.3f}")
     apply_method(model, "full", window, group)
     return dict(window=window, group=group, key_mode=key_mode, mass_bias=mass_bias, seed=seed, samples=samples,
-                tasks=list(tasks), results=results, perplexity=perplexities)
+                down_rate=down_rate, tasks=list(tasks), results=results, perplexity=perplexities)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -343,22 +403,37 @@ def mean_scores(run):
     return {key: sum(v) / len(v) for key, v in sums.items()}
 
 
+def method_name(method, run):
+    """The method as tables and plots name it: mtla with its down rate."""
+    return f"{method} s={run['down_rate']}" if method == MTLA and run.get("down_rate") else method
+
+
+def run_cache_rows(run, method, context):
+    """cache_rows of a saved run's (method, context) (computed for runs saved before it was recorded)."""
+    for r in run["results"]:
+        if r["method"] == method and r["context"] == context and "cache_rows" in r:
+            return r["cache_rows"]
+    return cache_rows(method, context, run["window"], run["group"], run.get("down_rate"))
+
+
 def table(runs):
-    """Plain-text table: one row per (run label, method, context), task scores, mean, perplexity."""
+    """Plain-text table: one row per (run label, method, context), cache rows, task scores, mean, perplexity."""
     lines = []
     for run in runs:
         label = run.get("label", run.get("model", ""))
         tasks = run["tasks"]
-        lines.append(f"{label}  (w={run['window']}, g={run['group']}, samples={run['samples']})")
-        lines.append(" ".join(["method".ljust(16), "context".rjust(7)] + [t[:12].rjust(12) for t in tasks]
-                              + ["mean".rjust(6), "ppl".rjust(9)]))
+        rate = f", s={run['down_rate']}" if run.get("down_rate") else ""
+        lines.append(f"{label}  (w={run['window']}, g={run['group']}{rate}, samples={run['samples']})")
+        lines.append(" ".join(["method".ljust(16), "context".rjust(7), "rows".rjust(7)]
+                              + [t[:12].rjust(12) for t in tasks] + ["mean".rjust(6), "ppl".rjust(9)]))
         ppl = {(p["method"], p["context"]): p["perplexity"] for p in run.get("perplexity", [])}
         score = {(r["method"], r["context"], r["task"]): r["score"] for r in run["results"]}
         means = mean_scores(run)
-        for method, context in sorted(means, key=lambda k: (list(METHODS).index(k[0]), k[1])):
+        for method, context in sorted(means, key=lambda k: (ALL_METHODS.index(k[0]), k[1])):
             cells = [f"{score.get((method, context, t), float('nan')):12.3f}" for t in tasks]
             p = ppl.get((method, context))
-            lines.append(" ".join([method.ljust(16), str(context).rjust(7)] + cells
+            lines.append(" ".join([method_name(method, run).ljust(16), str(context).rjust(7),
+                                   str(run_cache_rows(run, method, context)).rjust(7)] + cells
                                   + [f"{means[(method, context)]:6.3f}", f"{p:9.3f}" if p else " " * 9]))
         lines.append("")
     return "\n".join(lines)
@@ -376,14 +451,14 @@ def plot(runs, path):
     for run in runs:
         label = run.get("label", "")
         means = mean_scores(run)
-        for method in METHODS:
+        for method in ALL_METHODS:
+            name = f"{label} {method_name(method, run)}".strip()
             points = sorted((c, s) for (m, c), s in means.items() if m == method)
             if points:
-                axes[0][0].plot([c for c, _ in points], [s for _, s in points], marker="o",
-                                label=f"{label} {method}".strip())
+                axes[0][0].plot([c for c, _ in points], [s for _, s in points], marker="o", label=name)
             ppl = sorted((p["context"], p["perplexity"]) for p in run.get("perplexity", []) if p["method"] == method)
             if ppl and with_ppl:
-                axes[0][1].plot([c for c, _ in ppl], [p for _, p in ppl], marker="o", label=f"{label} {method}".strip())
+                axes[0][1].plot([c for c, _ in ppl], [p for _, p in ppl], marker="o", label=name)
     contexts = sorted({r["context"] for run in runs for r in run["results"]})
     for ax in axes[0]:
         ax.set_xscale("log")
@@ -421,6 +496,8 @@ def main(argv=None):
     parser.add_argument("--group", type=int, default=16)
     parser.add_argument("--key-mode", choices=("pooled", "anchor"), default="pooled")
     parser.add_argument("--mass-bias", action="store_true")
+    parser.add_argument("--down-rate", type=int, default=None,
+                        help="MTLA's s for method mtla (default: the model's config mtla.down_rate)")
     # dense by default: decoding re-runs every length once, which would recompile FlexAttention each time
     parser.add_argument("--impl", choices=("auto", "dense", "flex"), default="dense")
     parser.add_argument("--heldout", help="text file for perplexity")
@@ -461,10 +538,12 @@ def main(argv=None):
         import torch
         import transformers
 
+        from . import mtla
+
         methods = [m for m in args.methods.split(",") if m]
         for method in methods:
-            if method not in METHODS:
-                raise ValueError(f"methods: {method!r} is not one of {tuple(METHODS)}")
+            if method not in ALL_METHODS:
+                raise ValueError(f"methods: {method!r} is not one of {ALL_METHODS}")
         tasks = [t for t in args.tasks.split(",") if t]
         for task in tasks:
             if task not in TASKS:
@@ -473,12 +552,19 @@ def main(argv=None):
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         tokenizer = transformers.AutoTokenizer.from_pretrained(args.model)
-        model = transformers.AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(device)
+        model = mtla.from_pretrained(args.model, dtype=dtype).to(device)
+        hypernets = None
+        if MTLA in methods:
+            hypernets = mtla.read_hypernets(args.model)
+            if not hypernets:
+                raise ValueError(f"methods: mtla needs a folder with MTLA hyper-networks; {args.model} has none "
+                                 "(fine-tune it with lca.finetune --attention mtla)")
         heldout = open(args.heldout, encoding="utf-8", errors="replace").read() if args.heldout else None
         run = evaluate(model, tokenizer, methods=methods, contexts=contexts, tasks=tasks, samples=args.samples,
                        window=args.window, group=args.group, key_mode=args.key_mode, mass_bias=args.mass_bias,
                        heldout_text=heldout, ppl_sequences=args.ppl_sequences, seed=args.seed, impl=args.impl,
-                       max_new_tokens=args.max_new_tokens, progress=lambda s: print(s, file=sys.stderr, flush=True))
+                       max_new_tokens=args.max_new_tokens, progress=lambda s: print(s, file=sys.stderr, flush=True),
+                       down_rate=args.down_rate, hypernets=hypernets)
         run["model"] = args.model
         run["label"] = args.label or args.model.rstrip("/").split("/")[-1]
         runs = [run]

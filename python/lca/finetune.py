@@ -8,7 +8,10 @@ The text is tokenized by the model's tokenizer (an EOS between files), packed in
 accumulation, gradient clipping, bf16 autocast on CUDA (fp32 on CPU). Every --save-every steps and
 at the end the weights are saved as a Hugging Face folder (save_pretrained + tokenizer) with the
 optimizer state beside them (trainer_state.pt), from which --resume continues. --attention full
-trains without LCA (pre-training the study's base model).
+trains without LCA (pre-training the study's base model). --attention mtla --down-rate S trains
+MTLA (mtla-spec.md) in a DeepSeek-V2 model: its hyper-networks from their initialisation (or from
+the folder's, when it has them) together with the model; the folders then hold the hyper-network
+tensors and the config field "mtla": {"down_rate": S} that the C++ runtime loads.
 
 Several GPUs: start it with torchrun (`torchrun --nproc-per-node 4 -m lca.finetune ...`); each
 process trains on its own rows and the gradients are averaged (DistributedDataParallel), so a step
@@ -272,6 +275,7 @@ def main(argv=None):
     import torch
     import transformers
 
+    from . import mtla
     from .hf import patch
 
     parser = argparse.ArgumentParser(prog="python -m lca.finetune", description=__doc__.split("\n\n")[0])
@@ -286,7 +290,9 @@ def main(argv=None):
     parser.add_argument("--tokenize-only", action="store_true", help="write --token-cache and stop")
     parser.add_argument("--out", required=True)
     parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--attention", choices=("lca", "full"), default="lca")
+    parser.add_argument("--attention", choices=("lca", "full", "mtla"), default="lca")
+    parser.add_argument("--down-rate", type=int, default=None,
+                        help="MTLA's s (--attention mtla; default: the model's config mtla.down_rate)")
     parser.add_argument("--window", type=int, default=1024)
     parser.add_argument("--group", type=int, default=16)
     parser.add_argument("--key-mode", choices=("pooled", "anchor"), default="pooled")
@@ -319,12 +325,26 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     source = args.resume or args.model
     tokenizer = transformers.AutoTokenizer.from_pretrained(args.model)
-    model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).to(args.device)
+    model = mtla.from_pretrained(source, dtype=torch.float32).to(args.device)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if args.attention == "lca":
         patch(model, window=args.window, group=args.group, key_mode=args.key_mode, score=args.score,
               mass_bias=args.mass_bias, impl=args.impl)
+    elif args.attention == "mtla":
+        down_rate = args.down_rate if args.down_rate is not None else mtla.down_rate_of(model.config)
+        if down_rate is None:
+            raise ValueError(f"down_rate: give --down-rate ({source} declares no mtla.down_rate)")
+        hypernets = mtla.read_hypernets(source)   # a resumed (or MTLA) folder's; none: from initialisation
+        mtla.patch_mtla(model, down_rate, hypernets=hypernets or None, impl=args.impl)
+        if rank == 0:
+            print(f"MTLA s = {down_rate}, hyper-networks {'from ' + source if hypernets else 'initialised'}",
+                  file=sys.stderr)
+    if args.attention != "mtla" and getattr(model.config, "mtla", None) is not None:
+        # trained without its hyper-networks: the saved folder must not declare them
+        del model.config.mtla
+        print(f"{source} declares mtla; training with --attention {args.attention} drops the declaration",
+              file=sys.stderr)
     if args.token_cache and os.path.exists(args.token_cache):
         sequences, labels = torch.load(args.token_cache)
     else:

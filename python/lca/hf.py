@@ -72,6 +72,8 @@ def patch(model, window=1024, group=16, key_mode="pooled", score="latent", mass_
                                  ("impl", impl, IMPLS)):
         if value not in allowed:
             raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    if getattr(model, "_lca_method", None) == "mtla":
+        raise ValueError(f"model: {type(model).__name__} is patched with MTLA; lca.unpatch it first")
     modules = _attention_modules(model)
     if not modules:
         raise ValueError(f"model: {type(model).__name__} has no supported attention "
@@ -101,10 +103,15 @@ def patch(model, window=1024, group=16, key_mode="pooled", score="latent", mass_
 
 
 def unpatch(model):
-    """Restores the attention implementation `patch` replaced; returns the model."""
+    """Restores the attention implementation `patch` (or `patch_mtla`) replaced; returns the model.
+    For MTLA this also removes the hyper-networks and the config's "mtla" field."""
     previous = getattr(model, "_lca_previous", None)
     if previous is None:
         raise ValueError(f"model: {type(model).__name__} is not patched")
+    if getattr(model, "_lca_method", None) == "mtla":
+        from .mtla import unpatch_mtla
+
+        return unpatch_mtla(model)
     for config, implementation in previous.values():
         config._attn_implementation = implementation
     for module in _attention_modules(model):

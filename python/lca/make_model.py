@@ -52,10 +52,11 @@ def make_config(arch, vocab_size, hidden=512, layers=8, heads=8, kv_heads=None, 
         return transformers.Qwen2Config(num_key_value_heads=kv_heads, **common)
     head_dim = hidden // heads
     rope = rope_head_dim or max(2, head_dim // 2)
+    # num_experts_per_tok is unused without MoE layers, but the C++ runtime's loader requires it
     return transformers.DeepseekV2Config(num_key_value_heads=heads, kv_lora_rank=kv_lora_rank or 4 * head_dim,
                                          q_lora_rank=None, qk_nope_head_dim=head_dim, qk_rope_head_dim=rope,
                                          v_head_dim=head_dim, first_k_dense_replace=layers, n_routed_experts=1,
-                                         moe_intermediate_size=intermediate, **common)
+                                         num_experts_per_tok=1, moe_intermediate_size=intermediate, **common)
 
 
 def make_model(config, seed=0):
