@@ -12,6 +12,8 @@
 #                                             at most 1000 steps in STUDY_FT_SECONDS: LCA, full (control),
 #                                             MTLA s = 4 and s = 16 (study model), LCA (default model)
 #   bash scripts/quality_study.sh evaluate    every model and method on the harness, in parallel; the report
+#   bash scripts/quality_study.sh answers     LCA fine-tuned on the tasks' answers alone (one padded row per
+#                                             task, loss on the answer), evaluated with LCA and window-only
 #
 # Everything is written under $STUDY (default study/). The sizes are the variables below; the
 # numbers in docs/quality.md come from the defaults on four H100s.
@@ -37,10 +39,10 @@ GPUS=$(python3 -c 'import torch; print(torch.cuda.device_count())')
 STUDY_MODEL="--hidden 384 --layers 8 --heads 6 --kv-lora-rank 128 --intermediate 1024"
 SMALL_MODEL="--hidden 192 --layers 4 --heads 3 --kv-lora-rank 64 --intermediate 768"
 
-tasks() {  # name seed-base per-worker tokenizer-model: solved tasks (seeds unlike the evaluation's 0) in parallel
+tasks() {  # name seed-base per-worker tokenizer-model [contexts]: solved tasks (seeds unlike the evaluation's 0)
   mkdir -p "$S/tasks"
   for i in $(seq 0 $((TASK_WORKERS - 1))); do
-    python3 -m lca.evaluate --write-training "$S/tasks/$1-$i.jsonl" --tokenizer "$S/$4" --contexts "$CONTEXTS" \
+    python3 -m lca.evaluate --write-training "$S/tasks/$1-$i.jsonl" --tokenizer "$S/$4" --contexts "${5:-$CONTEXTS}" \
       --samples "$3" --seed $(($2 + i)) >/dev/null &
   done
   wait
@@ -122,8 +124,22 @@ evaluate)
   wait
   python3 -m lca.evaluate --report "$S"/eval-*.json --plot "$S/quality.png" | tee "$S/report.txt"
   ;;
+answers)
+  [ -f "$S/tasks/answers-0.jsonl" ] || tasks answers 3000 40 base 2048,4096
+  python3 -m lca.finetune --model "$S/base" --attention lca --window "$WINDOW" --group "$GROUP" \
+    --task-data "$S"/tasks/answers-*.jsonl --answer-loss --seq-len "$SEQ" --batch-size 8 --grad-accum 1 --steps 1000 \
+    --time-budget "$FT_SECONDS" --lr 3e-4 --warmup 30 --save-every 0 --out "$S/lca-answers" >"$S/lca-answers.log" 2>&1
+  tr '\r' '\n' <"$S/lca-answers.log" | grep -E "time budget|final loss"
+  for method in lca window-only; do
+    python3 -m lca.evaluate --model "$S/lca-answers" --label lca-answers --methods $method --contexts 2048,4096 \
+      --samples "$SAMPLES" --window "$WINDOW" --group "$GROUP" --out "$S/eval-lca-answers-$method.json" \
+      >"$S/eval-lca-answers-$method.log" 2>&1 &
+  done
+  wait
+  python3 -m lca.evaluate --report "$S"/eval-lca-answers-*.json
+  ;;
 *)
-  echo "usage: bash scripts/quality_study.sh setup|pretrain|finetune|evaluate" >&2
+  echo "usage: bash scripts/quality_study.sh setup|pretrain|finetune|evaluate|answers" >&2
   exit 2
   ;;
 esac

@@ -202,13 +202,14 @@ def solved(sample):
 
 
 def write_training(tokenizer, path, tasks, contexts, samples, seed):
-    """JSON-lines training documents (field "text") of solved tasks; returns their count."""
+    """JSON-lines training documents of solved tasks (fields "text" and "answer_start", the character
+    where the answer begins, for training on the answers alone); returns their count."""
     count = 0
     with open(path, "w", encoding="utf-8") as f:
         for context in contexts:
             for task in tasks:
                 for sample in generate_samples(tokenizer, task, context, samples, seed):
-                    f.write(json.dumps({"text": solved(sample)}) + "\n")
+                    f.write(json.dumps({"text": solved(sample), "answer_start": len(sample["prompt"])}) + "\n")
                     count += 1
     return count
 

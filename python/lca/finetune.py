@@ -36,8 +36,9 @@ def load_texts(paths):
     return texts
 
 
-def load_documents(paths):
-    """The "text" field of every line of JSON-lines files (as lca.evaluate --write-training writes)."""
+def load_documents(paths, answer_starts=None):
+    """The "text" field of every line of JSON-lines files (as lca.evaluate --write-training writes);
+    answer_starts, a list, receives each document's "answer_start" (None where absent)."""
     import json
 
     documents = []
@@ -49,12 +50,16 @@ def load_documents(paths):
                     if not isinstance(record, dict) or not isinstance(record.get("text"), str):
                         raise ValueError(f"task_data: {path}:{number} has no string field 'text'")
                     documents.append(record["text"])
+                    if answer_starts is not None:
+                        answer_starts.append(record.get("answer_start"))
     return documents
 
 
-def rows(tokenizer, documents, seq_len):
+def rows(tokenizer, documents, seq_len, answer_starts=None):
     """One row per document (EOS appended, cut to seq_len, right-padded): (ids, labels) [count, seq_len],
-    labels -100 on padding. Right padding leaves the earlier positions of a causal model unchanged."""
+    labels -100 on padding. Right padding leaves the earlier positions of a causal model unchanged.
+    answer_starts (one character offset per document, or None): the loss only on the tokens from
+    there on (the answer and EOS), the prompt's tokens labelled -100."""
     import torch
 
     if seq_len < 2:
@@ -68,7 +73,13 @@ def rows(tokenizer, documents, seq_len):
             tokens.append(tokenizer.eos_token_id)
         tokens = tokens[:seq_len]
         ids[i, : len(tokens)] = torch.tensor(tokens)
-        labels[i, : len(tokens)] = torch.tensor(tokens)
+        first = 0
+        if answer_starts is not None:
+            if answer_starts[i] is None:
+                raise ValueError(f"task_data: document {i} has no 'answer_start' (write it with lca.evaluate "
+                                 "--write-training)")
+            first = len(tokenizer(document[: answer_starts[i]], add_special_tokens=False)["input_ids"])
+        labels[i, first: len(tokens)] = torch.tensor(tokens[first:])
     return ids, labels
 
 
@@ -258,13 +269,17 @@ def _tokenize(tokenizer, args):
     if not args.data and not args.task_data:
         raise ValueError("data: give --data and/or --task-data")
     parts, labels = [], []
+    if args.answer_loss and (args.pack_tasks or not args.task_data):
+        raise ValueError("answer_loss: needs --task-data as padded rows (not --pack-tasks)")
     texts = load_texts(args.data) + (load_documents(args.task_data) if args.pack_tasks else [])
     if texts:
         packed = pack(tokenizer, texts, args.seq_len)
         parts.append(packed)
         labels.append(packed)
     if args.task_data and not args.pack_tasks:
-        task_ids, task_labels = rows(tokenizer, load_documents(args.task_data), args.seq_len)
+        starts = [] if args.answer_loss else None
+        documents = load_documents(args.task_data, starts)
+        task_ids, task_labels = rows(tokenizer, documents, args.seq_len, starts)
         parts.append(task_ids)
         labels.append(task_labels)
         return torch.cat(parts), torch.cat(labels)
@@ -285,6 +300,8 @@ def main(argv=None):
                         help="JSON-lines files of documents, one padded row each (lca.evaluate --write-training)")
     parser.add_argument("--pack-tasks", action="store_true",
                         help="pack the --task-data documents with the text (EOS between) instead of one padded row each")
+    parser.add_argument("--answer-loss", action="store_true",
+                        help="task documents (one padded row each) train on their answers only")
     parser.add_argument("--token-cache", help="a .pt file of the tokenized rows: written if absent, else read "
                         "instead of tokenizing (the same data and --seq-len are the caller's responsibility)")
     parser.add_argument("--tokenize-only", action="store_true", help="write --token-cache and stop")

@@ -151,3 +151,17 @@ def test_pack_encodes_long_texts_in_pieces_exactly(tmp_path):
     assert len(pieces) > 5 and "".join(pieces) == long
     whole = tokenizer(long, add_special_tokens=False)["input_ids"]
     assert sum((tokenizer(p, add_special_tokens=False)["input_ids"] for p in pieces), []) == whole
+
+
+def test_answer_loss_rows_label_only_the_answer(tmp_path):
+    _, tokenizer = tiny_folder(tmp_path)
+    prompt, answer = text(40, 3) + " The value is:", " 1234 5678."
+    ids, labels = finetune.rows(tokenizer, [prompt + answer], 256, [len(prompt)])
+    n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    n_all = len(tokenizer(prompt + answer, add_special_tokens=False)["input_ids"]) + 1  # EOS
+    assert (labels[0, :n_prompt] == -100).all()
+    assert (labels[0, n_prompt:n_all] == ids[0, n_prompt:n_all]).all() and n_all > n_prompt
+    assert (labels[0, n_all:] == -100).all()
+    assert tokenizer.decode(ids[0, n_prompt:n_all - 1]).strip() == answer.strip()
+    with pytest.raises(ValueError, match="answer_start"):
+        finetune.rows(tokenizer, [prompt + answer], 128, [None])
