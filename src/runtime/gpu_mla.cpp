@@ -24,12 +24,7 @@
 #include "lca/paged_cache.hpp"
 #include "runtime/gpu_moe.hpp"
 
-#define LCA_CUBLAS_OK(where, expr)                                                                                \
-  do {                                                                                                            \
-    const cublasStatus_t lca_st_ = (expr);                                                                        \
-    if (lca_st_ != CUBLAS_STATUS_SUCCESS)                                                                         \
-      ::lca::detail::fail(where, ": ", #expr, " failed: ", cublasGetStatusString(lca_st_));                       \
-  } while (0)
+#include "runtime/cublas_ok.hpp"
 
 namespace lca::cuda::detail {
 namespace {
