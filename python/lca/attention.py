@@ -151,7 +151,7 @@ def _dense(q, keys, values, reps, window, group, scale, mass_bias):
 
 
 _compiled_flex = None
-_flex_failed = False
+_flex_refused = set()      # callers whose FlexAttention call failed once: dense from then on
 _block_masks = {}          # one block mask per shape and layout, shared by the layers of a forward
 
 
@@ -215,19 +215,27 @@ def lca_attention(q, k, v, *, window=1024, group=16, scale=None, key_mode="poole
     reps = rep_k.shape[2]
     keys = torch.cat((rep_k, k), dim=2)
     values = torch.cat((rep_v, v), dim=2)
-    global _flex_failed
-    if impl == "auto" and q.is_cuda and q.shape[2] >= FLEX_MIN_LENGTH and flex_available() and not _flex_failed:
+    return choose_impl("lca_attention", q, impl,
+                       lambda: _flex(q, keys, values, reps, window, group, scale, mass_bias),
+                       lambda: _dense(q, keys, values, reps, window, group, scale, mass_bias))
+
+
+def choose_impl(caller, q, impl, flex, dense):
+    """Runs flex() or dense() for impl "flex", "dense" or "auto": flex on CUDA for at least
+    FLEX_MIN_LENGTH queries when available, and dense for good, with a warning, once the FlexAttention
+    kernels refuse a call of this caller."""
+    if (impl == "auto" and q.is_cuda and q.shape[2] >= FLEX_MIN_LENGTH and flex_available()
+            and caller not in _flex_refused):
         try:
-            return _flex(q, keys, values, reps, window, group, scale, mass_bias)
-        except Exception as error:  # a shape or build the FlexAttention kernels refuse: dense from now on
-            _flex_failed = True
-            warnings.warn(f"lca_attention: FlexAttention failed ({type(error).__name__}: {error}); "
-                          "using the dense path")
+            return flex()
+        except Exception as error:  # a shape or build the FlexAttention kernels refuse
+            _flex_refused.add(caller)
+            warnings.warn(f"{caller}: FlexAttention failed ({type(error).__name__}: {error}); using the dense path")
     if impl == "flex":
         if not flex_available():
             raise ValueError("impl 'flex' needs torch.nn.attention.flex_attention, which this torch lacks")
-        return _flex(q, keys, values, reps, window, group, scale, mass_bias)
-    return _dense(q, keys, values, reps, window, group, scale, mass_bias)
+        return flex()
+    return dense()
 
 
 def full_attention(q, k, v, *, scale=None):

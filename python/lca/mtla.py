@@ -24,20 +24,16 @@ second forward on a cache raises), no padding masks.
 
 import math
 import os
-import warnings
 
 import torch
 from torch import nn
 
-from .attention import IMPLS
+from .attention import IMPLS, _check_shapes, choose_impl
 
 IMPLEMENTATION = "mtla"
 LOW_RANK = 4                  # fc_c, fc_p: R^{d_c} -> R^{d_c / 4}
 HYPERNET = "hypernet_down"    # the attribute name the `mtla` package and our C++ loader use
 HYPERNET_TENSORS = ("fc_c.weight", "fc_c.bias", "fc_p.weight", "fc_p.bias")
-
-# Sequences at least this long take the FlexAttention path under impl="auto" on CUDA.
-FLEX_MIN_LENGTH = 2048
 
 
 def _check_down_rate(down_rate):
@@ -102,19 +98,6 @@ def visibility(n, down_rate, device=None):
     return (j <= t) & (((j + 1) % down_rate == 0) | (j == t))
 
 
-def _check_shapes(q, k, v):
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"q, k, v must be 4-D [B, H, T, d], got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    b, hq, n, d = q.shape
-    if k.shape[0] != b or v.shape[0] != b or k.shape[2] != n or v.shape[2] != n:
-        raise ValueError(f"k and v must have q's batch and length {b}, {n}, got {tuple(k.shape)}, {tuple(v.shape)} "
-                         "(queries must cover the whole sequence from position 0: run without a KV cache)")
-    if k.shape[3] != d or v.shape[1] != k.shape[1]:
-        raise ValueError(f"k must be [B, Hkv, T, {d}] and v [B, Hkv, T, dv], got {tuple(k.shape)}, {tuple(v.shape)}")
-    if hq % k.shape[1] != 0:
-        raise ValueError(f"q heads {hq} must be a multiple of kv heads {k.shape[1]}")
-
-
 def _complete_rows(x, down_rate):
     """Rows s-1, 2s-1, ...: the complete chunks of x [B, H, T, d]."""
     m = x.shape[2] // down_rate
@@ -140,7 +123,6 @@ def _dense(q, k, v, down_rate, scale):
 
 
 _compiled_flex = None
-_flex_failed = False
 _block_masks = {}          # one block mask per shape, shared by the layers of a forward
 
 
@@ -180,27 +162,14 @@ def mtla_attention(q, k, v, *, down_rate, scale=None, impl="auto"):
     hold row j's key and value (decompressed [W_UK c~(j) ; k^R_j] and W_UV c~(j) for MLA), q the queries
     at positions 0 .. T-1; visibility as `visibility`. impl: "dense" (exact masked softmax over
     T x (T/s + 1) scores), "flex" (FlexAttention with a block mask; CUDA for training) or "auto" (flex
-    on CUDA for T >= FLEX_MIN_LENGTH, falling back to dense, with a warning, if it refuses the shapes)."""
+    on CUDA for T >= attention.FLEX_MIN_LENGTH, falling back to dense, with a warning, if it refuses the shapes)."""
     _check_down_rate(down_rate)
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    _check_shapes(q, k, v)
+    _check_shapes(q, k, v, None)  # the same [B, H, T, d] layout as lca_attention
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    from .attention import flex_available
-
-    global _flex_failed
-    if impl == "auto" and q.is_cuda and q.shape[2] >= FLEX_MIN_LENGTH and flex_available() and not _flex_failed:
-        try:
-            return _flex(q, k, v, down_rate, scale)
-        except Exception as error:  # a shape or build the FlexAttention kernels refuse: dense from now on
-            _flex_failed = True
-            warnings.warn(f"mtla_attention: FlexAttention failed ({type(error).__name__}: {error}); "
-                          "using the dense path")
-    if impl == "flex":
-        if not flex_available():
-            raise ValueError("impl 'flex' needs torch.nn.attention.flex_attention, which this torch lacks")
-        return _flex(q, k, v, down_rate, scale)
-    return _dense(q, k, v, down_rate, scale)
+    return choose_impl("mtla_attention", q, impl, lambda: _flex(q, k, v, down_rate, scale),
+                       lambda: _dense(q, k, v, down_rate, scale))
 
 
 # ----------------------------------------------------------------------------------------------
