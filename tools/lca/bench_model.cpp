@@ -16,6 +16,8 @@
 #include <fstream>
 #include <random>
 
+#include <cuda_profiler_api.h>
+
 #include "lca/cuda.hpp"
 #include "lca/error.hpp"
 #include "lca/gpu_model.hpp"
@@ -112,6 +114,11 @@ int run_bench_model(const BenchModelOptions& o) {
             if (i >= 3) times.push_back(now_ms() - a);
           }
           step1 = median(times);
+          if (o.profile_decode) {
+            cudaProfilerStart();
+            s1.decode(std::vector<int64_t>{seq}, std::vector<int64_t>{tok(rng)});
+            cudaProfilerStop();
+          }
         }
         for (long long batch : o.batches) {
           if (batch == 1) {
@@ -136,6 +143,11 @@ int run_bench_model(const BenchModelOptions& o) {
               if (i >= 3) times.push_back(now_ms() - a);
             }
             row.step_ms.push_back(median(times));
+            if (o.profile_decode) {
+              cudaProfilerStart();
+              s.decode(seqs, toks);
+              cudaProfilerStop();
+            }
           } catch (const Error& e) {
             row.step_ms.push_back(-1);
             row.note = e.what();
