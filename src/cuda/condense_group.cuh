@@ -15,10 +15,11 @@
 
 namespace lca::cuda::detail {
 
-// (cos, sin) of pos * theta^(-2c/d), in double for long positions (as the CPU reference).
-__device__ __forceinline__ void rope_angle(int64_t pos, int c, int d, double theta, float& cs, float& sn) {
+// (cos, sin) of pos * inv_freq, inv_freq = theta^(-2c/d), in double for long
+// positions (as the CPU reference).
+__device__ __forceinline__ void rope_angle(int64_t pos, double inv_freq, float& cs, float& sn) {
   double s, co;
-  sincos(static_cast<double>(pos) * pow(theta, -2.0 * c / d), &s, &co);
+  sincos(static_cast<double>(pos) * inv_freq, &s, &co);
   cs = static_cast<float>(co);
   sn = static_cast<float>(s);
 }
@@ -133,15 +134,24 @@ __device__ int condense_group_gqa(const float* query, float* scores, int* anchor
   } else {
     for (int c = threadIdx.x; c < half; c += blockDim.x) {
       float lo = 0.f, hi = 0.f;  // sum_i alpha_i Rot(i)^{-1} k_i, pair (c, c + d/2)
+      // Rot(first_pos + i) by composing Rot(first_pos) with Rot(1) in double:
+      // two sincos per pair instead of one per key (fp64 was this loop's cost),
+      // exact to ~1e-15 before the float rounding.
+      const double inv_freq = pow(theta, -2.0 * c / d);
+      double s_i, c_i, s_1, c_1;
+      sincos(static_cast<double>(first_pos) * inv_freq, &s_i, &c_i);
+      sincos(inv_freq, &s_1, &c_1);
       for (int i = 0; i < g; ++i) {
-        float cs, sn;
-        rope_angle(first_pos + i, c, d, theta, cs, sn);
+        const float cs = static_cast<float>(c_i), sn = static_cast<float>(s_i);
         const float x = to_float(keys[i * stride + c]), y = to_float(keys[i * stride + c + half]);
         lo += scores[i] * (x * cs + y * sn);  // rotation by -angle
         hi += scores[i] * (y * cs - x * sn);
+        const double c_next = c_i * c_1 - s_i * s_1;
+        s_i = s_i * c_1 + c_i * s_1;
+        c_i = c_next;
       }
       float cs, sn;
-      rope_angle(first_pos + anchor, c, d, theta, cs, sn);
+      rope_angle(first_pos + anchor, inv_freq, cs, sn);
       out_k[c] = from_float<T>(lo * cs - hi * sn);
       out_k[c + half] = from_float<T>(hi * cs + lo * sn);
     }

@@ -53,6 +53,14 @@ __device__ __forceinline__ uint64_t make_desc(uint32_t addr, uint32_t lbo, uint3
          (static_cast<uint64_t>(sbo >> 4) << 32) | (1ull << 62);
 }
 
+// 2^x in one MUFU.EX2 (denormal results flush to 0, which a probability
+// beside the row's maximum can afford; exp2f adds range checks around it).
+__device__ __forceinline__ float exp2_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 template <class T>
 __device__ __forceinline__ void mma_qk(float (&s)[64], uint64_t da, uint64_t db, int scale_d) {
   if constexpr (std::is_same_v<T, __nv_bfloat16>) sm90::wgmma_ss_m64n128k16_bf16(s, da, db, scale_d);
@@ -155,35 +163,54 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk) mma_pv<T, DV>(o, pv[kk], make_desc(v_base + kk * 2048, BN * 128, 1024));
   };
-  // Scale, bias, mask (edge tiles only) and online softmax of tile i: new
-  // row maxima, P into pn, and the factor by which O must be rescaled.
-  auto softmax = [&](float (&s)[64], int i, uint32_t (&pn)[BN / 16][4], float (&corr)[2]) {
+  // Mask (edge tiles only), online softmax of tile i: new row maxima, P into
+  // pn, and the factor by which O must be rescaled. The maxima are taken on
+  // the raw scores (scale > 0 keeps their order) and scale, bias and shift
+  // are one FFMA per score before a single MUFU.EX2: the softmax's
+  // instructions per score, not the tensor cores, bound this kernel (ncu:
+  // tensor pipe 40% busy with the masking, scaling and exp2f's range checks
+  // in every tile).
+  auto softmax = [&]<bool kMask>(float(&s)[64], int i, uint32_t(&pn)[BN / 16][4], float(&corr)[2]) {
     const bool rep = keys.is_rep(i);
-    const int64_t base = keys.base(i);
-    const bool full_tile = keys.full(i);
     const float bias = rep ? bias_log2 : 0.f;
+    if constexpr (kMask) {
+      // The keys each row sees, as offsets [first, last] into the tile (32-bit
+      // compares per score; the int64 positions are subtracted once per row).
+      const int64_t base = keys.base(i);
+      int first[2], last[2];
+#pragma unroll
+      for (int ri = 0; ri < 2; ++ri) {
+        const RowView& r = row_view[ri];
+        const int64_t lo = rep ? 0 : r.lo - base, hi = (rep ? r.m - 1 : r.t) - base;
+        first[ri] = static_cast<int>(max(lo, int64_t(-1)));
+        last[ri] = static_cast<int>(min(hi, int64_t(BN)));
+      }
+#pragma unroll
+      for (int x = 0; x < 64; ++x) {
+        const int key = (x / 4) * 8 + (lane % 4) * 2 + (x % 2), ri = (x % 4) / 2;
+        if (key < first[ri] || key > last[ri]) s[x] = -INFINITY;
+      }
+    }
     float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-    for (int x = 0; x < 64; ++x) {
-      const int ri = (x % 4) / 2;
-      float val = s[x] * scale_log2 + bias;
-      if (!full_tile) {
-        const int64_t key = base + (x / 4) * 8 + (lane % 4) * 2 + (x % 2);
-        if (!row_view[ri].sees(rep, key)) val = -INFINITY;
-      }
-      s[x] = val;
-      tile_max[ri] = fmaxf(tile_max[ri], val);
-    }
+    for (int x = 0; x < 64; ++x) tile_max[(x % 4) / 2] = fmaxf(tile_max[(x % 4) / 2], s[x]);
+#pragma unroll
+    for (int ri = 0; ri < 2; ++ri) tile_max[ri] = tile_max[ri] * scale_log2 + bias;  // -inf stays -inf
     float safe[2];
     online_softmax_step(tile_max, row_max, row_sum, safe, corr);
+    const float shift[2] = {bias - safe[0], bias - safe[1]};
 #pragma unroll
     for (int x = 0; x < 64; x += 2) {
       const int ri = (x % 4) / 2;
-      const float e0 = exp2f(s[x] - safe[ri]), e1 = exp2f(s[x + 1] - safe[ri]);
+      const float e0 = exp2_ftz(fmaf(s[x], scale_log2, shift[ri])), e1 = exp2_ftz(fmaf(s[x + 1], scale_log2, shift[ri]));
       row_sum[ri] += e0 + e1;
       // n8 block x / 4 -> k-step (x / 4) / 2; register (x % 4) / 2 + 2 * ((x / 4) % 2).
       pn[x / 8][(x % 4) / 2 + 2 * ((x / 4) % 2)] = pack2<T>(e0, e1);
     }
+  };
+  auto softmax_tile = [&](float(&s)[64], int i, uint32_t(&pn)[BN / 16][4], float(&corr)[2]) {
+    if (keys.full(i)) softmax.template operator()<false>(s, i, pn, corr);
+    else softmax.template operator()<true>(s, i, pn, corr);
   };
   auto release = [&](uint64_t* b) {
     __syncwarp();
@@ -202,7 +229,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     sm90::wgmma_wait<0>();
     sm90::fence_regs(s);
     release(&bar.k_empty[0]);
-    softmax(s, 0, p, corr);
+    softmax_tile(s, 0, p, corr);
   }
   // Tile i: S = Q K_i^T is issued before P_{i-1} V_{i-1}, and the softmax of
   // tile i (into pn) runs while that product is on the tensor cores. The two P
@@ -224,7 +251,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     sm90::wgmma_wait<1>();  // S of tile i is done; P V of tile i - 1 may still run
     sm90::fence_regs(s);
     release(&bar.k_empty[st]);
-    softmax(s, i, pn, corr);
+    softmax_tile(s, i, pn, corr);
     sm90::wgmma_wait<0>();
     sm90::fence_regs(o);
     release(&bar.v_empty[prev]);
