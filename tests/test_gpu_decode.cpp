@@ -3,7 +3,8 @@
 // oracle: token-by-token decode after a prefill gives the same outputs and the
 // same cache contents at every step, across many group closings, for batches
 // of sequences of different lengths, sequences leaving and joining (blocks
-// reused), forced split counts and CUDA graph replay. Inputs are rounded to
+// reused), forced split counts and CUDA graph replay; prefill chunks
+// (begin_extend ... end_extend) between decode steps. Inputs are rounded to
 // the cache dtype first, so both sides see the same numbers; outputs are
 // poisoned before each step and NaN never passes. Without a GPU the cases
 // that need one report SKIPPED; the configuration checks run everywhere.

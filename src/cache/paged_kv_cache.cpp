@@ -550,6 +550,7 @@ int64_t PagedKvCache::extend_blocks(int64_t seq, int64_t L, int64_t chunk) const
   const char* where = "PagedKvCache::extend_blocks";
   const Impl& m = *impl_;
   m.check_seq(where, seq);
+  LCA_CHECK(m.mtla_s == 0, where, ": an MTLA cache is filled whole (set_tokens + write_layer_device), not in chunks");
   LCA_CHECK(L >= 0 && chunk >= 1, where, ": L must be >= 0 and chunk >= 1, got L = ", L, ", chunk = ", chunk);
   chunk = std::min(chunk, std::max<int64_t>(L, 1));  // a + chunk stays in range
   // Per layer: blocks taken so far net of those returned, and its peak.
