@@ -77,8 +77,10 @@ class GpuSession {
   // Appends tokens (L >= 1) at positions [n0, n0 + L) of a sequence holding
   // n0 >= 0 tokens (a prompt, or a later turn after decode steps); returns the
   // last position's logits [1, V]. Token ids, n0 + L <= max_context and the
-  // cache blocks of every chunk are checked before any change; should a chunk
-  // fail on the device, the chunks before it stay in the sequence.
+  // cache blocks of every chunk are checked before any change. Should a chunk
+  // fail on the device, tokens(seq) counts the chunks before it, but layers
+  // the failed chunk had written may hold a ring that no longer matches:
+  // release such a sequence.
   Tensor<float> prefill(int64_t seq, std::span<const int64_t> tokens);
   // tokens[b] appended to seqs[b]; returns logits [B, V].
   Tensor<float> decode(std::span<const int64_t> seqs, std::span<const int64_t> tokens);
