@@ -96,7 +96,7 @@ void compare_runtimes(const lca::Model& model, const LcaParams& params, bool gra
   opt.attention = params;
   opt.max_seqs = static_cast<int64_t>(prompts.size());
   opt.max_context = 1024;
-  opt.prefill_chunk = 50;  // several MLP chunks
+  opt.prefill_chunk = 50;  // longer prompts in several chunks
   opt.graphs = graphs;
   lca::cuda::GpuSession session(gpu_model, opt);
   std::vector<lca::Sequence> cpu;
