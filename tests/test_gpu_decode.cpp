@@ -3,7 +3,8 @@
 // oracle: token-by-token decode after a prefill gives the same outputs and the
 // same cache contents at every step, across many group closings, for batches
 // of sequences of different lengths, sequences leaving and joining (blocks
-// reused), forced split counts and CUDA graph replay. Inputs are rounded to
+// reused), forced split counts and CUDA graph replay; prefill chunks
+// (begin_extend ... end_extend) between decode steps. Inputs are rounded to
 // the cache dtype first, so both sides see the same numbers; outputs are
 // poisoned before each step and NaN never passes. Without a GPU the cases
 // that need one report SKIPPED; the configuration checks run everywhere.
@@ -218,6 +219,68 @@ struct Scenario {
                            << c.tokens() - 1;
       ASSERT_EQ(gpu->tokens(seqs[static_cast<size_t>(b)]), c.tokens());
     }
+    ASSERT_EQ(gpu->blocks_in_use(), expected_blocks());
+  }
+
+  // L tokens appended to `seq` as a prefill chunk (begin_extend,
+  // read_layer_device and write_extend_device in every layer, end_extend), fed
+  // with what the CPU cache holds after appending the same rows and summaries.
+  // Each layer's read_layer_device is checked against the CPU cache before it.
+  void extend(int64_t seq, int64_t L, int64_t* blocks_while_extending = nullptr) {
+    lca::CondensedKvCache& c = cpu.at(seq);
+    const lca::cuda::PagedLayerContents before = contents_of(c);
+    const int64_t n0 = c.tokens(), n1 = n0 + L, W = gpu->row_width();
+    const size_t es = static_cast<size_t>(lca::dtype_size(cfg.dtype));
+    Tensor<float> rows = random_rounded(rng, {L, W}, cfg.dtype);
+    Tensor<float> q = random_rounded(rng, {L, heads(), gpu->query_width()}, cfg.dtype, 0.3f);
+    Tensor<float> summary = lca().is_full()               ? Tensor<float>({L, c.summary_width()})
+                            : cfg.layout == KvLayout::mla ? lca::ref::mla_summary_queries(q, cfg.mla, lca().score)
+                                                          : lca::ref::gqa_summary_queries(q, cfg.gqa);
+    c.append(rows, summary);
+    const lca::cuda::PagedLayerContents after = contents_of(c);
+    const int64_t m0 = before.representatives.dim(0), m1 = after.representatives.dim(0);
+    const int64_t raw1 = n1 - after.raw.dim(0), new_raw = std::max(raw1, n0);  // first raw position after; first stored
+    ASSERT_EQ(raw1, lca::first_raw_position(n1, lca()));
+    // What write_extend_device takes: the new representatives, raw rows [new_raw, n1), the ring of n1.
+    Tensor<float> new_reps({m1 - m0, W}), new_rows({n1 - new_raw, W});
+    std::copy(after.representatives.data() + m0 * W, after.representatives.data() + m1 * W, new_reps.data());
+    std::copy(after.raw.data() + (new_raw - raw1) * W, after.raw.data() + after.raw.numel(), new_rows.data());
+    DeviceBytes reps_d(new_reps.numel() * es), raw_d(new_rows.numel() * es);
+    DeviceBytes ring_d(after.summary_ring.numel() * sizeof(float));
+    to_device(reps_d.ptr, new_reps, cfg.dtype);
+    to_device(raw_d.ptr, new_rows, cfg.dtype);
+    ASSERT_EQ(cudaMemcpy(ring_d.ptr, after.summary_ring.data(), after.summary_ring.numel() * sizeof(float),
+                         cudaMemcpyHostToDevice),
+              cudaSuccess);
+    // Poisoned buffers for read_layer_device (NaN in bf16 and f16 alike).
+    DeviceBytes got_reps(m0 * W * es), got_raw(before.raw.numel() * es);
+    DeviceBytes got_ring(before.summary_ring.numel() * sizeof(float));
+    gpu->begin_extend(seq, L);
+    ASSERT_EQ(gpu->tokens(seq), n0);
+    if (blocks_while_extending != nullptr) *blocks_while_extending = gpu->blocks_in_use();
+    for (int64_t layer = 0; layer < cfg.layers; ++layer) {
+      SCOPED_TRACE("extend of sequence " + std::to_string(seq) + " from " + std::to_string(n0) + " by " +
+                   std::to_string(L) + ", layer " + std::to_string(layer));
+      ASSERT_EQ(cudaMemset(got_reps.ptr, 0xff, m0 * W * es), cudaSuccess);
+      ASSERT_EQ(cudaMemset(got_raw.ptr, 0xff, before.raw.numel() * es), cudaSuccess);
+      ASSERT_EQ(cudaMemset(got_ring.ptr, 0xff, before.summary_ring.numel() * sizeof(float)), cudaSuccess);
+      gpu->read_layer_device(seq, layer, got_reps.ptr, got_raw.ptr, static_cast<float*>(got_ring.ptr));
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      const Tensor<float> raw_now = from_device(got_raw.ptr, before.raw.shape(), cfg.dtype);
+      EXPECT_EQ(raw_now.vec(), before.raw.vec());  // stored inputs: bitwise
+      if (m0 > 0) EXPECT_LT(rel_error(from_device(got_reps.ptr, before.representatives.shape(), cfg.dtype),
+                                      before.representatives), 1e-2);
+      if (before.summary_ring.numel() > 0) {
+        Tensor<float> ring_now(before.summary_ring.shape());
+        ASSERT_EQ(cudaMemcpy(ring_now.data(), got_ring.ptr, ring_now.numel() * sizeof(float), cudaMemcpyDeviceToHost),
+                  cudaSuccess);
+        EXPECT_LT(rel_error(ring_now, before.summary_ring), 1e-5);
+      }
+      gpu->write_extend_device(seq, layer, reps_d.ptr, raw_d.ptr, static_cast<const float*>(ring_d.ptr));
+    }
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    gpu->end_extend(seq);
+    ASSERT_EQ(gpu->tokens(seq), n1);
     ASSERT_EQ(gpu->blocks_in_use(), expected_blocks());
   }
 
@@ -482,6 +545,142 @@ TEST(GpuDecode, BadCallsNameTheProblem) {
   ASSERT_NO_FATAL_FAILURE(s.step({a}));  // the 50th token
   expect_error([&] { s.gpu->begin_step(std::vector<int64_t>{a}); }, "max_context");
   expect_error([&] { s.gpu->read_layer(a, 5); }, "layer 5");
+}
+
+// ---- Prefill chunks (begin_extend ... end_extend) ---------------------------------
+
+// Sequences grown by chunks of the given sizes (a decode step of all of them
+// after each round), against the CPU cache: contents, blocks in use, and the
+// peak blocks of each chunked growth against extend_blocks.
+void run_extends(PagedCacheConfig cfg, const std::vector<int64_t>& starts, const std::vector<int64_t>& chunks,
+                 int64_t rounds) {
+  Scenario s;
+  cfg.max_seqs = static_cast<int64_t>(starts.size());
+  cfg.max_context = 4000;
+  s.cfg = cfg;
+  s.start(cfg.max_seqs);
+  std::vector<int64_t> seqs;
+  for (int64_t n0 : starts) seqs.push_back(s.join(n0));
+  std::uniform_int_distribution<size_t> pick(0, chunks.size() - 1);
+  for (int64_t r = 0; r < rounds; ++r) {
+    for (int64_t seq : seqs) {
+      // A prompt of one to three chunks: peak blocks over its chunks as extend_blocks foresees.
+      const int64_t chunk = chunks[pick(s.rng)], parts = 1 + static_cast<int64_t>(pick(s.rng) % 3);
+      const int64_t L = chunk * parts - (parts > 1 ? chunk / 2 : 0), in_use = s.gpu->blocks_in_use();
+      const int64_t foreseen = s.gpu->extend_blocks(seq, L, chunk);
+      int64_t peak = in_use;
+      for (int64_t done = 0; done < L; done += chunk) {
+        int64_t held = 0;  // blocks in use between begin_extend and end_extend, where the peak is
+        ASSERT_NO_FATAL_FAILURE(s.extend(seq, std::min(chunk, L - done), &held));
+        peak = std::max(peak, held);
+      }
+      EXPECT_EQ(peak - in_use, foreseen) << "peak blocks of " << L << " tokens in chunks of " << chunk;
+    }
+    ASSERT_NO_FATAL_FAILURE(s.step(seqs));
+    ASSERT_NO_FATAL_FAILURE(s.compare_contents());
+  }
+  for (int64_t seq : seqs) s.leave(seq);
+  EXPECT_EQ(s.gpu->free_blocks(), s.gpu->total_blocks());
+}
+
+TEST(GpuDecode, PrefillChunksGqaMatchCpuCache) {
+  REQUIRE_GPU();
+  // w = 32, g = 8, blocks of 16 rows: chunks open and release blocks, close
+  // groups, start below w and past w + g, aligned to g or not.
+  PagedCacheConfig cfg = gqa_config(8, 2, 64, lca_params(32, 8), DType::bf16, 16);
+  cfg.layers = 2;
+  run_extends(cfg, {0, 3, 45}, {1, 5, 8, 37, 100}, 6);
+  LcaParams anchor = lca_params(16, 4);
+  anchor.key_mode = lca::KeyMode::anchor;
+  run_extends(gqa_config(9, 3, 64, anchor, DType::f16, 8), {0, 17}, {2, 4, 9, 64}, 6);
+}
+
+TEST(GpuDecode, PrefillChunksMlaMatchCpuCache) {
+  REQUIRE_GPU();
+  PagedCacheConfig cfg = mla_config(16, 512, 64, lca_params(64, 16), DType::bf16, 64);
+  cfg.layers = 2;
+  run_extends(cfg, {0, 70, 200}, {1, 15, 16, 63, 150}, 5);
+  LcaParams p = lca_params(40, 8);
+  p.score = lca::ScoreMode::full;  // ring rows [q~ ; q^R]
+  run_extends(mla_config(40, 256, 32, p, DType::f16, 32), {1, 48}, {3, 8, 77}, 5);
+  // w = 0: a chunk condenses groups of its own tokens only.
+  run_extends(mla_config(16, 512, 64, lca_params(0, 8), DType::bf16, 32), {0, 21}, {1, 7, 40}, 4);
+}
+
+TEST(GpuDecode, PrefillChunksFullAttention) {
+  REQUIRE_GPU();
+  run_extends(gqa_config(8, 2, 64, LcaParams::full(), DType::bf16, 16), {0, 30}, {1, 9, 50}, 5);
+  run_extends(mla_config(16, 512, 64, LcaParams::full(), DType::bf16, 64), {5}, {64, 100}, 3);
+}
+
+// The default pool holds one sequence's max_context prompt in large chunks:
+// while a chunk extends it, the old raw window and the new one are both held.
+TEST(GpuDecode, DefaultPoolHoldsAChunkedPromptToMaxContext) {
+  REQUIRE_GPU();
+  for (int64_t chunk : {200, 700, 1100}) {
+    PagedCacheConfig cfg = gqa_config(8, 2, 64, lca_params(64, 16), DType::bf16, 64);
+    cfg.layers = 3;
+    cfg.max_context = 1100;
+    PagedKvCache cache(cfg);
+    const int64_t seq = cache.add_sequence();
+    EXPECT_LE(cache.extend_blocks(seq, cfg.max_context, chunk), cache.free_blocks()) << "chunks of " << chunk;
+    for (int64_t n = 0; n < cfg.max_context; n += chunk) {
+      ASSERT_NO_THROW(cache.begin_extend(seq, std::min(chunk, cfg.max_context - n))) << "chunk at " << n;
+      cache.end_extend(seq);  // contents do not matter here, only blocks
+    }
+    EXPECT_EQ(cache.tokens(seq), cfg.max_context);
+  }
+}
+
+TEST(GpuDecode, PrefillChunkBadCallsNameTheProblem) {
+  REQUIRE_GPU();
+  Scenario s;
+  s.cfg = gqa_config(8, 2, 64, lca_params(16, 4), DType::bf16, 16);
+  s.cfg.max_seqs = 2;
+  s.cfg.max_context = 60;
+  s.cfg.pool_bytes = 5 * 16 * s.cfg.gqa.row_width() * 2;  // five blocks
+  s.start(2);
+  const int64_t a = s.join(30), b = s.gpu->add_sequence();
+  auto expect_error = [](auto&& f, const char* needle) {
+    try {
+      f();
+      ADD_FAILURE() << "no error; expected one naming '" << needle << "'";
+    } catch (const lca::Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  const int64_t free = s.gpu->free_blocks();
+  expect_error([&] { s.gpu->begin_extend(a, 31); }, "max_context");
+  expect_error([&] { s.gpu->begin_extend(a, 0); }, "L must be >= 1");
+  expect_error([&] { s.gpu->write_extend_device(a, 0, nullptr, nullptr, nullptr); }, "not being extended");
+  expect_error([&] { s.gpu->end_extend(a); }, "not being extended");
+  // Blocks: a holds 1 representative and 2 raw blocks; b's 60 tokens want 3, 2 are left.
+  EXPECT_EQ(free, 2);
+  EXPECT_EQ(s.gpu->extend_blocks(b, 60, 60), 3);
+  expect_error([&] { s.gpu->begin_extend(b, 60); }, "out of cache blocks");
+  EXPECT_EQ(s.gpu->free_blocks(), free);
+  EXPECT_EQ(s.gpu->tokens(b), 0);
+  s.gpu->begin_extend(a, 20);  // 30 -> 50: raw blocks 2 and 3
+  EXPECT_EQ(s.gpu->free_blocks(), 0);
+  expect_error([&] { s.gpu->begin_extend(a, 1); }, "already being extended");
+  expect_error([&] { s.gpu->begin_step(std::vector<int64_t>{a}); }, "end_extend");
+  expect_error([&] { s.gpu->write_extend_device(a, 0, nullptr, nullptr, nullptr); }, "reps is null");
+  expect_error([&] { s.gpu->set_tokens(a, 3); }, "already holds");
+  s.gpu->cancel_extend(a);  // gives its blocks back, n unchanged
+  EXPECT_EQ(s.gpu->free_blocks(), free);
+  EXPECT_EQ(s.gpu->tokens(a), 30);
+  s.gpu->begin_step(std::vector<int64_t>{a});
+  expect_error([&] { s.gpu->begin_extend(a, 1); }, "step is in progress");
+  s.gpu->end_step();
+  // MTLA caches are filled whole.
+  PagedCacheConfig mtla = mla_config(16, 512, 64, LcaParams{}, DType::bf16, 16);
+  std::mt19937_64 rng(3);
+  mtla.policy = lca::MtlaParams{.down_rate = 4};
+  mtla.mtla_hyper.assign(1, random_hyper(rng, 512));
+  mtla.max_context = 64;
+  PagedKvCache m(mtla);
+  const int64_t seq = m.add_sequence();
+  expect_error([&] { m.begin_extend(seq, 4); }, "MTLA");
 }
 
 // ---- Configuration checks: no device needed ---------------------------------------

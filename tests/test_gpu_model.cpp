@@ -5,7 +5,10 @@
 // DeepSeek-V3 (MLA, dense layers). Prefill logits and the logits of every
 // decode step after it, for full attention and LCA with a small window (many
 // groups condensed), batches of sequences of different lengths, with and
-// without CUDA graphs; and the errors. Without a GPU every case reports SKIPPED.
+// without CUDA graphs; chunked prefill (chunks of 1, 5, 37 tokens against
+// one chunk: logits and cache) and continued prefill (prompts appended after
+// decode steps, against the CPU runtime); and the errors. Without a GPU every
+// case reports SKIPPED.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -93,7 +96,7 @@ void compare_runtimes(const lca::Model& model, const LcaParams& params, bool gra
   opt.attention = params;
   opt.max_seqs = static_cast<int64_t>(prompts.size());
   opt.max_context = 1024;
-  opt.prefill_chunk = 50;  // several MLP chunks
+  opt.prefill_chunk = 50;  // longer prompts in several chunks
   opt.graphs = graphs;
   lca::cuda::GpuSession session(gpu_model, opt);
   std::vector<lca::Sequence> cpu;
@@ -298,6 +301,282 @@ TEST_F(GpuMlaModel, ErrorsNameTheProblem) {
   const lca::Model narrow_model = lca::Model::load((dir_ / "narrow").string());
   lca_test::expect_error([&] { lca::cuda::GpuModel::upload(narrow_model); },
                          {"kv_lora_rank 128", "decode", "(256, 32)"});
+}
+
+// ---- Chunked and continued prefill ---------------------------------------------------------
+
+// Every layer of a sequence's cache, read back.
+std::vector<lca::cuda::PagedLayerContents> read_cache(const lca::cuda::GpuSession& s, int64_t seq) {
+  std::vector<lca::cuda::PagedLayerContents> layers;
+  for (int64_t l = 0; l < s.cache().config().layers; ++l) layers.push_back(s.cache().read_layer(seq, l));
+  return layers;
+}
+
+// Columns of a cache row that come from a representative's anchor: the keys
+// (GQA, k^ rotated to the anchor position) or the rope key (MLA). Where two
+// tokens' scores are within rounding of each other, the activations' rounding
+// in another chunking may pick the other anchor; the other columns are pooled
+// with softmax weights, continuous in the scores.
+std::vector<bool> anchor_columns(const lca::cuda::PagedCacheConfig& c) {
+  std::vector<bool> cols;
+  if (c.layout == lca::KvLayout::mla) {
+    cols.assign(static_cast<size_t>(c.mla.row_width()), false);
+    std::fill(cols.begin() + c.mla.d_latent, cols.end(), true);
+  } else {
+    for (int64_t h = 0; h < c.gqa.kv_heads; ++h)
+      for (int64_t i = 0; i < 2 * c.gqa.head_dim; ++i) cols.push_back(i < c.gqa.head_dim);
+  }
+  return cols;
+}
+
+// Cache contents of two runs of the same token stream, to bf16 rounding of the
+// activations: raw rows, rings and the pooled columns of the representatives
+// within `tol` (relative, per segment); a representative's anchor columns
+// within `tol` too except for at most one representative in ten.
+void expect_same_cache(const std::vector<lca::cuda::PagedLayerContents>& got,
+                       const std::vector<lca::cuda::PagedLayerContents>& want, const lca::cuda::PagedCacheConfig& cfg,
+                       double tol) {
+  ASSERT_EQ(got.size(), want.size());
+  const std::vector<bool> anchor = anchor_columns(cfg);
+  for (size_t l = 0; l < got.size(); ++l) {
+    SCOPED_TRACE("layer " + std::to_string(l));
+    const auto& g = got[l];
+    const auto& w = want[l];
+    ASSERT_EQ(g.raw.shape(), w.raw.shape());
+    ASSERT_EQ(g.representatives.shape(), w.representatives.shape());
+    ASSERT_EQ(g.summary_ring.shape(), w.summary_ring.shape());
+    if (g.raw.numel() > 0) EXPECT_LT(rel_error(g.raw.data(), w.raw.data(), g.raw.numel()), tol) << "raw rows";
+    if (g.summary_ring.numel() > 0)
+      EXPECT_LT(rel_error(g.summary_ring.data(), w.summary_ring.data(), g.summary_ring.numel()), tol) << "ring";
+    const int64_t m = g.representatives.dim(0), width = g.representatives.dim(1);
+    if (m == 0) continue;
+    std::vector<float> pooled_g, pooled_w;
+    int64_t flipped = 0;
+    for (int64_t j = 0; j < m; ++j) {
+      std::vector<float> anchor_g, anchor_w;
+      for (int64_t c = 0; c < width; ++c) {
+        auto& dst_g = anchor[static_cast<size_t>(c)] ? anchor_g : pooled_g;
+        auto& dst_w = anchor[static_cast<size_t>(c)] ? anchor_w : pooled_w;
+        dst_g.push_back(g.representatives.row(j)[c]);
+        dst_w.push_back(w.representatives.row(j)[c]);
+      }
+      if (rel_error(anchor_g.data(), anchor_w.data(), static_cast<int64_t>(anchor_g.size())) >= tol) ++flipped;
+    }
+    EXPECT_LT(rel_error(pooled_g.data(), pooled_w.data(), static_cast<int64_t>(pooled_g.size())), tol)
+        << "pooled columns of the representatives";
+    EXPECT_LE(flipped, std::max<int64_t>(1, m / 10)) << "representatives whose anchor columns differ, of " << m;
+  }
+}
+
+// One prompt prefilled in one chunk and in chunks of each size: the same
+// last-token logits, cache contents and blocks in use, and the same logits
+// for a few decode steps after.
+void compare_chunkings(const lca::Model& model, const LcaParams& params, int64_t n,
+                       const std::vector<int64_t>& chunks, std::mt19937_64& rng) {
+  const int64_t vocab = model.vocab_size();
+  const lca::cuda::GpuModel gpu_model = lca::cuda::GpuModel::upload(model);
+  std::uniform_int_distribution<int64_t> tok(0, vocab - 1);
+  std::vector<int64_t> prompt(static_cast<size_t>(n)), steps(6);
+  for (auto& t : prompt) t = tok(rng);
+  for (auto& t : steps) t = tok(rng);
+  lca::cuda::PagedCacheConfig cache_config;
+  auto run = [&](int64_t chunk, std::vector<lca::cuda::PagedLayerContents>& cache, int64_t& blocks) {
+    lca::cuda::GpuSessionOptions opt;
+    opt.attention = params;
+    opt.max_context = 1024;
+    opt.prefill_chunk = chunk;
+    lca::cuda::GpuSession session(gpu_model, opt);
+    const int64_t seq = session.add_sequence();
+    std::vector<Tensor<float>> logits = {session.prefill(seq, prompt)};
+    EXPECT_EQ(session.tokens(seq), n);
+    cache = read_cache(session, seq);
+    blocks = session.cache().blocks_in_use();
+    cache_config = session.cache().config();
+    for (int64_t t : steps) logits.push_back(session.decode(std::vector<int64_t>{seq}, std::vector<int64_t>{t}));
+    return logits;
+  };
+  std::vector<lca::cuda::PagedLayerContents> want_cache;
+  int64_t want_blocks = 0;
+  const std::vector<Tensor<float>> want = run(n, want_cache, want_blocks);
+  double worst = 0;
+  for (int64_t chunk : chunks) {
+    SCOPED_TRACE("chunks of " + std::to_string(chunk) + " tokens, prompt of " + std::to_string(n));
+    std::vector<lca::cuda::PagedLayerContents> got_cache;
+    int64_t got_blocks = 0;
+    const std::vector<Tensor<float>> got = run(chunk, got_cache, got_blocks);
+    for (size_t i = 0; i < got.size(); ++i) {
+      const double err = rel_error(got[i].data(), want[i].data(), vocab);
+      worst = std::max(worst, err);
+      EXPECT_LT(err, 3e-2) << (i == 0 ? "prefill logits" : "decode step " + std::to_string(i));
+    }
+    expect_same_cache(got_cache, want_cache, cache_config, 3e-2);
+    EXPECT_EQ(got_blocks, want_blocks);
+  }
+  std::printf("  worst relative error of the logits against one chunk: %.2e\n", worst);
+}
+
+// A conversation of two sequences: each turn appends a prompt to both
+// (continued prefill in chunks of `chunk`), then decodes a few tokens as a
+// batch; the GPU runtime's logits against the CPU runtime's at every point.
+void compare_conversation(const lca::Model& model, const LcaParams& params, int64_t chunk, bool graphs,
+                          std::mt19937_64& rng) {
+  const int64_t vocab = model.vocab_size();
+  const lca::cuda::GpuModel gpu_model = lca::cuda::GpuModel::upload(model);
+  lca::cuda::GpuSessionOptions opt;
+  opt.attention = params;
+  opt.max_seqs = 2;
+  opt.max_context = 1024;
+  opt.prefill_chunk = chunk;
+  opt.graphs = graphs;
+  lca::cuda::GpuSession session(gpu_model, opt);
+  const std::vector<int64_t> seqs = {session.add_sequence(), session.add_sequence()};
+  std::vector<lca::Sequence> cpu;
+  for (size_t b = 0; b < seqs.size(); ++b) cpu.emplace_back(model, params, lca::DType::bf16);
+  std::uniform_int_distribution<int64_t> tok(0, vocab - 1);
+  // Prompt lengths of the two sequences and the decode steps after them. With
+  // w = 32, g = 4 the turns start below w (0, 8), past w + g aligned to g (48,
+  // 72) or not (43), and close groups within a chunk and across chunks.
+  struct Turn {
+    int64_t prompt[2], steps;
+  };
+  const Turn turns[] = {{{5, 40}, 3}, {{60, 1}, 4}, {{37, 90}, 6}};
+  double worst = 0;
+  for (const Turn& turn : turns) {
+    for (size_t b = 0; b < seqs.size(); ++b) {
+      std::vector<int64_t> prompt(static_cast<size_t>(turn.prompt[b]));
+      for (auto& t : prompt) t = tok(rng);
+      const int64_t n0 = session.tokens(seqs[b]);
+      const Tensor<float> want = cpu[b].forward(prompt);
+      const Tensor<float> got = session.prefill(seqs[b], prompt);
+      const double err = rel_error(got.data(), want.data(), vocab);
+      worst = std::max(worst, err);
+      ASSERT_LT(err, 3e-2) << "prefill of " << prompt.size() << " tokens onto " << n0 << ", sequence " << b;
+      ASSERT_EQ(session.tokens(seqs[b]), cpu[b].tokens());
+    }
+    for (int64_t s = 0; s < turn.steps; ++s) {
+      const std::vector<int64_t> tokens = {tok(rng), tok(rng)};
+      const Tensor<float> got = session.decode(seqs, tokens);
+      for (size_t b = 0; b < seqs.size(); ++b) {
+        const Tensor<float> want = cpu[b].forward(std::vector<int64_t>{tokens[b]});
+        const double err = rel_error(got.row(static_cast<int64_t>(b)), want.data(), vocab);
+        worst = std::max(worst, err);
+        ASSERT_LT(err, 3e-2) << "decode at position " << cpu[b].tokens() - 1 << " of sequence " << b;
+      }
+    }
+  }
+  std::printf("  worst relative error of the logits against the CPU runtime: %.2e\n", worst);
+}
+
+TEST(GpuModel, ChunkedPrefillMatchesOneChunkGqa) {
+  REQUIRE_GPU();
+  for (bool qwen2 : {false, true}) {
+    SCOPED_TRACE(qwen2 ? "qwen2" : "llama");
+    std::mt19937_64 rng(qwen2 ? 23 : 29);
+    const lca::Model model = tiny_model(qwen2, rng);
+    compare_chunkings(model, small_lca(32, 4), 150, {1, 5, 37, 400}, rng);
+    compare_chunkings(model, small_lca(24, 8), 97, {3, 16, 50}, rng);
+    compare_chunkings(model, LcaParams::full(), 90, {1, 7, 64}, rng);
+  }
+}
+
+TEST(GpuModel, ContinuedPrefillMatchesCpuRuntimeGqa) {
+  REQUIRE_GPU();
+  for (bool qwen2 : {false, true}) {
+    SCOPED_TRACE(qwen2 ? "qwen2" : "llama");
+    std::mt19937_64 rng(qwen2 ? 31 : 37);
+    const lca::Model model = tiny_model(qwen2, rng);
+    compare_conversation(model, small_lca(32, 4), 7, true, rng);
+    compare_conversation(model, small_lca(32, 4), 8192, false, rng);
+    compare_conversation(model, LcaParams::full(), 16, true, rng);
+  }
+}
+
+TEST(GpuModel, ContinuedPrefillErrorsChangeNothing) {
+  REQUIRE_GPU();
+  std::mt19937_64 rng(41);
+  const lca::Model model = tiny_model(false, rng);
+  const auto gpu_model = lca::cuda::GpuModel::upload(model);
+  lca::cuda::GpuSessionOptions opt;
+  opt.attention = small_lca(8, 4);
+  opt.max_context = 40;
+  opt.prefill_chunk = 7;
+  lca::cuda::GpuSession session(gpu_model, opt);
+  const int64_t seq = session.add_sequence();
+  session.prefill(seq, std::vector<int64_t>(30, 3));
+  const int64_t free = session.cache().free_blocks();
+  const auto before = read_cache(session, seq);
+  lca_test::expect_error([&] { session.prefill(seq, std::vector<int64_t>(11, 1)); },
+                         {"holds 30 tokens", "11 more", "max_context of 40"});
+  lca_test::expect_error([&] { session.prefill(seq, std::vector<int64_t>{}); }, {"empty"});
+  lca_test::expect_error([&] { session.prefill(seq, std::vector<int64_t>{1, V}); }, {"vocabulary"});
+  lca_test::expect_error([&] { session.prefill(seq + 1, std::vector<int64_t>{1}); }, {"not an active slot"});
+  EXPECT_EQ(session.tokens(seq), 30);
+  EXPECT_EQ(session.cache().free_blocks(), free);
+  const auto after = read_cache(session, seq);
+  for (size_t l = 0; l < before.size(); ++l) {
+    EXPECT_EQ(after[l].raw.vec(), before[l].raw.vec());
+    EXPECT_EQ(after[l].representatives.vec(), before[l].representatives.vec());
+    EXPECT_EQ(after[l].summary_ring.vec(), before[l].summary_ring.vec());
+  }
+  session.prefill(seq, std::vector<int64_t>(10, 4));  // exactly to max_context
+  EXPECT_EQ(session.tokens(seq), 40);
+  lca_test::expect_error([&] { session.decode(std::vector<int64_t>{seq}, std::vector<int64_t>{1}); }, {"max_context"});
+}
+
+// A tiny MLA model of `kind` (dense layers), loaded through a Hugging Face folder.
+lca::Model load_tiny_mla(const std::filesystem::path& dir, MlaKind kind, bool q_lora, uint64_t seed) {
+  lca_test::Rng rng(seed);
+  const Tiny m = tiny_mla(kind, q_lora, rng);
+  const std::filesystem::path folder = dir / ("chunked_" + std::to_string(static_cast<int>(kind)));
+  lca_test::mla::write_hf(folder, m);
+  return lca::Model::load(folder.string());
+}
+
+TEST_F(GpuMlaModel, ChunkedPrefillMatchesOneChunk) {
+  REQUIRE_GPU();
+  std::mt19937_64 rng(43);
+  {
+    SCOPED_TRACE("minicpm3");
+    const lca::Model model = load_tiny_mla(dir_, MlaKind::minicpm3, true, 47);
+    compare_chunkings(model, small_lca(32, 4), 150, {1, 5, 37, 400}, rng);
+    compare_chunkings(model, LcaParams::full(), 70, {1, 9, 64}, rng);
+  }
+  {
+    SCOPED_TRACE("deepseek-v2");
+    const lca::Model model = load_tiny_mla(dir_, MlaKind::v2, false, 53);
+    compare_chunkings(model, small_lca(32, 8), 131, {1, 5, 37, 400}, rng);
+  }
+  {
+    SCOPED_TRACE("deepseek-v3, score = full");
+    const lca::Model model = load_tiny_mla(dir_, MlaKind::v3, true, 59);
+    LcaParams p = small_lca(32, 4);
+    p.score = lca::ScoreMode::full;
+    compare_chunkings(model, p, 120, {6, 41}, rng);
+  }
+}
+
+TEST_F(GpuMlaModel, ContinuedPrefillMatchesCpuRuntime) {
+  REQUIRE_GPU();
+  std::mt19937_64 rng(61);
+  {
+    SCOPED_TRACE("minicpm3");
+    const lca::Model model = load_tiny_mla(dir_, MlaKind::minicpm3, true, 67);
+    compare_conversation(model, small_lca(32, 4), 7, true, rng);
+    compare_conversation(model, LcaParams::full(), 16, true, rng);
+  }
+  {
+    SCOPED_TRACE("deepseek-v2");
+    const lca::Model model = load_tiny_mla(dir_, MlaKind::v2, true, 71);
+    compare_conversation(model, small_lca(32, 4), 5, false, rng);
+    compare_conversation(model, small_lca(32, 4), 8192, true, rng);
+  }
+  {
+    SCOPED_TRACE("deepseek-v3, score = full");
+    const lca::Model model = load_tiny_mla(dir_, MlaKind::v3, false, 73);
+    LcaParams p = small_lca(32, 4);
+    p.score = lca::ScoreMode::full;
+    compare_conversation(model, p, 11, true, rng);
+  }
 }
 
 }  // namespace

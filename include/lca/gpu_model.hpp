@@ -6,8 +6,10 @@
 //
 // GpuModel holds the weights; GpuSession a batch of sequences and their
 // paged cache, with one attention policy (LCA, or LcaParams::full()):
-//   prefill(seq, tokens)   a whole prompt, layer by layer (the GEMMs in
-//                          chunks), its rows written into the paged cache;
+//   prefill(seq, tokens)   a prompt appended to a sequence (empty, or holding
+//                          an earlier prefill and decode steps), in chunks of
+//                          prefill_chunk tokens, each through every layer,
+//                          its rows written into the paged cache;
 //   decode(seqs, tokens)   one token for each of a batch of sequences; with
 //                          graphs on, the step of a batch is captured once and
 //                          replayed for later steps of the same batch.
@@ -53,7 +55,11 @@ struct GpuSessionOptions {
   LcaParams attention{};        // LcaParams::full(): full attention
   int64_t max_seqs = 1;
   int64_t max_context = 0;      // 0: the model's max_position_embeddings
-  int64_t prefill_chunk = 8192; // rows per MLP product in prefill (bounds its buffers)
+  // Tokens per prefill chunk: each chunk runs through every layer before the
+  // next, so prefill activations are O(prefill_chunk + window + representatives)
+  // rows under LCA (O(context) raw rows under full attention), not O(prompt).
+  // Exact under any chunking (lca-spec.md section 7, identity 3).
+  int64_t prefill_chunk = 8192;
   bool graphs = true;           // decode steps replayed from CUDA graphs
 };
 
@@ -68,7 +74,13 @@ class GpuSession {
   void release_sequence(int64_t seq);
   int64_t tokens(int64_t seq) const;
 
-  // An empty sequence's whole prompt; returns the last position's logits [1, V].
+  // Appends tokens (L >= 1) at positions [n0, n0 + L) of a sequence holding
+  // n0 >= 0 tokens (a prompt, or a later turn after decode steps); returns the
+  // last position's logits [1, V]. Token ids, n0 + L <= max_context and the
+  // cache blocks of every chunk are checked before any change. Should a chunk
+  // fail on the device, tokens(seq) counts the chunks before it, but layers
+  // the failed chunk had written may hold a ring that no longer matches:
+  // release such a sequence.
   Tensor<float> prefill(int64_t seq, std::span<const int64_t> tokens);
   // tokens[b] appended to seqs[b]; returns logits [B, V].
   Tensor<float> decode(std::span<const int64_t> seqs, std::span<const int64_t> tokens);

@@ -25,6 +25,18 @@
 // decode_layer calls of one step replays for later steps of the same batch
 // (begin_step copies what changes before each replay).
 //
+// Prefill chunk (L tokens appended at positions [n0, n0 + L) of a sequence
+// holding n0 >= 0 tokens: a prompt's chunk, or a later turn after decode steps):
+//   cache.begin_extend(seq, L, stream);             // blocks for the chunk's rows
+//   for each layer:
+//     cache.read_layer_device(seq, layer, reps, raw, ring, stream);  // the state at n0
+//     ... the chunk's rows, condense groups [m(n0), m(n0 + L)), attention ...
+//     cache.write_extend_device(seq, layer, new_reps, new_raw, ring, stream);
+//   cache.end_extend(seq);                           // n = n0 + L, release condensed raw blocks
+// The old raw blocks stay held until end_extend (later layers still read
+// them), so a chunk holds at most two windows of raw blocks per layer; the
+// default pool has room for one sequence doing so.
+//
 // Running out of blocks is an lca::Error thrown before anything changes.
 #pragma once
 
@@ -56,7 +68,8 @@ struct PagedCacheConfig {
   int64_t max_seqs = 1;       // sequence slots
   int64_t max_context = 0;    // tokens per sequence at most
   int64_t block_rows = 64;    // rows per block, a multiple of g (LCA)
-  int64_t pool_bytes = 0;     // 0: room for max_seqs sequences of max_context tokens in every layer
+  int64_t pool_bytes = 0;     // 0: room for max_seqs sequences of max_context tokens in every layer,
+                              // one of them extending by a prefill chunk (begin_extend)
   int64_t max_splits = 132;   // KV splits per (sequence, kv head) in decode attention, at most
   // Throws lca::Error naming the bad field.
   void validate() const;
@@ -112,6 +125,43 @@ class PagedKvCache {
   // row; else null). This is how a prefill computed on the GPU enters the cache.
   void write_layer_device(int64_t seq, int64_t layer, const void* reps, const void* raw, const float* ring,
                           const float* open_sum, cudaStream_t stream = nullptr);
+
+  // ---- Prefill in chunks (LCA and full attention; not MTLA) -----------------
+  // Blocks the pool must have free to append L tokens to `seq` in chunks of
+  // `chunk` tokens (the peak over the chunks, every layer): what a caller
+  // checks against free_blocks() before a multi-chunk prefill changes anything.
+  int64_t extend_blocks(int64_t seq, int64_t L, int64_t chunk) const;
+  // Starts appending L >= 1 tokens to a sequence holding n0 tokens: takes the
+  // blocks of the new representatives [m(n0), m(n0 + L)) and of the new raw rows
+  // [max(g m(n0 + L), n0), n0 + L) in every layer (throws before any change
+  // when the pool is short, n0 + L > max_context, a decode step is in progress
+  // or the sequence is already extending) and copies the new table entries
+  // to the device on `stream`. tokens(seq) stays n0 until end_extend.
+  void begin_extend(int64_t seq, int64_t L, cudaStream_t stream = nullptr);
+  // One layer of a sequence as it is (n = tokens(seq)), copied on `stream`
+  // into device buffers: reps [m(n), row_width] and raw [n - g m(n), row_width]
+  // (positions g m(n) .. n-1) in the cache dtype, ring [min(n, g-1),
+  // summary_width] fp32, oldest first (LCA only). A pointer may be null only
+  // where its count is 0.
+  void read_layer_device(int64_t seq, int64_t layer, void* reps, void* raw, float* ring,
+                         cudaStream_t stream = nullptr) const;
+  // Writes one layer's part of the extension begun by begin_extend (n0 ->
+  // n1 = n0 + L), from device buffers on `stream`: the new representatives
+  // [m(n1) - m(n0), row_width], the raw rows of positions [max(g m(n1), n0), n1)
+  // (the older ones are stored already, the ones below g m(n1) are condensed)
+  // and the ring of n1, [min(n1, g-1), summary_width] fp32 (LCA only). A
+  // pointer may be null only where its count is 0.
+  void write_extend_device(int64_t seq, int64_t layer, const void* reps, const void* raw, const float* ring,
+                           cudaStream_t stream = nullptr);
+  // Ends the extension: n = n0 + L; raw blocks whose groups are all condensed
+  // return to the pool (work on them already enqueued on the caller's stream
+  // runs before any later reuse enqueued on that stream).
+  void end_extend(int64_t seq);
+  // Abandons an extension (a failed chunk): returns the blocks begin_extend
+  // took; n stays n0. Rows or ring slots a write_extend_device already
+  // changed are not restored: a layer written before the failure may hold a
+  // ring that no longer matches n0 (release such a sequence).
+  void cancel_extend(int64_t seq);
 
   // ---- Decode ---------------------------------------------------------------
   // Starts a step in which each of `seqs` (distinct active slots) appends one

@@ -102,6 +102,7 @@ struct PagedKvCache::Impl {
     bool active = false;
     int64_t n = 0;
     int64_t raw_first = 0;  // first raw block index still held
+    int64_t extending = 0;  // tokens of the chunk between begin_extend and end_extend (0: none)
   };
   std::vector<Seq> seqs;
 
@@ -158,6 +159,56 @@ struct PagedKvCache::Impl {
                                     rep_stride * sizeof(int32_t), cudaMemcpyHostToDevice));
       LCA_CUDA_OK(where, cudaMemcpy(d_raw_table + r * raw_stride, raw_table.data() + r * raw_stride,
                                     raw_stride * sizeof(int32_t), cudaMemcpyHostToDevice));
+    }
+  }
+  // The blocks begin_extend takes to grow a sequence from n0 to n1 tokens
+  // (block indices [lo, hi) of each table): the representatives' new blocks,
+  // and the raw blocks of positions [max(g m(n1), n0), n1) not held yet (the
+  // held ones are [raw_first, ceil(n0 / B)); positions below g m(n1) are
+  // condensed within the chunk and never stored). LCA and full attention.
+  struct ExtendBlocks {
+    int64_t rep_lo, rep_hi, raw_lo, raw_hi;
+    int64_t count() const { return rep_hi - rep_lo + raw_hi - raw_lo; }
+  };
+  ExtendBlocks extend_blocks(int64_t n0, int64_t n1) const {
+    const int64_t B = cfg.block_rows;
+    return {ceil_div(groups(n0), B), ceil_div(groups(n1), B), std::max(ceil_div(n0, B), raw_from(n1) / B),
+            ceil_div(n1, B)};
+  }
+  // Raw blocks end_extend returns from n0 to n1: the held ones below raw_from(n1) / B.
+  int64_t extend_releases(int64_t n0, int64_t n1) const {
+    if (full) return 0;
+    const int64_t B = cfg.block_rows;
+    return std::max<int64_t>(0, std::min(ceil_div(n0, B), raw_from(n1) / B) - raw_from(n0) / B);
+  }
+  // Rows [first, first + count) of a segment of (layer, seq) to or from the
+  // contiguous device rows `dev`, one copy per block run, on `stream`.
+  void copy_rows(const char* where, int64_t layer, int64_t seq, bool rep, int64_t first, int64_t count, void* dev,
+                 bool into_cache, cudaStream_t stream) const {
+    const int64_t B = cfg.block_rows, row_bytes = row_elems * dtype_size(cfg.dtype);
+    const int64_t t = tr(layer, seq);
+    for (int64_t r = 0; r < count;) {
+      const int64_t idx = first + r, run = std::min(count - r, B - idx % B);
+      const int32_t block = rep ? rep_table[t * rep_stride + idx / B] : raw_table[t * raw_stride + idx / B];
+      void* cached = row_address(block, idx % B);
+      void* buf = static_cast<char*>(dev) + r * row_bytes;
+      LCA_CUDA_OK(where, cudaMemcpyAsync(into_cache ? cached : buf, into_cache ? buf : cached, run * row_bytes,
+                                         cudaMemcpyDeviceToDevice, stream));
+      r += run;
+    }
+  }
+  // The ring rows of positions [first, first + count) (slot p % g) to or from
+  // the contiguous fp32 device rows `dev`, one copy per run of slots.
+  void copy_ring(const char* where, int64_t layer, int64_t seq, int64_t first, int64_t count, float* dev,
+                 bool into_cache, cudaStream_t stream) const {
+    float* base = d_ring + tr(layer, seq) * g * ring_width;
+    for (int64_t r = 0; r < count;) {
+      const int64_t slot = (first + r) % g, run = std::min(count - r, g - slot);
+      float* cached = base + slot * ring_width;
+      float* buf = dev + r * ring_width;
+      LCA_CUDA_OK(where, cudaMemcpyAsync(into_cache ? cached : buf, into_cache ? buf : cached,
+                                         run * ring_width * sizeof(float), cudaMemcpyDeviceToDevice, stream));
+      r += run;
     }
   }
   void* row_address(int32_t block, int64_t offset) const {
@@ -230,7 +281,10 @@ PagedKvCache::PagedKvCache(const PagedCacheConfig& config) : impl_(std::make_uni
                                : m.full     ? m.raw_stride
                                             : std::min(m.raw_stride, ceil_div(m.lca.window + m.g, B) + 1);
     const int64_t rep_blocks = ceil_div(m.groups(config.max_context), B);
-    m.total_blocks = config.layers * config.max_seqs * (raw_blocks + rep_blocks);
+    // LCA: one sequence at a time may hold a second window while a prefill
+    // chunk is extending it (the old raw blocks are read until end_extend).
+    const int64_t chunk_blocks = m.mtla_s > 0 || m.full ? 0 : raw_blocks;
+    m.total_blocks = config.layers * (config.max_seqs * (raw_blocks + rep_blocks) + chunk_blocks);
   }
   LCA_CHECK(m.total_blocks >= 1, where, ": pool_bytes ", config.pool_bytes, " holds no block of ", m.block_bytes,
             " bytes");
@@ -343,7 +397,8 @@ void PagedKvCache::set_tokens(int64_t seq, int64_t n) {
   m.check_seq(where, seq);
   Impl::Seq& s = m.seqs[static_cast<size_t>(seq)];
   LCA_CHECK(!m.in_step, where, ": a step is in progress; call end_step first");
-  LCA_CHECK(s.n == 0, where, ": sequence ", seq, " already holds ", s.n, " tokens (set_tokens fills an empty one)");
+  LCA_CHECK(s.n == 0 && s.extending == 0, where, ": sequence ", seq, " already holds ", s.n + s.extending,
+            " tokens (set_tokens fills an empty one)");
   LCA_CHECK(n >= 0 && n <= m.cfg.max_context, where, ": n = ", n, " is outside [0, max_context = ",
             m.cfg.max_context, "]");
   if (n == 0) return;
@@ -489,6 +544,129 @@ PagedLayerContents PagedKvCache::read_layer(int64_t seq, int64_t layer) const {
   return c;
 }
 
+// ---- Prefill in chunks ---------------------------------------------------------------
+
+int64_t PagedKvCache::extend_blocks(int64_t seq, int64_t L, int64_t chunk) const {
+  const char* where = "PagedKvCache::extend_blocks";
+  const Impl& m = *impl_;
+  m.check_seq(where, seq);
+  LCA_CHECK(m.mtla_s == 0, where, ": an MTLA cache is filled whole (set_tokens + write_layer_device), not in chunks");
+  LCA_CHECK(L >= 0 && chunk >= 1, where, ": L must be >= 0 and chunk >= 1, got L = ", L, ", chunk = ", chunk);
+  chunk = std::min(chunk, std::max<int64_t>(L, 1));  // a + chunk stays in range
+  // Per layer: blocks taken so far net of those returned, and its peak.
+  int64_t net = 0, peak = 0;
+  const int64_t n = m.seqs[static_cast<size_t>(seq)].n;
+  for (int64_t a = n; a < n + L; a += chunk) {
+    const int64_t b = std::min(a + chunk, n + L);
+    const int64_t take = m.extend_blocks(a, b).count();
+    peak = std::max(peak, net + take);
+    net += take - m.extend_releases(a, b);
+  }
+  return peak * m.cfg.layers;
+}
+
+void PagedKvCache::begin_extend(int64_t seq, int64_t L, cudaStream_t stream) {
+  const char* where = "PagedKvCache::begin_extend";
+  Impl& m = *impl_;
+  m.check_seq(where, seq);
+  Impl::Seq& s = m.seqs[static_cast<size_t>(seq)];
+  LCA_CHECK(m.mtla_s == 0, where, ": an MTLA cache is filled whole (set_tokens + write_layer_device), not in chunks");
+  LCA_CHECK(!m.in_step, where, ": a step is in progress; call end_step first");
+  LCA_CHECK(s.extending == 0, where, ": sequence ", seq, " is already being extended (call end_extend first)");
+  LCA_CHECK(L >= 1, where, ": L must be >= 1, got ", L);
+  LCA_CHECK(L <= m.cfg.max_context - s.n, where, ": sequence ", seq, " holds ", s.n, " tokens; ", L,
+            " more exceed max_context (", m.cfg.max_context, ")");
+  const Impl::ExtendBlocks e = m.extend_blocks(s.n, s.n + L);
+  m.require_blocks(where, e.count() * m.cfg.layers);
+  for (int64_t layer = 0; layer < m.cfg.layers; ++layer) {
+    for (int64_t i = e.rep_lo; i < e.rep_hi; ++i) {
+      m.rep_at(layer, seq, i) = m.take();
+      m.upload_entry(where, m.d_rep_table, m.rep_table, m.tr(layer, seq) * m.rep_stride + i, stream);
+    }
+    for (int64_t i = e.raw_lo; i < e.raw_hi; ++i) {
+      m.raw_at(layer, seq, i) = m.take();
+      m.upload_entry(where, m.d_raw_table, m.raw_table, m.tr(layer, seq) * m.raw_stride + i, stream);
+    }
+  }
+  s.extending = L;
+}
+
+void PagedKvCache::read_layer_device(int64_t seq, int64_t layer, void* reps, void* raw, float* ring,
+                                     cudaStream_t stream) const {
+  const char* where = "PagedKvCache::read_layer_device";
+  const Impl& m = *impl_;
+  m.check_seq(where, seq);
+  m.check_layer(where, layer);
+  const int64_t n = m.seqs[static_cast<size_t>(seq)].n, count = m.groups(n), first_raw = m.raw_from(n);
+  const int64_t ring_rows = m.full ? 0 : std::min(n, m.g - 1);
+  LCA_CHECK(count == 0 || reps, where, ": reps is null but sequence ", seq, " holds ", count, " representatives");
+  LCA_CHECK(n == first_raw || raw, where, ": raw is null but sequence ", seq, " holds ", n - first_raw, " raw rows");
+  LCA_CHECK(ring_rows == 0 || ring, where, ": ring is null but sequence ", seq, " holds ", ring_rows,
+            " summary rows");
+  m.copy_rows(where, layer, seq, true, 0, count, reps, false, stream);
+  m.copy_rows(where, layer, seq, false, first_raw, n - first_raw, raw, false, stream);
+  m.copy_ring(where, layer, seq, n - ring_rows, ring_rows, ring, false, stream);
+}
+
+void PagedKvCache::write_extend_device(int64_t seq, int64_t layer, const void* reps, const void* raw,
+                                       const float* ring, cudaStream_t stream) {
+  const char* where = "PagedKvCache::write_extend_device";
+  Impl& m = *impl_;
+  m.check_seq(where, seq);
+  m.check_layer(where, layer);
+  const Impl::Seq& s = m.seqs[static_cast<size_t>(seq)];
+  LCA_CHECK(s.extending > 0, where, ": sequence ", seq, " is not being extended (call begin_extend first)");
+  const int64_t n0 = s.n, n1 = s.n + s.extending;
+  const int64_t rep_lo = m.groups(n0), rep_hi = m.groups(n1), raw_lo = std::max(m.raw_from(n1), n0);
+  const int64_t ring_rows = m.full ? 0 : std::min(n1, m.g - 1);
+  LCA_CHECK(rep_hi == rep_lo || reps, where, ": reps is null but ", rep_hi - rep_lo, " new representatives are due");
+  LCA_CHECK(n1 == raw_lo || raw, where, ": raw is null but ", n1 - raw_lo, " new raw rows are due");
+  LCA_CHECK(ring_rows == 0 || ring, where, ": ring is null but ", ring_rows, " summary rows are due");
+  m.copy_rows(where, layer, seq, true, rep_lo, rep_hi - rep_lo, const_cast<void*>(reps), true, stream);
+  m.copy_rows(where, layer, seq, false, raw_lo, n1 - raw_lo, const_cast<void*>(raw), true, stream);
+  m.copy_ring(where, layer, seq, n1 - ring_rows, ring_rows, const_cast<float*>(ring), true, stream);
+}
+
+void PagedKvCache::end_extend(int64_t seq) {
+  const char* where = "PagedKvCache::end_extend";
+  Impl& m = *impl_;
+  m.check_seq(where, seq);
+  Impl::Seq& s = m.seqs[static_cast<size_t>(seq)];
+  LCA_CHECK(s.extending > 0, where, ": sequence ", seq, " is not being extended (call begin_extend first)");
+  const int64_t B = m.cfg.block_rows;
+  s.n += s.extending;
+  s.extending = 0;
+  // Raw blocks below the first raw position hold only condensed groups; those
+  // of positions condensed within the chunk were never taken (-1).
+  while (!m.full && (s.raw_first + 1) * B <= m.raw_from(s.n)) {
+    for (int64_t layer = 0; layer < m.cfg.layers; ++layer) {
+      int32_t& b = m.raw_at(layer, seq, s.raw_first);
+      if (b >= 0) m.free_list.push_back(b), b = -1;
+    }
+    ++s.raw_first;
+  }
+}
+
+void PagedKvCache::cancel_extend(int64_t seq) {
+  const char* where = "PagedKvCache::cancel_extend";
+  Impl& m = *impl_;
+  m.check_seq(where, seq);
+  Impl::Seq& s = m.seqs[static_cast<size_t>(seq)];
+  LCA_CHECK(s.extending > 0, where, ": sequence ", seq, " is not being extended");
+  const Impl::ExtendBlocks e = m.extend_blocks(s.n, s.n + s.extending);
+  for (int64_t layer = 0; layer < m.cfg.layers; ++layer) {
+    for (int64_t i = e.rep_lo; i < e.rep_hi; ++i) {
+      int32_t& b = m.rep_at(layer, seq, i);
+      if (b >= 0) m.free_list.push_back(b), b = -1;
+    }
+    for (int64_t i = e.raw_lo; i < e.raw_hi; ++i) {
+      int32_t& b = m.raw_at(layer, seq, i);
+      if (b >= 0) m.free_list.push_back(b), b = -1;
+    }
+  }
+  s.extending = 0;
+}
+
 void PagedKvCache::begin_step(std::span<const int64_t> seqs, cudaStream_t stream, int64_t splits) {
   const char* where = "PagedKvCache::begin_step";
   Impl& m = *impl_;
@@ -502,6 +680,8 @@ void PagedKvCache::begin_step(std::span<const int64_t> seqs, cudaStream_t stream
   for (int64_t seq : seqs) {
     m.check_seq(where, seq);
     LCA_CHECK(!seen[static_cast<size_t>(seq)], where, ": sequence ", seq, " appears twice in seqs");
+    LCA_CHECK(m.seqs[static_cast<size_t>(seq)].extending == 0, where, ": sequence ", seq,
+              " is being extended (call end_extend first)");
     seen[static_cast<size_t>(seq)] = 1;
     const int64_t t = m.seqs[static_cast<size_t>(seq)].n;
     LCA_CHECK(t < m.cfg.max_context, where, ": sequence ", seq, " is at max_context (", m.cfg.max_context,

@@ -5,10 +5,11 @@
 //   c = kv_a_norm(c), k^R and q^R rotated (the arch's inv_freq, factor, pair
 //   layout); attention; x += residual_scale (o_proj(W_UV latents) + bo);
 //   x += residual_scale mlp(rms_norm(x)) (or DeepSeek's MoE).
-// Prefill: summary queries sum_h W_UK[h]^T q^C_h in one product (W_UK laid
-// out beside zero rows for the rope dims of q), condense on the latents, then
-// the prefill kernel on decompressed keys and values (representatives and raw
-// rows alike). Decode: absorbed queries into PagedKvCache::decode_layer.
+// Prefill, chunk by chunk (runtime/prefill_chunks.hpp): summary queries
+// sum_h W_UK[h]^T q^C_h in one product (W_UK laid out beside zero rows for the
+// rope dims of q), condense on the latents (the cached raw rows and the
+// chunk's), then the prefill kernel on decompressed keys and values
+// (representatives and raw rows alike). Decode: absorbed queries into PagedKvCache::decode_layer.
 #include "runtime/gpu_mla.hpp"
 
 #include <cublas_v2.h>
@@ -191,6 +192,14 @@ struct MlaLayers::Impl {
   std::shared_ptr<MoeWorkspace> moe_ws;
   // Decode buffers, max_seqs rows each.
   DeviceArray h, q, qa, qn, kv, rows, q_abs, lat, heads, gate, up;
+  // One prefill call's buffers (rows: tokens, raw, representatives and summaries of its plan).
+  struct PrefillBuffers {
+    DeviceArray h, q, qa, qn, kv, o, gate, up;                    // the chunk's tokens
+    DeviceArray rows, latent, rope_key, k, v;                     // raw rows, cached then own
+    DeviceArray sum;                                              // summaries, ring then own
+    DeviceArray rep_rows, rep_latent, rep_rope, rep_k, rep_v;     // representatives, cached then new
+  };
+  std::unique_ptr<PrefillBuffers> pb;
 
   const model::MlaArch& arch() const { return w->arch; }
 
@@ -225,11 +234,12 @@ struct MlaLayers::Impl {
     }
   }
 
-  // The cache rows [n, dc + dr] of h [n, D] (and the latents and rope keys apart, when given).
-  void latent_rows(const MlaLayerArrays& L, const void* hs, int64_t n, const int64_t* positions, void* kv_buf,
-                   void* rows_out, void* latent, void* rope_key) {
+  // The cache rows [n, dc + dr] of h [n, D] (and the latents and rope keys apart, when given),
+  // at positions positions[i] (positions null: start + i).
+  void latent_rows(const MlaLayerArrays& L, const void* hs, int64_t n, const int64_t* positions, int64_t start,
+                   void* kv_buf, void* rows_out, void* latent, void* rope_key) {
     linear(n, width, D, hs, L.kv_a, kv_buf);
-    mla_kv_rows(kv_buf, L.b_kv_a.as(), L.kv_a_norm.as(), kLatentNormEps, n, dc, dr, positions, 0,
+    mla_kv_rows(kv_buf, L.b_kv_a.as(), L.kv_a_norm.as(), kLatentNormEps, n, dc, dr, positions, start,
                 w->inv_freq.as<double>(), arch().rope_factor, arch().interleaved, rows_out, latent, rope_key, stream);
   }
 
@@ -291,71 +301,104 @@ MlaLayers::MlaLayers(const ModelConfig& c, const MlaWeights& w, const GpuSession
 
 MlaLayers::~MlaLayers() = default;
 
-void MlaLayers::prefill(PagedKvCache& cache, int64_t seq, int64_t N, void* x) {
+void MlaLayers::begin_prefill(const PrefillPlan& plan) {
   Impl& s = *impl_;
+  s.pb.reset();  // a failed call's buffers, if any, first
+  auto b = std::make_unique<Impl::PrefillBuffers>();
+  const int64_t c = plan.chunk, raw = plan.raw, reps = std::max<int64_t>(plan.reps, 1);
+  const int64_t H = s.H, dq = s.dq, dv = s.dv, r = std::max<int64_t>(s.r, 1);
+  b->h = DeviceArray("prefill activations", c * s.D * 2);
+  b->q = DeviceArray("prefill queries", c * H * dq * 2);
+  b->qa = DeviceArray("prefill q_a", c * r * 2);
+  b->qn = DeviceArray("prefill q_a_norm", c * r * 2);
+  b->kv = DeviceArray("prefill kv_a", c * s.width * 2);
+  b->o = DeviceArray("prefill attention outputs", c * H * dv * 2);
+  b->gate = DeviceArray("prefill MLP", c * s.F * 2);
+  b->up = DeviceArray("prefill MLP", c * s.F * 2);
+  b->rows = DeviceArray("prefill raw rows", raw * s.width * 2);
+  b->latent = DeviceArray("prefill latents", raw * s.dc * 2);
+  b->rope_key = DeviceArray("prefill rope keys", raw * s.dr * 2);
+  b->k = DeviceArray("prefill decompressed keys", raw * H * dq * 2);
+  b->v = DeviceArray("prefill decompressed values", raw * H * dv * 2);
+  const int64_t sw = s.opt.attention.is_full() ? 0 : (s.opt.attention.score == ScoreMode::full ? s.width : s.dc);
+  b->sum = DeviceArray("summary queries", plan.summaries * sw * 4);
+  b->rep_rows = DeviceArray("representative rows", reps * s.width * 2);
+  b->rep_latent = DeviceArray("representative latents", reps * s.dc * 2);
+  b->rep_rope = DeviceArray("representative rope keys", reps * s.dr * 2);
+  b->rep_k = DeviceArray("representative keys", reps * H * dq * 2);
+  b->rep_v = DeviceArray("representative values", reps * H * dv * 2);
+  s.pb = std::move(b);
+}
+
+void MlaLayers::end_prefill() { impl_->pb.reset(); }
+
+void MlaLayers::prefill_chunk(PagedKvCache& cache, int64_t seq, int64_t L, void* x) {
+  Impl& s = *impl_;
+  LCA_CHECK(s.pb != nullptr, "MlaLayers::prefill_chunk: no prefill begun (begin_prefill)");
+  Impl::PrefillBuffers& b = *s.pb;
   const LcaParams& p = s.opt.attention;
   const bool lca = !p.is_full();
   const int64_t D = s.D, H = s.H, dn = s.dn, dr = s.dr, dc = s.dc, dv = s.dv, dq = s.dq, width = s.width;
-  const int64_t m = condensed_groups(N, p), first_raw = first_raw_position(N, p), mr = std::max<int64_t>(m, 1);
-  const int64_t ring_rows = lca ? std::min(N, p.group - 1) : 0;
-  const int64_t sw = cache.summary_width(), chunk = std::min(N, s.opt.prefill_chunk);
+  const int64_t sw = cache.summary_width();
+  const ChunkSpan ch(cache.tokens(seq), L, p);
   const double scale = s.c->softmax_scale();
   cudaStream_t st = s.stream;
-  DeviceArray h("prefill activations", N * D * 2), q("prefill queries", N * H * dq * 2);
-  DeviceArray qa("prefill q_a", N * std::max<int64_t>(s.r, 1) * 2), qn("prefill q_a_norm", N * std::max<int64_t>(s.r, 1) * 2);
-  DeviceArray kv("prefill kv_a", N * width * 2), rows("prefill cache rows", N * width * 2);
-  DeviceArray latent("prefill latents", N * dc * 2), rope_key("prefill rope keys", N * dr * 2);
-  DeviceArray k("prefill decompressed keys", N * H * dq * 2), v("prefill decompressed values", N * H * dv * 2);
-  DeviceArray o("prefill attention outputs", N * H * dv * 2);
-  DeviceArray gate("prefill MLP", chunk * s.F * 2), up("prefill MLP", chunk * s.F * 2);
-  DeviceArray sum("summary queries", lca ? N * sw * 4 : 16);
-  DeviceArray rep_latent("representative latents", mr * dc * 2), rep_rope("representative rope keys", mr * dr * 2);
-  DeviceArray rep_rows("representative rows", mr * width * 2);
-  DeviceArray rep_k("representative keys", mr * H * dq * 2), rep_v("representative values", mr * H * dv * 2);
+  // The chunk's own rows, latents and rope keys follow the cached raw ones.
+  void* rows_own = bf(b.rows.as(), ch.cached * width);
+  void* latent_own = bf(b.latent.as(), ch.cached * dc);
+  void* rope_own = bf(b.rope_key.as(), ch.cached * dr);
+  float* sum_own = lca ? b.sum.as<float>() + ch.ring0 * sw : nullptr;
   for (size_t l = 0; l < s.w->layers.size(); ++l) {
-    const MlaLayerArrays& L = s.w->layers[l];
-    rms_norm(x, L.attn_norm.as(), N, D, s.c->rms_norm_eps, h.as(), st);
-    s.queries(L, h.as(), N, q.as(), qa.as(), qn.as());
-    s.latent_rows(L, h.as(), N, nullptr, kv.as(), rows.as(), latent.as(), rope_key.as());
-    float* sum_rope = lca && p.score == ScoreMode::full ? sum.as<float>() + dc : nullptr;
-    mla_rope_queries(q.as(), N, H, dn, dr, nullptr, 0, s.w->inv_freq.as<double>(), s.arch().rope_factor,
+    const MlaLayerArrays& W = s.w->layers[l];
+    rms_norm(x, W.attn_norm.as(), L, D, s.c->rms_norm_eps, b.h.as(), st);
+    s.queries(W, b.h.as(), L, b.q.as(), b.qa.as(), b.qn.as());
+    s.latent_rows(W, b.h.as(), L, nullptr, ch.n0, b.kv.as(), rows_own, latent_own, rope_own);
+    float* sum_rope = lca && p.score == ScoreMode::full ? sum_own + dc : nullptr;
+    mla_rope_queries(b.q.as(), L, H, dn, dr, nullptr, ch.n0, s.w->inv_freq.as<double>(), s.arch().rope_factor,
                      s.arch().interleaved, nullptr, 0, sum_rope, sw, st);
+    // The cache as the chunk finds it: representatives [0, m0), raw rows
+    // [raw_start, n0) before the chunk's own, ring into sum [0, ring0).
+    cache.read_layer_device(seq, static_cast<int64_t>(l), b.rep_rows.as(), b.rows.as(), b.sum.as<float>(), st);
+    copy_columns(b.rows.as(), width, 0, ch.cached, dc, b.latent.as(), st);
+    copy_columns(b.rows.as(), width, dc, ch.cached, dr, b.rope_key.as(), st);
+    copy_columns(b.rep_rows.as(), width, 0, ch.m0, dc, b.rep_latent.as(), st);
+    copy_columns(b.rep_rows.as(), width, dc, ch.m0, dr, b.rep_rope.as(), st);
     if (lca) {
-      // Head-summed absorbed queries [N, dc] (fp32) into the summary's latent columns.
-      s.gemm(N, dc, H * dq, q.as(), H * dq, 0, L.w_uk_sum.as(), false, dc, 0, sum.as(), sw, 0, 1, 1.f, 0.f, true);
-      CondenseMlaArgs ca;
-      ca.latent = latent.as(), ca.rope_key = rope_key.as(), ca.summary = sum.as<float>();
-      ca.rep_latent = rep_latent.as(), ca.rep_rope_key = rep_rope.as();
-      ca.kv_len = ca.sum_len = N;
-      ca.count = m;
+      // Head-summed absorbed queries [L, dc] (fp32) into the summary's latent columns.
+      s.gemm(L, dc, H * dq, b.q.as(), H * dq, 0, W.w_uk_sum.as(), false, dc, 0, sum_own, sw, 0, 1, 1.f, 0.f, true);
+      CondenseMlaArgs ca;  // groups [m0, m1) into representatives [m0, m1)
+      ca.latent = b.latent.as(), ca.rope_key = b.rope_key.as(), ca.summary = b.sum.as<float>();
+      ca.rep_latent = bf(b.rep_latent.as(), ch.m0 * dc), ca.rep_rope_key = bf(b.rep_rope.as(), ch.m0 * dr);
+      ca.kv_start = ch.raw_start, ca.kv_len = ch.raw_len;
+      ca.sum_start = ch.n0 - ch.ring0, ca.sum_len = ch.summaries();
+      ca.first = ch.m0, ca.count = ch.m1 - ch.m0;
       ca.heads = H, ca.d_latent = dc, ca.d_rope = dr;
       ca.scale = scale;
       ca.dtype = DType::bf16;
       ca.params = p;
       condense_groups_mla(ca, st);
-      if (m > 0) {
-        s.decompress(L, rep_latent.as(), rep_rope.as(), m, rep_k.as(), rep_v.as());
-        pack_mla_rows(rep_latent.as(), rep_rope.as(), m, dc, dr, rep_rows.as(), st);
-      }
+      pack_mla_rows(ca.rep_latent, ca.rep_rope_key, ch.m1 - ch.m0, dc, dr, bf(b.rep_rows.as(), ch.m0 * width), st);
     }
-    s.decompress(L, latent.as(), rope_key.as(), N, k.as(), v.as());
+    // Per-head keys and values of every representative and raw row the chunk sees.
+    if (ch.m1 > 0) s.decompress(W, b.rep_latent.as(), b.rep_rope.as(), ch.m1, b.rep_k.as(), b.rep_v.as());
+    s.decompress(W, b.latent.as(), b.rope_key.as(), ch.raw_len, b.k.as(), b.v.as());
     PrefillArgs a;
-    a.q = q.as(), a.k = k.as(), a.v = v.as(), a.rep_k = rep_k.as(), a.rep_v = rep_v.as(), a.out = o.as();
-    a.q_len = a.raw_len = N;
-    a.reps = m;
+    a.q = b.q.as(), a.k = b.k.as(), a.v = b.v.as(), a.rep_k = b.rep_k.as(), a.rep_v = b.rep_v.as(), a.out = b.o.as();
+    a.q_len = L, a.q_start = ch.n0;
+    a.raw_len = ch.raw_len, a.raw_start = ch.raw_start;
+    a.reps = ch.m1;
     a.q_heads = a.kv_heads = H, a.d_qk = dq, a.d_v = dv;
     a.scale = scale;
     a.dtype = DType::bf16;
     a.params = p;
     lca_prefill(a, st);
-    // The layer's cache: representatives, raw rows [g m(N), N), summaries of the last g - 1 positions.
-    cache.write_layer_device(seq, static_cast<int64_t>(l), rep_rows.as(), bf(rows.as(), first_raw * width),
-                             lca ? sum.as<float>() + (N - ring_rows) * sw : nullptr, nullptr, st);
-    s.attention_out(L, o.as(), N, x);
-    s.ffn(L, x, h.as(), N, gate.as(), up.as(), chunk);
+    // Back into the cache: representatives [m0, m1), raw rows [new_raw, n1), the ring of n1.
+    cache.write_extend_device(seq, static_cast<int64_t>(l), bf(b.rep_rows.as(), ch.m0 * width),
+                              bf(b.rows.as(), (ch.new_raw - ch.raw_start) * width),
+                              lca ? b.sum.as<float>() + ch.ring1_offset() * sw : nullptr, st);
+    s.attention_out(W, b.o.as(), L, x);
+    s.ffn(W, x, b.h.as(), L, b.gate.as(), b.up.as(), L);
   }
-  // The buffers above are freed on return: the work that reads them must be done.
-  LCA_CUDA_OK("GpuSession::prefill", cudaStreamSynchronize(st));
 }
 
 void MlaLayers::decode(PagedKvCache& cache, int64_t B, void* x, const int64_t* positions) {
@@ -365,7 +408,7 @@ void MlaLayers::decode(PagedKvCache& cache, int64_t B, void* x, const int64_t* p
     const MlaLayerArrays& L = s.w->layers[l];
     rms_norm(x, L.attn_norm.as(), B, s.D, s.c->rms_norm_eps, s.h.as(), s.stream);
     s.queries(L, s.h.as(), B, s.q.as(), s.qa.as(), s.qn.as());
-    s.latent_rows(L, s.h.as(), B, positions, s.kv.as(), s.rows.as(), nullptr, nullptr);
+    s.latent_rows(L, s.h.as(), B, positions, 0, s.kv.as(), s.rows.as(), nullptr, nullptr);
     // Absorbed queries: q~_h = W_UK[h]^T q^C_h ([B, dn] x [dn, dc] per head), then the rotated q^R.
     s.gemm(B, dc, dn, s.q.as(), H * dq, dq, L.w_uk.as(), false, dc, dn * dc, s.q_abs.as(), H * width, width, H, 1.f,
            0.f);

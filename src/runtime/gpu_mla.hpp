@@ -4,7 +4,7 @@
 // parts every architecture shares: embeddings, final norm, logits, the paged
 // cache, the stream, cuBLAS and the decode graph.
 //
-// Prefill runs the attention in decompressed form (per-head keys [W_UK c ;
+// Prefill runs chunk by chunk (runtime/prefill_chunks.hpp), the attention in decompressed form (per-head keys [W_UK c ;
 // k^R] and values W_UV c, the prefill kernel's MLA shapes), condensing on the
 // latents first; decode runs it in absorbed form over the paged MLA cache
 // (queries [W_UK^T q^C ; q^R], output latents then W_UV), as the CPU runtime.
@@ -17,6 +17,7 @@
 #include "cuda/device_memory.hpp"
 #include "lca/gpu_model.hpp"
 #include "model/mla.hpp"
+#include "runtime/prefill_chunks.hpp"
 
 typedef struct cublasContext* cublasHandle_t;
 
@@ -28,6 +29,10 @@ class MoeWorkspace;
 namespace detail {
 
 DeviceArray upload_bf16(const char* what, const Tensor<float>& t);
+// dst [rows, width] = columns [col, col + width) of src [rows, src_width], bf16, on `stream`
+// (GQA rows [k ; v] per kv head into k and v; MLA rows [c ; k^R] into latents and rope keys).
+void copy_columns(const void* src, int64_t src_width, int64_t col, int64_t rows, int64_t width, void* dst,
+                  cudaStream_t stream);
 
 struct MlaLayerArrays {
   DeviceArray attn_norm;
@@ -60,9 +65,13 @@ class MlaLayers {
   MlaLayers(const ModelConfig& c, const MlaWeights& w, const GpuSessionOptions& opt, cudaStream_t stream,
             cublasHandle_t blas);
   ~MlaLayers();
-  // Every layer over x [N, D] (embedded, scaled) of an empty sequence's whole
-  // prompt (positions 0..N-1), each layer's rows written into the cache.
-  void prefill(PagedKvCache& cache, int64_t seq, int64_t N, void* x);
+  // Buffers for the chunks of one prefill call (sized by its plan), until end_prefill.
+  void begin_prefill(const PrefillPlan& plan);
+  void end_prefill();
+  // Every layer over x [L, D] (embedded, scaled) of the chunk the cache is
+  // extending seq by (begin_extend; positions [n0, n0 + L), n0 = cache.tokens(seq)):
+  // what its queries see read from the cache, its new rows written into it.
+  void prefill_chunk(PagedKvCache& cache, int64_t seq, int64_t L, void* x);
   // One decode step's layers over x [B, D] for the cache's step (positions on
   // the device): capturable, no allocation or host synchronisation.
   void decode(PagedKvCache& cache, int64_t B, void* x, const int64_t* positions);

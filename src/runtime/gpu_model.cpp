@@ -3,13 +3,14 @@
 // DeepSeek-V2/V3 and MiniCPM3 (MLA) layers in runtime/gpu_mla.cpp, which
 // shares the embeddings, the final norm and logits, the cache and the graphs.
 //
-// Prefill runs layer by layer over the whole prompt (as one chunk of the
-// spec's streaming identity), so every attention kernel sees all its queries
-// at once: RMSNorm -> q/k/v products -> bias + RoPE -> (LCA) summary queries
-// and condense -> prefill attention over [representatives ; raw rows] ->
-// o_proj added to the residual -> RMSNorm -> MLP in chunks of rows. Each
-// layer's representatives, raw window and summary ring are then written into
-// the paged cache, which decode steps extend.
+// Prefill runs in chunks of prefill_chunk tokens, each through every layer
+// before the next (runtime/prefill_chunks.hpp), onto whatever the sequence
+// holds already: RMSNorm -> q/k/v products -> bias + RoPE -> the cached raw
+// rows, representatives and summary ring read beside the chunk's own ->
+// (LCA) summary queries and condense -> prefill attention over
+// [representatives ; raw rows] -> o_proj added to the residual -> RMSNorm ->
+// MLP. Each layer's new representatives, raw rows and ring are then written
+// into the paged cache, which decode steps and later chunks extend.
 #include "lca/gpu_model.hpp"
 
 #include <cublas_v2.h>
@@ -25,6 +26,7 @@
 #include "lca/error.hpp"
 #include "runtime/gpu_mla.hpp"
 #include "runtime/gpu_moe.hpp"
+#include "runtime/prefill_chunks.hpp"
 
 #include "runtime/cublas_ok.hpp"
 
@@ -38,6 +40,15 @@ DeviceArray upload_bf16(const char* what, const Tensor<float>& t) {
   encode(DType::bf16, t.data(), t.numel(), bytes.data());
   LCA_CUDA_OK("GpuModel::upload", cudaMemcpy(a.as(), bytes.data(), bytes.size(), cudaMemcpyHostToDevice));
   return a;
+}
+
+void copy_columns(const void* src, int64_t src_width, int64_t col, int64_t rows, int64_t width, void* dst,
+                  cudaStream_t stream) {
+  if (rows == 0) return;
+  LCA_CUDA_OK("GpuSession (copy_columns)",
+              cudaMemcpy2DAsync(dst, static_cast<size_t>(width * 2), static_cast<const char*>(src) + col * 2,
+                                static_cast<size_t>(src_width * 2), static_cast<size_t>(width * 2),
+                                static_cast<size_t>(rows), cudaMemcpyDeviceToDevice, stream));
 }
 
 }  // namespace detail
@@ -270,6 +281,91 @@ struct GpuSession::Impl {
     }
     final_logits(x.as(), B);
   }
+
+  // One GQA prefill call's buffers (rows: tokens, raw, representatives and summaries of its plan).
+  struct GqaPrefillBuffers {
+    DeviceArray h, q, k, v, rows, o, gate, up, sum, rep_k, rep_v, rep_rows;
+    GqaPrefillBuffers(const Impl& s, const detail::PrefillPlan& plan) {
+      const int64_t c = plan.chunk, raw = plan.raw, reps = std::max<int64_t>(plan.reps, 1);
+      h = DeviceArray("prefill activations", c * s.D * 2);
+      q = DeviceArray("prefill queries", c * s.qw * 2);
+      k = DeviceArray("prefill raw keys", raw * s.kvw * 2);
+      v = DeviceArray("prefill raw values", raw * s.kvw * 2);
+      rows = DeviceArray("prefill raw rows", raw * 2 * s.kvw * 2);
+      o = DeviceArray("prefill attention outputs", c * s.qw * 2);
+      gate = DeviceArray("prefill MLP", c * s.F * 2);
+      up = DeviceArray("prefill MLP", c * s.F * 2);
+      sum = DeviceArray("summary queries", s.opt.attention.is_full() ? 16 : plan.summaries * s.kvw * 4);
+      rep_k = DeviceArray("representative keys", reps * s.kvw * 2);
+      rep_v = DeviceArray("representative values", reps * s.kvw * 2);
+      rep_rows = DeviceArray("representative rows", reps * 2 * s.kvw * 2);
+    }
+  };
+
+  // Every GQA layer over x [L, D] (embedded) of the chunk the cache is
+  // extending seq by: positions [n0, n0 + L), n0 = cache->tokens(seq).
+  void gqa_prefill_chunk(GqaPrefillBuffers& b, int64_t seq, int64_t L, void* x_rows) {
+    const LcaParams& p = opt.attention;
+    const ModelConfig& c = m->cfg;
+    const detail::ChunkSpan ch(cache->tokens(seq), L, p);
+    const int64_t row = 2 * kvw;  // values per cache row
+    auto at = [](const DeviceArray& a, int64_t elems) { return a.as<char>() + elems * 2; };  // bf16 element
+    // The chunk's own keys and values follow the cached raw rows in k and v.
+    char* k_own = at(b.k, ch.cached * kvw);
+    char* v_own = at(b.v, ch.cached * kvw);
+    float* ring1 = p.is_full() ? nullptr : b.sum.as<float>() + ch.ring1_offset() * kvw;
+    for (size_t l = 0; l < m->layers.size(); ++l) {
+      const LayerArrays& W = m->layers[l];
+      detail::rms_norm(x_rows, W.attn_norm.as(), L, D, c.rms_norm_eps, b.h.as(), stream);
+      gemm(L, qw, D, b.h.as(), W.wq.as(), b.q.as(), false);
+      gemm(L, kvw, D, b.h.as(), W.wk.as(), k_own, false);
+      gemm(L, kvw, D, b.h.as(), W.wv.as(), v_own, false);
+      detail::bias_rope(b.q.as(), k_own, v_own, W.bq.as(), W.bk.as(), W.bv.as(), L, hq, hkv, d, nullptr, ch.n0,
+                        c.rope.theta, stream);
+      // The cache as the chunk finds it: representatives [0, m0), raw rows
+      // [raw_start, n0) into k and v before the chunk's own, ring into sum [0, ring0).
+      cache->read_layer_device(seq, static_cast<int64_t>(l), b.rep_rows.as(), b.rows.as(), b.sum.as<float>(), stream);
+      detail::copy_columns(b.rows.as(), d * 2, 0, ch.cached * hkv, d, b.k.as(), stream);
+      detail::copy_columns(b.rows.as(), d * 2, d, ch.cached * hkv, d, b.v.as(), stream);
+      detail::copy_columns(b.rep_rows.as(), d * 2, 0, ch.m0 * hkv, d, b.rep_k.as(), stream);
+      detail::copy_columns(b.rep_rows.as(), d * 2, d, ch.m0 * hkv, d, b.rep_v.as(), stream);
+      if (!p.is_full()) {
+        gqa_summary_queries(b.q.as(), b.sum.as<float>() + ch.ring0 * kvw, L, hq, hkv, d, DType::bf16, stream);
+        CondenseGqaArgs ca;  // groups [m0, m1) into representatives [m0, m1)
+        ca.k = b.k.as(), ca.v = b.v.as(), ca.summary = b.sum.as<float>();
+        ca.rep_k = at(b.rep_k, ch.m0 * kvw), ca.rep_v = at(b.rep_v, ch.m0 * kvw);
+        ca.kv_start = ch.raw_start, ca.kv_len = ch.raw_len;
+        ca.sum_start = ch.n0 - ch.ring0, ca.sum_len = ch.summaries();
+        ca.first = ch.m0, ca.count = ch.m1 - ch.m0;
+        ca.q_heads = hq, ca.kv_heads = hkv, ca.head_dim = d;
+        ca.scale = c.softmax_scale();
+        ca.rope = c.rope;
+        ca.dtype = DType::bf16;
+        ca.params = p;
+        condense_groups_gqa(ca, stream);
+      }
+      PrefillArgs a;
+      a.q = b.q.as(), a.k = b.k.as(), a.v = b.v.as(), a.rep_k = b.rep_k.as(), a.rep_v = b.rep_v.as(), a.out = b.o.as();
+      a.q_len = L, a.q_start = ch.n0;
+      a.raw_len = ch.raw_len, a.raw_start = ch.raw_start;
+      a.reps = ch.m1;
+      a.q_heads = hq, a.kv_heads = hkv, a.d_qk = a.d_v = d;
+      a.scale = c.softmax_scale();
+      a.dtype = DType::bf16;
+      a.params = p;
+      lca_prefill(a, stream);
+      // Back into the cache: representatives [m0, m1), raw rows [new_raw, n1), the ring of n1.
+      const int64_t own_raw = ch.new_raw - ch.raw_start;
+      detail::pack_gqa_rows(at(b.rep_k, ch.m0 * kvw), at(b.rep_v, ch.m0 * kvw), ch.m1 - ch.m0, hkv, d,
+                            at(b.rep_rows, ch.m0 * row), stream);
+      detail::pack_gqa_rows(at(b.k, own_raw * kvw), at(b.v, own_raw * kvw), ch.n1 - ch.new_raw, hkv, d,
+                            at(b.rows, own_raw * row), stream);
+      cache->write_extend_device(seq, static_cast<int64_t>(l), at(b.rep_rows, ch.m0 * row), at(b.rows, own_raw * row),
+                                 ring1, stream);
+      gemm(L, D, qw, b.o.as(), W.wo.as(), x_rows, true);
+      mlp(W, x_rows, b.h.as(), L, b.gate.as(), b.up.as(), L);
+    }
+  }
 };
 
 GpuSession::GpuSession(const GpuModel& model, const GpuSessionOptions& options) : impl_(std::make_unique<Impl>()) {
@@ -331,86 +427,49 @@ const PagedKvCache& GpuSession::cache() const { return *impl_->cache; }
 Tensor<float> GpuSession::prefill(int64_t seq, std::span<const int64_t> tokens) {
   const char* where = "GpuSession::prefill";
   Impl& s = *impl_;
-  const ModelConfig& c = s.m->cfg;
   const int64_t N = static_cast<int64_t>(tokens.size());
   LCA_CHECK(N >= 1, where, ": the prompt is empty");
-  LCA_CHECK(N <= s.opt.max_context, where, ": the prompt has ", N, " tokens, over the session's max_context of ",
-            s.opt.max_context);
   for (int64_t t : tokens) LCA_CHECK(t >= 0 && t < s.V, where, ": token id ", t, " is outside the vocabulary [0, ", s.V, ")");
-  LCA_CHECK(s.cache->tokens(seq) == 0, where, ": sequence ", seq, " is not empty");
-  const LcaParams& p = s.opt.attention;
-  const int64_t m = condensed_groups(N, p), first_raw = first_raw_position(N, p);
-  const int64_t ring_rows = p.is_full() ? 0 : std::min(N, p.group - 1);
-  s.cache->set_tokens(seq, N);  // takes the blocks first: out of blocks fails before any work
-
-  if (s.mla) {
-    DeviceArray toks("prompt tokens", N * 8), x("prefill activations", N * s.D * 2);
-    LCA_CUDA_OK(where, cudaMemcpyAsync(toks.as(), tokens.data(), N * 8, cudaMemcpyHostToDevice, s.stream));
-    s.embed(toks.as<int64_t>(), N, x.as());
-    s.mla->prefill(*s.cache, seq, N, x.as());
-    s.final_logits(x.as<char>() + (N - 1) * s.D * 2, 1);
-    Tensor<float> out({1, s.V});
-    LCA_CUDA_OK(where, cudaMemcpyAsync(out.data(), s.logits.as(), s.V * 4, cudaMemcpyDeviceToHost, s.stream));
-    LCA_CUDA_OK(where, cudaStreamSynchronize(s.stream));
-    return out;
-  }
-
-  const int64_t chunk = std::min(N, s.opt.prefill_chunk);
-  DeviceArray toks("prompt tokens", N * 8), x("prefill activations", N * s.D * 2), h("prefill activations", N * s.D * 2);
-  DeviceArray q("prefill queries", N * s.qw * 2), k("prefill keys", N * s.kvw * 2), v("prefill values", N * s.kvw * 2);
-  DeviceArray o("prefill attention outputs", N * s.qw * 2);
-  DeviceArray gate("prefill MLP", chunk * s.F * 2), up("prefill MLP", chunk * s.F * 2);
-  DeviceArray sum("summary queries", p.is_full() ? 16 : N * s.kvw * 4);
-  DeviceArray rep_k("representative keys", std::max<int64_t>(m, 1) * s.kvw * 2);
-  DeviceArray rep_v("representative values", std::max<int64_t>(m, 1) * s.kvw * 2);
-  DeviceArray rep_rows("representative rows", std::max<int64_t>(m, 1) * 2 * s.kvw * 2);
-  DeviceArray raw_rows("raw rows", (N - first_raw) * 2 * s.kvw * 2);
+  const int64_t n0 = s.cache->tokens(seq);  // checks the slot
+  LCA_CHECK(N <= s.opt.max_context - n0, where, ": sequence ", seq, " holds ", n0, " tokens; the prompt's ", N,
+            " more exceed the session's max_context of ", s.opt.max_context);
+  const int64_t chunk = std::min(s.opt.prefill_chunk, N);
+  // Every chunk's blocks are there before the first changes anything.
+  const int64_t need = s.cache->extend_blocks(seq, N, chunk), free_blocks = s.cache->free_blocks();
+  LCA_CHECK(need <= free_blocks, where, ": out of cache blocks: the prompt's ", N, " tokens in chunks of ", chunk,
+            " need ", need, " free, ", free_blocks, " are");
+  const detail::PrefillPlan plan = detail::plan_prefill(n0, N, chunk, s.opt.attention);
+  DeviceArray toks("prompt tokens", N * 8), x("prefill activations", plan.chunk * s.D * 2);
   LCA_CUDA_OK(where, cudaMemcpyAsync(toks.as(), tokens.data(), N * 8, cudaMemcpyHostToDevice, s.stream));
-  detail::embed_rows(s.m->embed.as(), toks.as<int64_t>(), N, s.D, x.as(), s.stream);
-  for (size_t l = 0; l < s.m->layers.size(); ++l) {
-    const LayerArrays& L = s.m->layers[l];
-    detail::rms_norm(x.as(), L.attn_norm.as(), N, s.D, c.rms_norm_eps, h.as(), s.stream);
-    s.gemm(N, s.qw, s.D, h.as(), L.wq.as(), q.as(), false);
-    s.gemm(N, s.kvw, s.D, h.as(), L.wk.as(), k.as(), false);
-    s.gemm(N, s.kvw, s.D, h.as(), L.wv.as(), v.as(), false);
-    detail::bias_rope(q.as(), k.as(), v.as(), L.bq.as(), L.bk.as(), L.bv.as(), N, s.hq, s.hkv, s.d, nullptr, 0, c.rope.theta,
-                      s.stream);
-    if (!p.is_full()) {
-      gqa_summary_queries(q.as(), sum.as<float>(), N, s.hq, s.hkv, s.d, DType::bf16, s.stream);
-      CondenseGqaArgs ca;
-      ca.k = k.as(), ca.v = v.as(), ca.summary = sum.as<float>(), ca.rep_k = rep_k.as(), ca.rep_v = rep_v.as();
-      ca.kv_len = ca.sum_len = N;
-      ca.count = m;
-      ca.q_heads = s.hq, ca.kv_heads = s.hkv, ca.head_dim = s.d;
-      ca.scale = c.softmax_scale();
-      ca.rope = c.rope;
-      ca.dtype = DType::bf16;
-      ca.params = p;
-      condense_groups_gqa(ca, s.stream);
-    }
-    PrefillArgs a;
-    a.q = q.as(), a.k = k.as(), a.v = v.as(), a.rep_k = rep_k.as(), a.rep_v = rep_v.as(), a.out = o.as();
-    a.q_len = a.raw_len = N;
-    a.reps = m;
-    a.q_heads = s.hq, a.kv_heads = s.hkv, a.d_qk = a.d_v = s.d;
-    a.scale = c.softmax_scale();
-    a.dtype = DType::bf16;
-    a.params = p;
-    lca_prefill(a, s.stream);
-    // The layer's cache: representatives, raw rows [g m(N), N), summaries of the last g - 1 positions.
-    detail::pack_gqa_rows(rep_k.as(), rep_v.as(), m, s.hkv, s.d, rep_rows.as(), s.stream);
-    detail::pack_gqa_rows(k.as<char>() + first_raw * s.kvw * 2, v.as<char>() + first_raw * s.kvw * 2, N - first_raw,
-                          s.hkv, s.d, raw_rows.as(), s.stream);
-    s.cache->write_layer_device(seq, static_cast<int64_t>(l), rep_rows.as(), raw_rows.as(),
-                                p.is_full() ? nullptr : sum.as<float>() + (N - ring_rows) * s.kvw, nullptr, s.stream);
-    s.gemm(N, s.D, s.qw, o.as(), L.wo.as(), x.as(), true);
-    s.mlp(L, x.as(), h.as(), N, gate.as(), up.as(), chunk);
-  }
-  detail::rms_norm(x.as<char>() + (N - 1) * s.D * 2, s.m->final_norm.as(), 1, s.D, c.rms_norm_eps, h.as(), s.stream);
-  s.gemm(1, s.V, s.D, h.as(), s.m->output_weight(), s.logits.as(), false, true);
+  std::unique_ptr<Impl::GqaPrefillBuffers> gqa;
+  if (s.mla) s.mla->begin_prefill(plan);
+  else gqa = std::make_unique<Impl::GqaPrefillBuffers>(s, plan);
   Tensor<float> out({1, s.V});
-  LCA_CUDA_OK(where, cudaMemcpyAsync(out.data(), s.logits.as(), s.V * 4, cudaMemcpyDeviceToHost, s.stream));
-  LCA_CUDA_OK(where, cudaStreamSynchronize(s.stream));
+  bool extending = false;
+  try {
+    int64_t L = 0;
+    for (int64_t done = 0; done < N; done += L) {
+      L = std::min(chunk, N - done);
+      s.cache->begin_extend(seq, L, s.stream);
+      extending = true;
+      s.embed(toks.as<int64_t>() + done, L, x.as());
+      if (s.mla) s.mla->prefill_chunk(*s.cache, seq, L, x.as());
+      else s.gqa_prefill_chunk(*gqa, seq, L, x.as());
+      s.cache->end_extend(seq);
+      extending = false;
+    }
+    s.final_logits(x.as<char>() + (L - 1) * s.D * 2, 1);
+    LCA_CUDA_OK(where, cudaMemcpyAsync(out.data(), s.logits.as(), s.V * 4, cudaMemcpyDeviceToHost, s.stream));
+    // The buffers are freed on return: the work that reads them must be done.
+    LCA_CUDA_OK(where, cudaStreamSynchronize(s.stream));
+  } catch (...) {
+    // A failed chunk gives its blocks back; the chunks before it stay committed.
+    if (extending) s.cache->cancel_extend(seq);
+    cudaStreamSynchronize(s.stream);
+    if (s.mla) s.mla->end_prefill();
+    throw;
+  }
+  if (s.mla) s.mla->end_prefill();
   return out;
 }
 

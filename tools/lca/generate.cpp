@@ -200,7 +200,7 @@ int run_generate(const GenerateOptions& o) {
   const bool show_progress = n_prompt > o.chunk, tty = ::isatty(2) != 0;
   Tensor<float> logits;
 #if LCA_HAVE_CUDA
-  if (gpu) logits = gpu->prefill(gpu_seq, ids);  // one pass over the whole prompt
+  if (gpu) logits = gpu->prefill(gpu_seq, ids);  // in chunks of GpuSessionOptions::prefill_chunk tokens
 #endif
   if (cpu)
     logits = cpu->prefill(ids, o.chunk, [&](int64_t done, int64_t total) {
