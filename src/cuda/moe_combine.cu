@@ -1,4 +1,5 @@
-// moe_combine: x[t] += sum_k weight[t, k] y[position[t, k]] (+ shared[t]).
+// moe_combine: x[t] += sum_k weight[t, k] y[position[t, k]] (routed and shared
+// experts alike: the shared ones are choices of weight 1).
 //
 // Plan: a thread owns 8 columns of one token (one 16-byte load per row it
 // reads); blocks of 128 threads, grid (tokens, column chunks), so a decode
@@ -29,15 +30,14 @@ __device__ __forceinline__ void add_scaled(float (&acc)[kCols], const uint4& v, 
 }
 
 __global__ void __launch_bounds__(kThreads)
-    moe_combine_kernel(bf16* x, const bf16* y, const bf16* shared, const int32_t* position, const float* weight,
-                       int per_token, int64_t d) {
+    moe_combine_kernel(bf16* x, const bf16* y, const int32_t* position, const float* weight, int per_token,
+                       int64_t d) {
   const int64_t t = blockIdx.x;
   const int64_t col = (int64_t(blockIdx.y) * kThreads + threadIdx.x) * kCols;
   if (col >= d) return;
   const int32_t* pos = position + t * per_token;
   const float* w = weight + t * per_token;
   float acc[kCols] = {};
-  if (shared != nullptr) add_scaled(acc, *reinterpret_cast<const uint4*>(shared + t * d + col), 1.f);
   for (int k0 = 0; k0 < per_token; k0 += kLoads) {
     uint4 v[kLoads];
 #pragma unroll
@@ -60,16 +60,15 @@ __global__ void __launch_bounds__(kThreads)
 
 }  // namespace
 
-void moe_combine(void* x, const void* y, const void* shared, const int32_t* position, const float* weight,
-                 int64_t rows, int per_token, int64_t d, cudaStream_t stream) {
+void moe_combine(void* x, const void* y, const int32_t* position, const float* weight, int64_t rows, int per_token,
+                 int64_t d, cudaStream_t stream) {
   if (rows == 0) return;
   LCA_CHECK(d % kCols == 0, "moe_combine: d must be a multiple of 8, got ", d);
-  LCA_CHECK(reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0 &&
-                reinterpret_cast<uintptr_t>(shared) % 16 == 0,
-            "moe_combine: x, y and shared must be 16-byte aligned");
+  LCA_CHECK(reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0,
+            "moe_combine: x and y must be 16-byte aligned");
   const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>((d / kCols + kThreads - 1) / kThreads));
-  moe_combine_kernel<<<grid, kThreads, 0, stream>>>(static_cast<bf16*>(x), static_cast<const bf16*>(y),
-                                                    static_cast<const bf16*>(shared), position, weight, per_token, d);
+  moe_combine_kernel<<<grid, kThreads, 0, stream>>>(static_cast<bf16*>(x), static_cast<const bf16*>(y), position,
+                                                    weight, per_token, d);
   LCA_CUDA_CHECK_LAUNCH("moe_combine");
 }
 
