@@ -57,4 +57,10 @@ void moe_gemm_down(const void* act, const void* w_down, const int32_t* offsets, 
 void moe_combine(void* x, const void* y, const int32_t* position, const float* weight, int64_t rows, int per_token,
                  int64_t d, cudaStream_t stream);
 
+// GpuMoe's per-expert cuBLAS path (moe_blas_rows.cu): out[r] = h[token_of[r]]
+// for r < rows (bf16 rows of d, 16-byte aligned); act [rows, f] = silu(gate) *
+// up from gate_up [rows, 2f] whose columns interleave as w_gate_up's rows.
+void moe_gather_rows(const void* h, const int32_t* token_of, int64_t rows, int64_t d, void* out, cudaStream_t stream);
+void moe_swiglu_interleaved(const void* gate_up, int64_t rows, int64_t f, void* act, cudaStream_t stream);
+
 }  // namespace lca::cuda::detail

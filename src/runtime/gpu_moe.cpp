@@ -15,6 +15,12 @@
 // 6. moe_combine: x[t] += sum_k weight_k y[pair t k], rounded once.
 // The grouped GEMMs' grids are sized from `rows` (an upper bound on the row
 // tiles); the device offsets tell each CTA its expert or that it has none.
+// The per-expert cuBLAS path (workspace blas_min_rows, not while capturing)
+// replaces 4 and 5: the host reads the experts' row offsets (one
+// synchronisation), h's rows are gathered into expert order (in y, which
+// down overwrites later), then per expert with rows one GEMM against the
+// interleaved gate and up weights -> gate_up [pairs, 2F], one SwiGLU over all
+// pairs, and per expert one down GEMM -> y.
 //
 // Shared experts: the shared MLP of Fs = S F (S = arch.shared, F the expert
 // size) is S units of F, unit s its gate and up rows s F .. and down columns
@@ -100,19 +106,24 @@ struct MoeWorkspace::Impl {
   DeviceArray expert, weight, position, token_of;  // [max_rows * C] int32, fp32, int32, int32
   DeviceArray offsets, tile_offsets;               // [E + S + 1] int32
   DeviceArray act, y;                              // [max_rows * C, F], [max_rows * C, D] bf16
+  int64_t blas_min_rows = 0;
+  DeviceArray gate_up;  // [max_rows * C, 2F] bf16, the cuBLAS path's (blas_min_rows > 0)
   int64_t bytes() const {
     int64_t b = 0;
-    for (const DeviceArray* p : {&logits, &expert, &weight, &position, &token_of, &offsets, &tile_offsets, &act, &y})
+    for (const DeviceArray* p :
+         {&logits, &expert, &weight, &position, &token_of, &offsets, &tile_offsets, &act, &y, &gate_up})
       b += *p ? p->bytes() : 0;
     return b;
   }
 };
 
-MoeWorkspace::MoeWorkspace(const MlaArch& arch, int64_t hidden, int64_t max_rows) : impl_(std::make_unique<Impl>()) {
+MoeWorkspace::MoeWorkspace(const MlaArch& arch, int64_t hidden, int64_t max_rows, int64_t blas_min_rows)
+    : impl_(std::make_unique<Impl>()) {
   const char* where = "MoeWorkspace";
   Impl& w = *impl_;
   w.sizes = checked_sizes(where, arch, hidden);
   LCA_CHECK(max_rows >= 1, where, ": max_rows must be >= 1, got ", max_rows);
+  LCA_CHECK(blas_min_rows >= 0, where, ": blas_min_rows must be >= 0 (0: never), got ", blas_min_rows);
   const int64_t P = max_rows * (w.sizes.per_token + w.sizes.shared_units);
   LCA_CHECK(P <= INT_MAX, where, ": max_rows ", max_rows, " times per_token ", w.sizes.per_token, " + shared ",
             w.sizes.shared_units, " exceeds the int32 row indices of the dispatch");
@@ -128,9 +139,11 @@ MoeWorkspace::MoeWorkspace(const MlaArch& arch, int64_t hidden, int64_t max_rows
   w.tile_offsets = DeviceArray("MoE dispatch", (E + S + 1) * 4);
   w.act = DeviceArray("MoE expert activations", P * F * 2);
   w.y = DeviceArray("MoE expert outputs", P * D * 2);
+  w.blas_min_rows = blas_min_rows;
+  if (blas_min_rows > 0) w.gate_up = DeviceArray("MoE expert gate and up outputs", P * 2 * F * 2);
   // Poison the float buffers (all-ones bytes are NaN in bf16 and fp32): a
   // forward that reads what it did not write shows as NaN in its output.
-  for (const DeviceArray* p : {&w.logits, &w.weight, &w.act, &w.y})
+  for (const DeviceArray* p : {&w.logits, &w.weight, &w.act, &w.y, &w.gate_up})
     if (*p) LCA_CUDA_OK(where, cudaMemset(p->as(), 0xff, static_cast<size_t>(p->bytes())));
   LCA_CUDA_OK(where, cudaDeviceSynchronize());
 }
@@ -139,7 +152,19 @@ MoeWorkspace::MoeWorkspace(MoeWorkspace&&) noexcept = default;
 MoeWorkspace& MoeWorkspace::operator=(MoeWorkspace&&) noexcept = default;
 MoeWorkspace::~MoeWorkspace() = default;
 int64_t MoeWorkspace::max_rows() const { return impl_->max_rows; }
+int64_t MoeWorkspace::blas_min_rows() const { return impl_->blas_min_rows; }
 int64_t MoeWorkspace::bytes() const { return impl_->bytes(); }
+
+std::vector<int64_t> MoeWorkspace::expert_rows() const {
+  const int64_t n = impl_->sizes.experts + impl_->sizes.shared_units;
+  std::vector<int32_t> offsets(static_cast<size_t>(n + 1));
+  LCA_CUDA_OK("MoeWorkspace::expert_rows", cudaDeviceSynchronize());
+  LCA_CUDA_OK("MoeWorkspace::expert_rows", cudaMemcpy(offsets.data(), impl_->offsets.as(), offsets.size() * 4,
+                                                      cudaMemcpyDeviceToHost));
+  std::vector<int64_t> rows(static_cast<size_t>(n));
+  for (int64_t e = 0; e < n; ++e) rows[e] = offsets[e + 1] - offsets[e];
+  return rows;
+}
 
 // ---- GpuMoe ------------------------------------------------------------------------------
 
@@ -310,10 +335,36 @@ void GpuMoe::forward(const void* h, int64_t rows, void* x, MoeWorkspace& ws, cud
   detail::moe_dispatch(w.expert.as<int32_t>(), P, static_cast<int>(C), experts, detail::kMoeTileRows,
                        w.offsets.as<int32_t>(), w.tile_offsets.as<int32_t>(), w.position.as<int32_t>(),
                        w.token_of.as<int32_t>(), stream);
-  detail::moe_gemm_gate_up(h, w.token_of.as<int32_t>(), m.gate_up.as(), w.offsets.as<int32_t>(),
-                           w.tile_offsets.as<int32_t>(), P, experts, D, F, w.act.as(), stream);
-  detail::moe_gemm_down(w.act.as(), m.down.as(), w.offsets.as<int32_t>(), w.tile_offsets.as<int32_t>(), P, experts, D,
-                        F, w.y.as(), stream);
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  if (w.blas_min_rows > 0 && rows >= w.blas_min_rows)
+    LCA_CUDA_OK(where, cudaStreamIsCapturing(stream, &capture));
+  if (w.blas_min_rows > 0 && rows >= w.blas_min_rows && capture == cudaStreamCaptureStatusNone) {
+    std::vector<int32_t> offsets(static_cast<size_t>(experts + 1));
+    LCA_CUDA_OK(where, cudaMemcpyAsync(offsets.data(), w.offsets.as(), offsets.size() * 4, cudaMemcpyDeviceToHost,
+                                       stream));
+    LCA_CUDA_OK(where, cudaStreamSynchronize(stream));
+    LCA_CHECK(offsets[experts] == P, where, ": the dispatch sorted ", offsets[experts], " pairs, expected ", P);
+    char* const hg = w.y.as<char>();  // h's rows in expert order, until down overwrites them
+    detail::moe_gather_rows(h, w.token_of.as<int32_t>(), P, D, hg, stream);
+    for (int e = 0; e < experts; ++e) {
+      const int64_t n = offsets[e + 1] - offsets[e];
+      if (n > 0)
+        gemm(blas, n, 2 * F, D, hg + offsets[e] * D * 2, m.gate_up.as<char>() + e * 2 * F * D * 2,
+             w.gate_up.as<char>() + offsets[e] * 2 * F * 2, false);
+    }
+    detail::moe_swiglu_interleaved(w.gate_up.as(), P, F, w.act.as(), stream);
+    for (int e = 0; e < experts; ++e) {
+      const int64_t n = offsets[e + 1] - offsets[e];
+      if (n > 0)
+        gemm(blas, n, D, F, w.act.as<char>() + offsets[e] * F * 2, m.down.as<char>() + e * D * F * 2,
+             w.y.as<char>() + offsets[e] * D * 2, false);
+    }
+  } else {
+    detail::moe_gemm_gate_up(h, w.token_of.as<int32_t>(), m.gate_up.as(), w.offsets.as<int32_t>(),
+                             w.tile_offsets.as<int32_t>(), P, experts, D, F, w.act.as(), stream);
+    detail::moe_gemm_down(w.act.as(), m.down.as(), w.offsets.as<int32_t>(), w.tile_offsets.as<int32_t>(), P, experts,
+                          D, F, w.y.as(), stream);
+  }
   detail::moe_combine(x, w.y.as(), w.position.as<int32_t>(), w.weight.as<float>(), rows, static_cast<int>(C), D,
                       stream);
 }
