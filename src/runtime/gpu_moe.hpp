@@ -36,8 +36,9 @@ class MoeWorkspace {
   int64_t max_rows() const;
   int64_t blas_min_rows() const;
   int64_t bytes() const;
-  // The rows of each expert in the last forward: the E routed ones, then the
-  // shared units (every token's). Copies from the device: synchronises it.
+  // The rows of each expert in the last forward of rows > 0 on this
+  // workspace: the E routed ones, then the shared units (every token's).
+  // Copies from the device: synchronises it.
   std::vector<int64_t> expert_rows() const;
 
  private:
