@@ -5,7 +5,8 @@
 // tiles do not divide, experts with several row tiles, rows 1 to 300 (uneven
 // counts, experts with no tokens), exact ties broken alike, a CUDA graph of
 // forward replayed twice equal to the direct call, and the rows of x past
-// `rows` left untouched. Each row is compared on its own, so one token routed
+// `rows` left untouched; the per-expert cuBLAS path (workspace blas_min_rows)
+// against the same CPU oracle, and not taken under capture. Each row is compared on its own, so one token routed
 // differently fails. Without a GPU the cases that need one report SKIPPED; the
 // argument checks, which come before any device work, run everywhere.
 #include <cublas_v2.h>
@@ -157,11 +158,13 @@ void expect_rows_match(const std::vector<uint16_t>& got, const Tensor<float>& x0
 // upload + forward for each row count (one workspace, sized for the largest)
 // against model::moe on h of that many rows.
 void check_against_cpu(const MoeCase& c, const LayerWeights& lw, const std::vector<int64_t>& row_counts,
-                       const std::function<Tensor<float>(int64_t rows)>& make_h, Rng& rng) {
+                       const std::function<Tensor<float>(int64_t rows)>& make_h, Rng& rng,
+                       int64_t blas_min_rows = 0) {
   const MlaArch arch = arch_of(c);
   const GpuMoe moe = GpuMoe::upload(arch, lw, c.D);
   const int64_t cap = *std::max_element(row_counts.begin(), row_counts.end());
-  MoeWorkspace ws(arch, c.D, cap);
+  MoeWorkspace ws(arch, c.D, cap, blas_min_rows);
+  EXPECT_EQ(ws.blas_min_rows(), blas_min_rows);
   EXPECT_EQ(ws.max_rows(), cap);
   Gpu gpu;
   DeviceBytes h_dev(static_cast<size_t>(cap * c.D * 2)), x_dev(static_cast<size_t>(cap * c.D * 2));
@@ -180,11 +183,12 @@ void check_against_cpu(const MoeCase& c, const LayerWeights& lw, const std::vect
   }
 }
 
-void check_random_case(const MoeCase& c, uint64_t seed) {
+void check_random_case(const MoeCase& c, uint64_t seed, int64_t blas_min_rows = 0) {
   Rng rng(seed);
   const LayerWeights lw = random_moe_layer(c, rng);
   // A small count first (poisoned workspace), then more and fewer (stale workspace).
-  check_against_cpu(c, lw, {7, 300, 1, 64}, [&](int64_t rows) { return bf16_randn({rows, c.D}, rng, 1.0); }, rng);
+  check_against_cpu(c, lw, {7, 300, 1, 64}, [&](int64_t rows) { return bf16_randn({rows, c.D}, rng, 1.0); }, rng,
+                    blas_min_rows);
 }
 
 TEST(GpuMoe, V2GreedyMatchesCpu) {
@@ -254,6 +258,88 @@ TEST(GpuMoe, ExactTiesGoToTheSmallerIndexAsOnCpu) {
                       },
                       rng);
   }
+}
+
+// The per-expert cuBLAS path from 8 rows (7 and 1 rows take the grouped
+// kernels, 300 and 64 cuBLAS): two shared units, group-limited routing; then
+// tails in every dimension without shared experts.
+TEST(GpuMoe, PerExpertBlasPathMatchesCpu) {
+  REQUIRE_GPU();
+  MoeCase c;
+  c.routing = MoeRouting::softmax_group_limited;
+  c.K = 3, c.shared = 2, c.n_group = 4, c.topk_group = 2, c.scaling = 16.0;
+  check_random_case(c, 112, 8);
+  MoeCase uneven;
+  uneven.routing = MoeRouting::sigmoid_noaux_tc;
+  uneven.D = 136, uneven.E = 16, uneven.K = 4, uneven.F = 72, uneven.shared = 0, uneven.n_group = 4;
+  uneven.topk_group = 2, uneven.scaling = 1.5;
+  check_random_case(uneven, 113, 8);
+}
+
+// The experts' row counts after a forward: every token in each shared unit,
+// K routed choices per token, no routed expert with more rows than tokens.
+TEST(GpuMoe, ExpertRowsCountTheChoices) {
+  REQUIRE_GPU();
+  MoeCase c;
+  c.K = 3, c.shared = 2;
+  Rng rng(114);
+  const GpuMoe moe = GpuMoe::upload(arch_of(c), random_moe_layer(c, rng), c.D);
+  Gpu gpu;
+  for (const int64_t rows : {1, 5, 40}) {
+    MoeWorkspace ws(arch_of(c), c.D, rows);
+    DeviceBytes h_dev(static_cast<size_t>(rows * c.D * 2)), x_dev(static_cast<size_t>(rows * c.D * 2));
+    const std::vector<uint16_t> hb = to_bf16(bf16_randn({rows, c.D}, rng, 1.0));
+    ASSERT_EQ(cudaMemcpy(h_dev.ptr, hb.data(), hb.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
+    moe.forward(h_dev.ptr, rows, x_dev.ptr, ws, gpu.stream, gpu.blas);
+    const std::vector<int64_t> n = ws.expert_rows();
+    ASSERT_EQ(static_cast<int64_t>(n.size()), c.E + c.shared);
+    int64_t routed = 0, used = 0;
+    for (int64_t e = 0; e < c.E; ++e) {
+      EXPECT_GE(n[e], 0);
+      EXPECT_LE(n[e], rows) << "expert " << e;
+      routed += n[e];
+      used += n[e] > 0;
+    }
+    EXPECT_EQ(routed, rows * c.K);
+    EXPECT_GE(used, c.K);
+    for (int64_t u = 0; u < c.shared; ++u) EXPECT_EQ(n[c.E + u], rows) << "shared unit " << u;
+  }
+}
+
+// A workspace with the cuBLAS path keeps forward capturable: under capture it
+// takes the grouped kernels, the bits of a direct call on a plain workspace.
+TEST(GpuMoe, BlasWorkspaceUnderCaptureTakesTheGroupedKernels) {
+  REQUIRE_GPU();
+  MoeCase c;
+  c.shared = 2;
+  Rng rng(115);
+  const LayerWeights lw = random_moe_layer(c, rng);
+  const MlaArch arch = arch_of(c);
+  const GpuMoe moe = GpuMoe::upload(arch, lw, c.D);
+  const int64_t rows = 48;
+  MoeWorkspace plain(arch, c.D, rows), blas_ws(arch, c.D, rows, 1);
+  Gpu gpu;
+  DeviceBytes h_dev(static_cast<size_t>(rows * c.D * 2)), x_dev(static_cast<size_t>(rows * c.D * 2));
+  const std::vector<uint16_t> hb = to_bf16(bf16_randn({rows, c.D}, rng, 1.0));
+  ASSERT_EQ(cudaMemcpy(h_dev.ptr, hb.data(), hb.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
+  const Tensor<float> x0 = bf16_randn({rows, c.D}, rng, 0.5);
+  ASSERT_NO_FATAL_FAILURE(load_x(x_dev.ptr, x0, rows, rows, c.D));
+  moe.forward(h_dev.ptr, rows, x_dev.ptr, plain, gpu.stream, gpu.blas);
+  ASSERT_EQ(cudaStreamSynchronize(gpu.stream), cudaSuccess);
+  const std::vector<uint16_t> grouped = read_x(x_dev.ptr, rows, c.D);
+
+  cudaGraph_t graph = nullptr;
+  ASSERT_EQ(cudaStreamBeginCapture(gpu.stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  moe.forward(h_dev.ptr, rows, x_dev.ptr, blas_ws, gpu.stream, gpu.blas);
+  ASSERT_EQ(cudaStreamEndCapture(gpu.stream, &graph), cudaSuccess);
+  cudaGraphExec_t exec = nullptr;
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  cudaGraphDestroy(graph);
+  ASSERT_NO_FATAL_FAILURE(load_x(x_dev.ptr, x0, rows, rows, c.D));
+  ASSERT_EQ(cudaGraphLaunch(exec, gpu.stream), cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(gpu.stream), cudaSuccess);
+  EXPECT_EQ(read_x(x_dev.ptr, rows, c.D), grouped);
+  cudaGraphExecDestroy(exec);
 }
 
 // forward captured in a CUDA graph, replayed twice, gives the direct call's bits.
@@ -370,6 +456,7 @@ TEST(GpuMoe, RefusesBadArchAndWeights) {
   expect_error([&] { GpuMoe::upload(dense, lw, c.D); }, {"GpuMoe::upload", "no routed experts"});
   expect_error([&] { GpuMoe::random(dense, c.D, 1); }, {"GpuMoe::random", "no routed experts"});
   expect_error([&] { MoeWorkspace(arch, c.D, 0); }, {"MoeWorkspace", "max_rows"});
+  expect_error([&] { MoeWorkspace(arch, c.D, 4, -1); }, {"MoeWorkspace", "blas_min_rows", "-1"});
   expect_error([&] { MoeWorkspace(arch, 60, 4); }, {"MoeWorkspace", "hidden 60"});
   MlaArch odd_f = arch;
   odd_f.expert_size = 30;

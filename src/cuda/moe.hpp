@@ -15,12 +15,16 @@ struct MoeRoutingArgs {
   int experts = 0, per_token = 0, n_group = 1, topk_group = 1;
   bool norm_topk_prob = false;
   double routed_scaling = 1.0;
+  // The shared experts as always-chosen experts experts .. experts +
+  // shared_units - 1, weight 1 (no routed scaling), after the routed choice.
+  int shared_units = 0;
 };
 
 // Per token t < rows: the per_token experts chosen from logits [rows, E] (fp32;
 // bias [E] fp32, the V3 correction, null otherwise) and their weights:
-// expert[t * K + k], weight[t * K + k], in the order of decreasing choice score
-// (ties: the smaller expert index first).
+// expert[t * C + k], weight[t * C + k] for k < K = per_token, in the order of
+// decreasing choice score (ties: the smaller expert index first), then the
+// shared units S: expert[t * C + K + s] = E + s with weight 1; C = K + S.
 void moe_route(const float* logits, const float* bias, int64_t rows, const MoeRoutingArgs& args, int32_t* expert,
                float* weight, cudaStream_t stream);
 
@@ -47,9 +51,16 @@ void moe_gemm_gate_up(const void* h, const int32_t* token_of, const void* w_gate
 void moe_gemm_down(const void* act, const void* w_down, const int32_t* offsets, const int32_t* tile_offsets,
                    int64_t pairs, int experts, int64_t d, int64_t f, void* y, cudaStream_t stream);
 
-// x[t] += sum_k weight[t * K + k] y[position[t * K + k]] (+ shared[t] when
-// not null), in fp32, rounded once to bf16; x, y, shared bf16 rows of d.
-void moe_combine(void* x, const void* y, const void* shared, const int32_t* position, const float* weight,
-                 int64_t rows, int per_token, int64_t d, cudaStream_t stream);
+// x[t] += sum_k weight[t * K + k] y[position[t * K + k]] over k < K =
+// per_token (here the routed and shared choices), in fp32 in the order of k,
+// rounded once to bf16; x, y bf16 rows of d, 16-byte aligned.
+void moe_combine(void* x, const void* y, const int32_t* position, const float* weight, int64_t rows, int per_token,
+                 int64_t d, cudaStream_t stream);
+
+// GpuMoe's per-expert cuBLAS path (moe_blas_rows.cu): out[r] = h[token_of[r]]
+// for r < rows (bf16 rows of d, 16-byte aligned); act [rows, f] = silu(gate) *
+// up from gate_up [rows, 2f] whose columns interleave as w_gate_up's rows.
+void moe_gather_rows(const void* h, const int32_t* token_of, int64_t rows, int64_t d, void* out, cudaStream_t stream);
+void moe_swiglu_interleaved(const void* gate_up, int64_t rows, int64_t f, void* act, cudaStream_t stream);
 
 }  // namespace lca::cuda::detail

@@ -10,17 +10,27 @@
 //   expert by a binary search of the device tile offsets, so the grid is
 //   sized on the host from the row count alone (an upper bound; CTAs past the
 //   last tile exit) and nothing waits for the host.
-// - A and B tiles of TK = 32 (k) go through a kStages = 4 deep cp.async ring in
-//   shared memory (three tiles in flight while one is multiplied: a decode
-//   step, with a row or two per expert, is a stream of weight tiles that needs
-//   that many bytes in flight per SM to approach the memory bandwidth); rows past the expert's rows or N, and k past K, are zero-filled
-//   (K a multiple of 8). Rows padded by 16 B so that ldmatrix hits distinct
-//   banks. The gate/up A rows are gathered from h through token_of (no
-//   gathered copy of h).
+// - A and B tiles of TK = 64 (k) go through a kStages = 4 deep cp.async ring in
+//   shared memory. A decode step, with a row or two per expert, is a stream
+//   of weight tiles: per CTA three 16 KB B tiles are in flight while one is
+//   multiplied, 48 KB per SM at one CTA per SM (DeepSeek-V2-Lite at batch 1:
+//   8 experts x 16 or 22 column tiles = 128 or 176 CTAs on 132 SMs), about
+//   twice what HBM's ~3.3 TB/s x ~1 us latency / 132 SMs asks; and each
+//   weight row is read 128 contiguous bytes (a whole L2 line) per tile, not
+//   the 64 of TK = 32, which left every line fetched in two halves far apart
+//   in time. Expected: the products near 2.7 TB/s at batch 1 (from 1.4-1.7).
+//   Rows past the expert's rows or N, and k past K, are zero-filled (K a
+//   multiple of 8). Rows padded by 16 B so that ldmatrix hits distinct banks.
+//   The gate/up A rows are gathered from h through token_of (no gathered copy
+//   of h).
+// - A warp skips the ldmatrix and mma of its 16-row blocks that hold no row
+//   of the tile (warp-uniform): at decode most of the 64 rows are padding,
+//   and the tensor work would otherwise be 64 times the useful work.
 // - SwiGLU: the gate and up weights are interleaved in blocks of 8 rows, so a
 //   thread's accumulators of n8 tile 2j (gate) and 2j + 1 (up) hold the same
 //   columns: silu(gate) * up in fp32, one bf16 store per pair.
-// Shared memory: kStages (TM + TN) (TK + 8) * 2 B = 60 KB (dynamic).
+// Shared memory: kStages (TM + TN) (TK + 8) * 2 B = 108 KB (dynamic): two CTAs
+// per SM.
 #include <algorithm>
 
 #include "common.cuh"
@@ -33,7 +43,7 @@ namespace {
 
 using bf16 = __nv_bfloat16;
 
-constexpr int TM = kMoeTileRows, TN = 128, TK = 32, kThreads = 128, AS = TK + 8, kStages = 4;
+constexpr int TM = kMoeTileRows, TN = 128, TK = 64, kThreads = 128, AS = TK + 8, kStages = 4;
 constexpr int kSmemBytes = kStages * (TM + TN) * AS * 2;
 constexpr int kAChunks = TM * TK / 8 / kThreads, kBChunks = TN * TK / 8 / kThreads;  // 16-byte copies per thread
 static_assert(kAChunks * kThreads * 8 == TM * TK && kBChunks * kThreads * 8 == TN * TK);
@@ -70,6 +80,8 @@ __global__ void __launch_bounds__(kThreads) moe_grouped_gemm_kernel(GemmArgs g) 
   const bf16* w = g.w + int64_t(e) * g.n * g.k;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int warp_m = warp / 2, warp_n = warp % 2;
+  // The warp's 16-row blocks that hold rows of the tile (block 1 only if block 0 does).
+  const bool live0 = warp_m * 32 < rows, live1 = warp_m * 32 + 16 < rows;
 
   // Each thread copies the same rows and columns of every stage: source rows once.
   const bf16* a_src[kAChunks];
@@ -127,20 +139,21 @@ __global__ void __launch_bounds__(kThreads) moe_grouped_gemm_kernel(GemmArgs g) 
     cp_async_commit();
     const bf16* tA = sA + (kt % kStages) * TM * AS;
     const bf16* tB = sB + (kt % kStages) * TN * AS;
+    if (!live0) continue;  // the warp's rows are all padding: loads and barriers only
 #pragma unroll
     for (int kk = 0; kk < TK / 16; ++kk) {
       uint32_t af[2][4];
-#pragma unroll
-      for (int mi = 0; mi < 2; ++mi)
-        ldmatrix_x4(af[mi], tA + (warp_m * 32 + mi * 16 + lane % 16) * AS + kk * 16 + (lane / 16) * 8);
+      ldmatrix_x4(af[0], tA + (warp_m * 32 + lane % 16) * AS + kk * 16 + (lane / 16) * 8);
+      if (live1) ldmatrix_x4(af[1], tA + (warp_m * 32 + 16 + lane % 16) * AS + kk * 16 + (lane / 16) * 8);
 #pragma unroll
       for (int np = 0; np < 4; ++np) {
         uint32_t b[4];
         ldmatrix_x4(b, tB + (warp_n * 64 + np * 16 + (lane / 16) * 8 + lane % 8) * AS + kk * 16 + ((lane / 8) % 2) * 8);
-#pragma unroll
-        for (int mi = 0; mi < 2; ++mi) {
-          mma16816<bf16>(acc[mi][2 * np], af[mi], b[0], b[1]);
-          mma16816<bf16>(acc[mi][2 * np + 1], af[mi], b[2], b[3]);
+        mma16816<bf16>(acc[0][2 * np], af[0], b[0], b[1]);
+        mma16816<bf16>(acc[0][2 * np + 1], af[0], b[2], b[3]);
+        if (live1) {
+          mma16816<bf16>(acc[1][2 * np], af[1], b[0], b[1]);
+          mma16816<bf16>(acc[1][2 * np + 1], af[1], b[2], b[3]);
         }
       }
     }

@@ -10,7 +10,7 @@
 // go to the smaller index (model::moe orders ties the same way), and a chosen
 // expert is marked NaN so that it never wins again. Lane 0 writes the weights:
 // score / (sum of the chosen scores + 1e-20, V3 with norm_topk_prob) *
-// routed_scaling.
+// routed_scaling; then the shared units, experts E .. E + S - 1 of weight 1.
 // Shared memory: (2 E + n_group) doubles per warp.
 #include <algorithm>
 #include <climits>
@@ -100,8 +100,8 @@ __global__ void moe_route_kernel(const float* logits, const float* bias, int64_t
     __syncwarp();
   }
 
-  int32_t* out_e = expert + t * K;
-  float* out_w = weight + t * K;
+  int32_t* out_e = expert + t * (K + a.shared_units);
+  float* out_w = weight + t * (K + a.shared_units);
   for (int k = 0; k < K; ++k) {
     const int e = warp_argmax(choice, E);
     __syncwarp();
@@ -118,6 +118,10 @@ __global__ void moe_route_kernel(const float* logits, const float* bias, int64_t
       for (int k = 0; k < K; ++k) norm += score[out_e[k]];
     }
     for (int k = 0; k < K; ++k) out_w[k] = static_cast<float>(score[out_e[k]] / norm * a.routed_scaling);
+    for (int s = 0; s < a.shared_units; ++s) {
+      out_e[K + s] = E + s;
+      out_w[K + s] = 1.f;
+    }
   }
 }
 

@@ -4,11 +4,17 @@
 // layer; one MoeWorkspace shared by all layers of a session.
 //
 // forward() is capturable in a CUDA graph (no host synchronisation, no
-// allocation) for any rows <= the workspace's max_rows.
+// allocation) for any rows <= the workspace's max_rows. A workspace made with
+// blas_min_rows > 0 switches forward, for rows >= blas_min_rows on a stream
+// that is not capturing, to one cuBLAS GEMM per expert (gate and up, then
+// down) instead of the grouped kernels: one host synchronisation (the
+// experts' row counts). Prefill chunks may be faster that way; measure
+// (bench_moe_kernels).
 #pragma once
 
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "model/mla.hpp"
 
@@ -20,12 +26,20 @@ namespace lca::cuda {
 // Scratch for the routing and the expert products of up to max_rows tokens.
 class MoeWorkspace {
  public:
-  MoeWorkspace(const model::MlaArch& arch, int64_t hidden, int64_t max_rows);
+  // blas_min_rows: 0, the grouped kernels always; else the per-expert cuBLAS
+  // path from that many rows (and [max_rows * (per_token + shared), 2 F] bf16
+  // more scratch).
+  MoeWorkspace(const model::MlaArch& arch, int64_t hidden, int64_t max_rows, int64_t blas_min_rows = 0);
   MoeWorkspace(MoeWorkspace&&) noexcept;
   MoeWorkspace& operator=(MoeWorkspace&&) noexcept;
   ~MoeWorkspace();
   int64_t max_rows() const;
+  int64_t blas_min_rows() const;
   int64_t bytes() const;
+  // The rows of each expert in the last forward of rows > 0 on this
+  // workspace: the E routed ones, then the shared units (every token's).
+  // Copies from the device: synchronises it.
+  std::vector<int64_t> expert_rows() const;
 
  private:
   friend class GpuMoe;

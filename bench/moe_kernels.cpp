@@ -1,0 +1,189 @@
+// bench/moe_kernels: one DeepSeek-V2-Lite-shaped MoE layer (GpuMoe::random:
+// hidden 2048, 64 routed experts of 1408, top-6, 2 shared experts as two
+// always-chosen units of 1408) through GpuMoe::forward at 1, 8 and 32 rows
+// (decode: the forward captured in a CUDA graph and replayed) and 8192 rows
+// (a prefill chunk: plain launches). Beside it, at every row count, the
+// per-expert cuBLAS path (MoeWorkspace blas_min_rows 1: one GEMM per expert
+// with rows for gate and up, one for down; plain launches, one host
+// synchronisation each), so that measurement decides where it should take
+// over. Times are medians of CUDA events after warm-up runs. GB/s counts the
+// weights a forward touches (the router, the distinct routed experts with
+// rows, the shared units), from the routing read back after the timed runs;
+// TFLOP/s the products' 2 (pairs 3 F D + rows E D). The copy bandwidth is
+// measured in the same run. Prints a table; `--json FILE` writes JSON.
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "bench_util.hpp"
+#include "cuda/model_ops.hpp"
+#include "lca/cuda.hpp"
+#include "lca/model_config.hpp"
+#include "model/mla.hpp"
+#include "runtime/gpu_moe.hpp"
+
+namespace {
+
+using lca_bench::median_ms;
+
+// Random bf16 values in [-1, 1): never time on zeros.
+void fill(void* p, int64_t bytes, uint64_t seed) { lca::cuda::detail::fill_uniform(p, bytes / 2, 1.f, seed, nullptr); }
+
+// Device-to-device copy bandwidth, counting bytes read and written.
+double copy_gbps() {
+  const size_t bytes = size_t(1) << 30;
+  void *a, *b;
+  CHECK(cudaMalloc(&a, bytes));
+  CHECK(cudaMalloc(&b, bytes));
+  fill(a, bytes, 1);
+  const double ms = median_ms([&] { CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice)); }, 20, 5);
+  cudaFree(a);
+  cudaFree(b);
+  return 2.0 * bytes / (ms * 1e-3) / 1e9;
+}
+
+// Median milliseconds of `reps` calls of f on `stream` (after warm-up calls).
+double median_on(cudaStream_t stream, const std::function<void()>& f, int reps, int warmup = 5) {
+  cudaEvent_t a, b;
+  CHECK(cudaEventCreate(&a));
+  CHECK(cudaEventCreate(&b));
+  for (int i = 0; i < warmup; ++i) f();
+  std::vector<float> t;
+  for (int i = 0; i < reps; ++i) {
+    CHECK(cudaEventRecord(a, stream));
+    f();
+    CHECK(cudaEventRecord(b, stream));
+    CHECK(cudaEventSynchronize(b));
+    float ms;
+    CHECK(cudaEventElapsedTime(&ms, a, b));
+    t.push_back(ms);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+struct Row {
+  int64_t rows = 0;
+  std::string path;
+  double us = 0, gbps = 0, tflops = 0, weight_mb = 0;
+  int64_t routed_experts = 0;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  std::string json;
+  for (int i = 1; i < argc; ++i) {
+    if (std::string(argv[i]) == "--json" && i + 1 < argc) {
+      json = argv[++i];
+    } else {
+      std::fprintf(stderr, "usage: %s [--json FILE]\n", argv[0]);
+      return 2;
+    }
+  }
+  const lca::ModelConfig cfg = lca::preset_config("deepseek-v2-lite");
+  const lca::model::MlaArch arch = lca::model::mla_arch(cfg);
+  const int64_t D = cfg.hidden_size, E = arch.experts, K = arch.per_token, F = arch.expert_size, S = arch.shared;
+  const int64_t max_rows = 8192;
+  const double bw = copy_gbps();
+  std::printf("device: %s; copy bandwidth %.0f GB/s (read + write)\n", lca::cuda::device_name().c_str(), bw);
+  std::printf("MoE layer: hidden %lld, %lld experts of %lld, top-%lld, %lld shared units\n", (long long)D,
+              (long long)E, (long long)F, (long long)K, (long long)S);
+
+  const lca::cuda::GpuMoe moe = lca::cuda::GpuMoe::random(arch, D, 42);
+  lca::cuda::MoeWorkspace grouped_ws(arch, D, max_rows), blas_ws(arch, D, max_rows, 1);
+  void *h, *x, *blas_workspace;
+  CHECK(cudaMalloc(&h, max_rows * D * 2));
+  CHECK(cudaMalloc(&x, max_rows * D * 2));
+  fill(h, max_rows * D * 2, 3);
+  fill(x, max_rows * D * 2, 5);
+  cudaStream_t stream;
+  CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  cublasHandle_t blas;
+  if (cublasCreate(&blas) != CUBLAS_STATUS_SUCCESS || cublasSetStream(blas, stream) != CUBLAS_STATUS_SUCCESS) {
+    std::fprintf(stderr, "cuBLAS setup failed\n");
+    return 1;
+  }
+  CHECK(cudaMalloc(&blas_workspace, 32 << 20));
+  cublasSetWorkspace(blas, blas_workspace, 32 << 20);
+  CHECK(cudaDeviceSynchronize());
+
+  // Weights touched and flops of the last forward on ws.
+  auto measure = [&](const lca::cuda::MoeWorkspace& ws, int64_t rows, const std::string& path, double ms) {
+    const std::vector<int64_t> n = ws.expert_rows();
+    Row r;
+    r.rows = rows;
+    r.path = path;
+    r.us = ms * 1e3;
+    int64_t experts_touched = 0;
+    for (int64_t e = 0; e < E + S; ++e) experts_touched += n[e] > 0;
+    for (int64_t e = 0; e < E; ++e) r.routed_experts += n[e] > 0;
+    const double bytes = double(E * D * 2) + double(experts_touched) * 3 * F * D * 2;
+    const double flops = 2.0 * (double(rows) * (K + S) * 3 * F * D + double(rows) * E * D);
+    r.weight_mb = bytes / 1e6;
+    r.gbps = bytes / (ms * 1e-3) / 1e9;
+    r.tflops = flops / (ms * 1e-3) / 1e12;
+    return r;
+  };
+
+  std::vector<Row> rows_out;
+  for (const int64_t rows : {int64_t(1), int64_t(8), int64_t(32), max_rows}) {
+    const bool decode = rows < max_rows;
+    const int reps = decode ? 200 : 20;
+    auto forward = [&](lca::cuda::MoeWorkspace& ws) { moe.forward(h, rows, x, ws, stream, blas); };
+    if (decode) {
+      cudaGraph_t graph;
+      cudaGraphExec_t exec;
+      CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+      forward(grouped_ws);
+      CHECK(cudaStreamEndCapture(stream, &graph));
+      CHECK(cudaGraphInstantiate(&exec, graph, 0));
+      const double ms = median_on(stream, [&] { CHECK(cudaGraphLaunch(exec, stream)); }, reps);
+      rows_out.push_back(measure(grouped_ws, rows, "grouped, graph", ms));
+      cudaGraphExecDestroy(exec);
+      cudaGraphDestroy(graph);
+    } else {
+      const double ms = median_on(stream, [&] { forward(grouped_ws); }, reps);
+      rows_out.push_back(measure(grouped_ws, rows, "grouped", ms));
+    }
+    const double blas_ms = median_on(stream, [&] { forward(blas_ws); }, reps);
+    rows_out.push_back(measure(blas_ws, rows, "cublas per expert", blas_ms));
+  }
+  CHECK(cudaDeviceSynchronize());
+
+  std::printf("%6s  %-18s | %9s | %6s %9s | %8s %5s | %8s\n", "rows", "path", "us", "routed", "weight MB", "GB/s",
+              "%bw", "TFLOP/s");
+  for (const Row& r : rows_out)
+    std::printf("%6lld  %-18s | %9.1f | %6lld %9.1f | %8.0f %4.0f%% | %8.1f\n", (long long)r.rows, r.path.c_str(),
+                r.us, (long long)r.routed_experts, r.weight_mb, r.gbps, 100 * r.gbps / bw, r.tflops);
+  if (!json.empty()) {
+    std::ofstream out(json);
+    out << "{\"device\": \"" << lca::cuda::device_name() << "\", \"copy_gbps\": " << bw << ", \"hidden\": " << D
+        << ", \"experts\": " << E << ", \"per_token\": " << K << ", \"expert_size\": " << F
+        << ", \"shared_units\": " << S << ", \"rows\": [\n";
+    for (size_t i = 0; i < rows_out.size(); ++i) {
+      const Row& r = rows_out[i];
+      out << (i ? ",\n" : "") << "  {\"rows\": " << r.rows << ", \"path\": \"" << r.path << "\", \"us\": " << r.us
+          << ", \"routed_experts\": " << r.routed_experts << ", \"weight_mb\": " << r.weight_mb
+          << ", \"gbps\": " << r.gbps << ", \"tflops\": " << r.tflops << "}";
+    }
+    out << "\n]}\n";
+    std::printf("wrote %s\n", json.c_str());
+  }
+  cublasDestroy(blas);
+  cudaStreamDestroy(stream);
+  cudaFree(h);
+  cudaFree(x);
+  cudaFree(blas_workspace);
+  return 0;
+}
