@@ -1,8 +1,8 @@
 // bench/moe_kernels: one DeepSeek-V2-Lite-shaped MoE layer (GpuMoe::random:
 // hidden 2048, 64 routed experts of 1408, top-6, 2 shared experts as two
 // always-chosen units of 1408) through GpuMoe::forward at 1, 8 and 32 rows
-// (decode: the forward captured in a CUDA graph and replayed) and 8192 rows
-// (a prefill chunk: plain launches). Beside it, at every row count, the
+// (decode: the forward captured in a CUDA graph and replayed) and 128 to 8192
+// rows (prefill chunks: plain launches). Beside it, at every row count, the
 // per-expert cuBLAS path (MoeWorkspace blas_min_rows 1: one GEMM per expert
 // with rows for gate and up, one for down; plain launches, one host
 // synchronisation each), so that measurement decides where it should take
@@ -137,8 +137,8 @@ int main(int argc, char** argv) {
   };
 
   std::vector<Row> rows_out;
-  for (const int64_t rows : {int64_t(1), int64_t(8), int64_t(32), max_rows}) {
-    const bool decode = rows < max_rows;
+  for (const int64_t rows : {int64_t(1), int64_t(8), int64_t(32), int64_t(128), int64_t(512), int64_t(2048), max_rows}) {
+    const bool decode = rows <= 32;  // decode batches run from graphs; larger counts are prefill chunks
     const int reps = decode ? 200 : 20;
     auto forward = [&](lca::cuda::MoeWorkspace& ws) { moe.forward(h, rows, x, ws, stream, blas); };
     if (decode) {
