@@ -415,11 +415,72 @@ void compare_chunkings(const lca::Model& model, const LcaParams& params, int64_t
   std::printf("  worst relative error of the logits against one chunk: %.2e\n", worst);
 }
 
+// The CPU runtime's cache of one layer, as PagedLayerContents.
+std::vector<lca::cuda::PagedLayerContents> cpu_cache(const lca::Sequence& seq) {
+  std::vector<lca::cuda::PagedLayerContents> layers;
+  for (const lca::CondensedKvCache& c : seq.caches()) {
+    lca::cuda::PagedLayerContents l;
+    l.representatives = c.representative_rows();
+    l.raw = c.raw_rows();
+    l.summary_ring = c.summary_ring();
+    layers.push_back(std::move(l));
+  }
+  return layers;
+}
+
+// Layer by layer, the GPU cache against the CPU's to bf16 rounding: raw rows,
+// ring and pooled columns within `tol`. Returns whether a representative's
+// anchor differs (a near-tie that the two roundings broke apart). Its
+// layer's rows still compare (they come from the layers before), but its
+// attention then differs for every later query, and with it the next
+// layers' rows and the logits: those are not compared after a flip.
+bool same_cache_until_flip(const std::vector<lca::cuda::PagedLayerContents>& got,
+                           const std::vector<lca::cuda::PagedLayerContents>& want,
+                           const lca::cuda::PagedCacheConfig& cfg, double tol) {
+  const std::vector<bool> anchor = anchor_columns(cfg);
+  for (size_t l = 0; l < got.size(); ++l) {
+    SCOPED_TRACE("layer " + std::to_string(l));
+    const auto& g = got[l];
+    const auto& w = want[l];
+    EXPECT_EQ(g.raw.shape(), w.raw.shape());
+    EXPECT_EQ(g.representatives.shape(), w.representatives.shape());
+    if (g.raw.shape() != w.raw.shape() || g.representatives.shape() != w.representatives.shape()) return true;
+    if (g.raw.numel() > 0) EXPECT_LT(rel_error(g.raw.data(), w.raw.data(), g.raw.numel()), tol) << "raw rows";
+    if (g.summary_ring.numel() > 0)
+      EXPECT_LT(rel_error(g.summary_ring.data(), w.summary_ring.data(), g.summary_ring.numel()), tol) << "ring";
+    const int64_t m = g.representatives.dim(0), width = g.representatives.dim(1);
+    std::vector<float> pooled_g, pooled_w;
+    int64_t flipped = 0;
+    for (int64_t j = 0; j < m; ++j) {
+      std::vector<float> anchor_g, anchor_w;
+      for (int64_t c = 0; c < width; ++c) {
+        (anchor[static_cast<size_t>(c)] ? anchor_g : pooled_g).push_back(g.representatives.row(j)[c]);
+        (anchor[static_cast<size_t>(c)] ? anchor_w : pooled_w).push_back(w.representatives.row(j)[c]);
+      }
+      if (rel_error(anchor_g.data(), anchor_w.data(), static_cast<int64_t>(anchor_g.size())) >= tol) ++flipped;
+    }
+    if (m > 0)
+      EXPECT_LT(rel_error(pooled_g.data(), pooled_w.data(), static_cast<int64_t>(pooled_g.size())), tol)
+          << "pooled columns of the representatives";
+    EXPECT_LE(flipped, std::max<int64_t>(1, m / 10)) << "representatives whose anchor columns differ, of " << m;
+    if (flipped > 0) return true;
+  }
+  return false;
+}
+
 // A conversation of two sequences: each turn appends a prompt to both
 // (continued prefill in chunks of `chunk`), then decodes a few tokens as a
-// batch; the GPU runtime's logits against the CPU runtime's at every point.
+// batch; the GPU runtime's logits and caches against the CPU runtime's at
+// every point, each sequence until a representative's anchor flips (see
+// same_cache_until_flip; a flip must not happen before the first turn ends,
+// so every case compares prefill, continued prefill and decode).
+// Logits within `tol`: the GPU's activations are bf16 end to end (the CPU's
+// float), which DeepSeek's wider latents (512) turn into 1.6-2.2e-2 already in
+// one prefill and decode (DeepseekV2MatchesCpuRuntime), up to 3.4e-2 measured in
+// these conversations; MiniCPM3's stay under 6e-3. A wrong position, ring or
+// representative shows as 0.1 to 1 (measured with an anchor flip: 0.4).
 void compare_conversation(const lca::Model& model, const LcaParams& params, int64_t chunk, bool graphs,
-                          std::mt19937_64& rng) {
+                          std::mt19937_64& rng, double tol = 3e-2) {
   const int64_t vocab = model.vocab_size();
   const lca::cuda::GpuModel gpu_model = lca::cuda::GpuModel::upload(model);
   lca::cuda::GpuSessionOptions opt;
@@ -440,27 +501,42 @@ void compare_conversation(const lca::Model& model, const LcaParams& params, int6
     int64_t prompt[2], steps;
   };
   const Turn turns[] = {{{5, 40}, 3}, {{60, 1}, 4}, {{37, 90}, 6}};
+  bool diverged[2] = {false, false};
   double worst = 0;
-  for (const Turn& turn : turns) {
+  auto check = [&](size_t b, const float* got, const float* want, const std::string& what, int turn) {
+    if (diverged[b]) return;
+    if (same_cache_until_flip(read_cache(session, seqs[b]), cpu_cache(cpu[b]), session.cache().config(), 3e-2)) {
+      ASSERT_GT(turn, 0) << what << ": a representative's anchor differs already in the first turn";
+      std::printf("  sequence %zu: an anchor near-tie broke differently after %s; compared up to there\n", b,
+                  what.c_str());
+      diverged[b] = true;
+      return;
+    }
+    const double err = rel_error(got, want, vocab);
+    worst = std::max(worst, err);
+    EXPECT_LT(err, tol) << what;
+  };
+  for (int ti = 0; ti < 3; ++ti) {
+    const Turn& turn = turns[ti];
     for (size_t b = 0; b < seqs.size(); ++b) {
       std::vector<int64_t> prompt(static_cast<size_t>(turn.prompt[b]));
       for (auto& t : prompt) t = tok(rng);
       const int64_t n0 = session.tokens(seqs[b]);
       const Tensor<float> want = cpu[b].forward(prompt);
       const Tensor<float> got = session.prefill(seqs[b], prompt);
-      const double err = rel_error(got.data(), want.data(), vocab);
-      worst = std::max(worst, err);
-      ASSERT_LT(err, 3e-2) << "prefill of " << prompt.size() << " tokens onto " << n0 << ", sequence " << b;
       ASSERT_EQ(session.tokens(seqs[b]), cpu[b].tokens());
+      check(b, got.data(), want.data(),
+            "prefill of " + std::to_string(prompt.size()) + " tokens onto " + std::to_string(n0) + ", sequence " +
+                std::to_string(b),
+            ti);
     }
     for (int64_t s = 0; s < turn.steps; ++s) {
       const std::vector<int64_t> tokens = {tok(rng), tok(rng)};
       const Tensor<float> got = session.decode(seqs, tokens);
       for (size_t b = 0; b < seqs.size(); ++b) {
         const Tensor<float> want = cpu[b].forward(std::vector<int64_t>{tokens[b]});
-        const double err = rel_error(got.row(static_cast<int64_t>(b)), want.data(), vocab);
-        worst = std::max(worst, err);
-        ASSERT_LT(err, 3e-2) << "decode at position " << cpu[b].tokens() - 1 << " of sequence " << b;
+        check(b, got.row(static_cast<int64_t>(b)), want.data(),
+              "decode at position " + std::to_string(cpu[b].tokens() - 1) + " of sequence " + std::to_string(b), ti);
       }
     }
   }
@@ -567,16 +643,17 @@ TEST_F(GpuMlaModel, ContinuedPrefillMatchesCpuRuntime) {
   {
     SCOPED_TRACE("deepseek-v2");
     const lca::Model model = load_tiny_mla(dir_, MlaKind::v2, true, 71);
-    compare_conversation(model, small_lca(32, 4), 5, false, rng);
-    compare_conversation(model, small_lca(32, 4), 8192, true, rng);
+    compare_conversation(model, small_lca(32, 4), 5, false, rng, 5e-2);
+    compare_conversation(model, small_lca(32, 4), 8192, true, rng, 5e-2);
   }
   {
     SCOPED_TRACE("deepseek-v3, score = full");
     const lca::Model model = load_tiny_mla(dir_, MlaKind::v3, false, 73);
     LcaParams p = small_lca(32, 4);
     p.score = lca::ScoreMode::full;
-    compare_conversation(model, p, 11, true, rng);
+    compare_conversation(model, p, 11, true, rng, 5e-2);
   }
 }
 
 }  // namespace
+
