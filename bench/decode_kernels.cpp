@@ -7,7 +7,9 @@
 // many 128K sequences a 40 GiB pool holds for a 27-layer DeepSeek-V2-Lite-
 // shaped model, counted by allocating them until the pool refuses. MTLA
 // (s = 2, 4, 16) runs through the same cache and attention kernel beside LCA.
-// Prints a table and writes JSON (argv[1]).
+// Batch 1 is also timed as a model replays it: the steps of all its layers
+// (27, 62, 28) in one graph, time per layer. Prints tables and writes JSON
+// (argv[1]). `--split-sweep`: batch-1 step times against the KV split count.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -103,8 +105,10 @@ std::unique_ptr<lca::cuda::PagedKvCache> random_cache(lca::cuda::PagedCacheConfi
   return cache;
 }
 
-// One step at position t of `batch` sequences of t tokens, replayed from a graph.
-StepTime time_step(lca::cuda::PagedCacheConfig cfg, int64_t batch, int64_t t, int reps) {
+// One step at position t of `batch` sequences of t tokens, replayed from a graph;
+// with cfg.layers > 1 the graph holds the step of every layer, as a model's
+// decode graph does, and the time is per layer.
+StepTime time_step(lca::cuda::PagedCacheConfig cfg, int64_t batch, int64_t t, int reps, int64_t splits = 0) {
   std::vector<int64_t> seqs;
   const auto cache_ptr = random_cache(cfg, batch, t, seqs);
   lca::cuda::PagedKvCache& cache = *cache_ptr;
@@ -117,11 +121,11 @@ StepTime time_step(lca::cuda::PagedCacheConfig cfg, int64_t batch, int64_t t, in
   fill(queries, q_bytes, 13);
   cudaStream_t stream;
   CHECK(cudaStreamCreate(&stream));
-  cache.begin_step(seqs, stream);
+  cache.begin_step(seqs, stream, splits);
   cudaGraph_t graph;
   cudaGraphExec_t exec;
   CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-  cache.decode_layer(0, rows, queries, out, stream);
+  for (int64_t l = 0; l < cfg.layers; ++l) cache.decode_layer(l, rows, queries, out, stream);
   CHECK(cudaStreamEndCapture(stream, &graph));
   CHECK(cudaGraphInstantiate(&exec, graph, 0));
   StepTime st;
@@ -141,7 +145,7 @@ StepTime time_step(lca::cuda::PagedCacheConfig cfg, int64_t batch, int64_t t, in
     if (i >= 5) times.push_back(ms);
   }
   std::sort(times.begin(), times.end());
-  st.ms = times[times.size() / 2];
+  st.ms = times[times.size() / 2] / static_cast<double>(cfg.layers);
   cache.end_step();
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
@@ -201,6 +205,20 @@ int main(int argc, char** argv) {
   const Shape shapes[] = {{"deepseek-v2-lite mla", lca::KvLayout::mla, 16, 1, 512, 64},
                           {"minicpm3-4b mla", lca::KvLayout::mla, 40, 1, 256, 32},
                           {"qwen2.5-7b gqa", lca::KvLayout::gqa, 28, 4, 128, 0}};
+  if (argc > 1 && std::string(argv[1]) == "--split-sweep") {  // batch-1 step time against the split count
+    for (int si = 0; si < 3; ++si)
+      for (int64_t ctx : {int64_t(32768), int64_t(131072)})
+        for (const bool full : {false, true}) {
+          std::printf("%-22s %7lld %s:", shapes[si].name, (long long)ctx, full ? "full" : "lca ");
+          const auto cfg = config_of(shapes[si], full ? lca::LcaParams::full() : lca::LcaParams{});
+          for (int64_t sp : {0, 8, 16, 33, 66, 132}) {
+            const StepTime st = time_step(cfg, 1, ctx, 100, sp);
+            std::printf("  %lld: %.1f", (long long)st.splits, st.ms * 1e3);
+          }
+          std::printf("  (splits: us)\n");
+        }
+    return 0;
+  }
   if (argc > 5 && std::string(argv[1]) == "--profile")
     return profile(std::atoi(argv[2]), std::atoll(argv[3]), std::atoll(argv[4]), std::string(argv[5]) == "full",
                    shapes);
@@ -244,6 +262,27 @@ int main(int argc, char** argv) {
             << ", \"full_mib_per_seq\": " << full_mib << ", \"lca_mib_per_seq\": " << lca_mib << "}";
         first_row = false;
       }
+    }
+  }
+  // Batch 1 as a model replays it: the step of every layer in one graph.
+  out << "\n],\n\"model_graph_rows\": [\n";
+  const int64_t model_layers[] = {27, 62, 28};  // DeepSeek-V2-Lite, MiniCPM3-4B, Qwen2.5-7B
+  std::printf("\n%-22s %7s %6s | %9s %9s | %7s   (batch 1, us per layer, the steps of all layers in one graph)\n",
+              "whole-model graph", "context", "layers", "full us", "LCA us", "full/LCA");
+  first_row = true;
+  for (int si = 0; si < 3; ++si) {
+    const Shape& s = shapes[si];
+    for (int64_t ctx : contexts) {
+      if (quick && ctx > 32768) continue;
+      const int64_t L = model_layers[si];
+      const double full_us = time_step(config_of(s, lca::LcaParams::full(), L), 1, ctx, 50).ms * 1e3;
+      const double lca_us = time_step(config_of(s, lca_p, L), 1, ctx, 50).ms * 1e3;
+      std::printf("%-22s %7lld %6lld | %9.1f %9.1f | %6.2fx\n", s.name, (long long)ctx, (long long)L, full_us, lca_us,
+                  full_us / lca_us);
+      out << (first_row ? "" : ",\n") << "  {\"shape\": \"" << s.name << "\", \"context\": " << ctx
+          << ", \"layers\": " << L << ", \"full_us_per_layer\": " << full_us << ", \"lca_us_per_layer\": " << lca_us
+          << "}";
+      first_row = false;
     }
   }
   out << "\n],\n\"mtla_rows\": [\n";
