@@ -19,6 +19,10 @@
 //   accumulator layout is the A fragment layout), B = V MN-major.
 // - intra-warpgroup pipelining: S of tile i is issued before P V of tile i-1,
 //   so the softmax of tile i runs while the tensor cores do P V.
+// - the softmax is the consumers' critical path: inner tiles take a mask-free
+//   copy of it (edge tiles one with 32-bit per-row key limits), and each
+//   probability costs one FFMA and one ex2.approx.ftz (docs/perf-notes.md,
+//   prefill v4).
 // Shared memory: (BM d_qk + 2 BN d_qk + 2 BN d_v) * 2 B + 2 KB:
 // 162 KB for d = 128, 210 KB for d_qk = 192 / d_v = 128, 82 KB for d = 64.
 #include <cstdint>
