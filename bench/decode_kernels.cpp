@@ -31,21 +31,8 @@ namespace {
 
 using lca_bench::median_ms;
 
-// Random bf16 values in [-1, 1): never time on zeros.
-void fill(void* p, int64_t bytes, uint64_t seed) { lca::cuda::detail::fill_uniform(p, bytes / 2, 1.f, seed, nullptr); }
-
-// Device-to-device copy bandwidth, counting bytes read and written.
-double copy_gbps() {
-  const size_t bytes = size_t(1) << 30;
-  void *a, *b;
-  CHECK(cudaMalloc(&a, bytes));
-  CHECK(cudaMalloc(&b, bytes));
-  fill(a, bytes, 1);
-  const double ms = median_ms([&] { CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice)); }, 20, 5);
-  cudaFree(a);
-  cudaFree(b);
-  return 2.0 * bytes / (ms * 1e-3) / 1e9;
-}
+using lca_bench::copy_gbps;
+using lca_bench::fill_random;
 
 struct Shape {
   const char* name;
@@ -101,7 +88,7 @@ std::unique_ptr<lca::cuda::PagedKvCache> random_cache(lca::cuda::PagedCacheConfi
     seqs.push_back(cache->add_sequence());
     cache->set_tokens(seqs.back(), t);
   }
-  fill(cache->device_pool(), cache->total_blocks() * cache->block_bytes(), 7);
+  fill_random(cache->device_pool(), cache->total_blocks() * cache->block_bytes(), 7);
   return cache;
 }
 
@@ -117,8 +104,8 @@ StepTime time_step(lca::cuda::PagedCacheConfig cfg, int64_t batch, int64_t t, in
   CHECK(cudaMalloc(&rows, rows_bytes));
   CHECK(cudaMalloc(&queries, q_bytes));
   CHECK(cudaMalloc(&out, batch * cache.query_heads() * cache.output_width() * 2));
-  fill(rows, rows_bytes, 11);
-  fill(queries, q_bytes, 13);
+  fill_random(rows, rows_bytes, 11);
+  fill_random(queries, q_bytes, 13);
   cudaStream_t stream;
   CHECK(cudaStreamCreate(&stream));
   cache.begin_step(seqs, stream, splits);
@@ -189,8 +176,8 @@ int profile(int shape, int64_t ctx, int64_t batch, bool full, const Shape* shape
   CHECK(cudaMalloc(&rows, batch * cache.row_width() * 2));
   CHECK(cudaMalloc(&queries, batch * cache.query_heads() * cache.query_width() * 2));
   CHECK(cudaMalloc(&out, batch * cache.query_heads() * cache.output_width() * 2));
-  fill(rows, batch * cache.row_width() * 2, 11);
-  fill(queries, batch * cache.query_heads() * cache.query_width() * 2, 13);
+  fill_random(rows, batch * cache.row_width() * 2, 11);
+  fill_random(queries, batch * cache.query_heads() * cache.query_width() * 2, 13);
   cache.begin_step(seqs);
   for (int i = 0; i < 20; ++i) cache.decode_layer(0, rows, queries, out);
   CHECK(cudaDeviceSynchronize());

@@ -33,43 +33,9 @@ namespace {
 
 using lca_bench::median_ms;
 
-// Random bf16 values in [-1, 1): never time on zeros.
-void fill(void* p, int64_t bytes, uint64_t seed) { lca::cuda::detail::fill_uniform(p, bytes / 2, 1.f, seed, nullptr); }
+using lca_bench::copy_gbps;
+using lca_bench::fill_random;
 
-// Device-to-device copy bandwidth, counting bytes read and written.
-double copy_gbps() {
-  const size_t bytes = size_t(1) << 30;
-  void *a, *b;
-  CHECK(cudaMalloc(&a, bytes));
-  CHECK(cudaMalloc(&b, bytes));
-  fill(a, bytes, 1);
-  const double ms = median_ms([&] { CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice)); }, 20, 5);
-  cudaFree(a);
-  cudaFree(b);
-  return 2.0 * bytes / (ms * 1e-3) / 1e9;
-}
-
-// Median milliseconds of `reps` calls of f on `stream` (after warm-up calls).
-double median_on(cudaStream_t stream, const std::function<void()>& f, int reps, int warmup = 5) {
-  cudaEvent_t a, b;
-  CHECK(cudaEventCreate(&a));
-  CHECK(cudaEventCreate(&b));
-  for (int i = 0; i < warmup; ++i) f();
-  std::vector<float> t;
-  for (int i = 0; i < reps; ++i) {
-    CHECK(cudaEventRecord(a, stream));
-    f();
-    CHECK(cudaEventRecord(b, stream));
-    CHECK(cudaEventSynchronize(b));
-    float ms;
-    CHECK(cudaEventElapsedTime(&ms, a, b));
-    t.push_back(ms);
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
 
 struct Row {
   int64_t rows = 0;
@@ -105,8 +71,8 @@ int main(int argc, char** argv) {
   void *h, *x, *blas_workspace;
   CHECK(cudaMalloc(&h, max_rows * D * 2));
   CHECK(cudaMalloc(&x, max_rows * D * 2));
-  fill(h, max_rows * D * 2, 3);
-  fill(x, max_rows * D * 2, 5);
+  fill_random(h, max_rows * D * 2, 3);
+  fill_random(x, max_rows * D * 2, 5);
   cudaStream_t stream;
   CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   cublasHandle_t blas;
@@ -148,15 +114,15 @@ int main(int argc, char** argv) {
       forward(grouped_ws);
       CHECK(cudaStreamEndCapture(stream, &graph));
       CHECK(cudaGraphInstantiate(&exec, graph, 0));
-      const double ms = median_on(stream, [&] { CHECK(cudaGraphLaunch(exec, stream)); }, reps);
+      const double ms = median_ms([&] { CHECK(cudaGraphLaunch(exec, stream)); }, reps, 5, stream);
       rows_out.push_back(measure(grouped_ws, rows, "grouped, graph", ms));
       cudaGraphExecDestroy(exec);
       cudaGraphDestroy(graph);
     } else {
-      const double ms = median_on(stream, [&] { forward(grouped_ws); }, reps);
+      const double ms = median_ms([&] { forward(grouped_ws); }, reps, 5, stream);
       rows_out.push_back(measure(grouped_ws, rows, "grouped", ms));
     }
-    const double blas_ms = median_on(stream, [&] { forward(blas_ws); }, reps);
+    const double blas_ms = median_ms([&] { forward(blas_ws); }, reps, 5, stream);
     rows_out.push_back(measure(blas_ws, rows, "cublas per expert", blas_ms));
   }
   CHECK(cudaDeviceSynchronize());
