@@ -3,7 +3,8 @@
 // [0, t]) in the paged cache, split over the row list (flash-decoding); the
 // combine kernel (decode_combine.cu) merges the splits.
 //
-// Tile plan (mma.sync m16n8k16, fp32 accumulators; 4 warps, 128 threads):
+// Tile plan (mma.sync m16n8k16, fp32 accumulators; 4 warps per head tile,
+// 128 HT threads):
 // - a block owns one (split, batch entry, kv head, block of 16 HT query heads;
 //   HT = 3 for MiniCPM3's 40 heads, 1 elsewhere). MLA has one kv head, so all
 //   heads of a sequence share every row read (absorbed form: key = [c ; k^R],
@@ -15,13 +16,15 @@
 //   are double-buffered in shared memory by cp.async (rows past the end
 //   zero-filled); the 64 row addresses of a tile are looked up once in the
 //   block tables (into shared memory) before its copies are issued.
-// - S = Q K^T: warp w takes a quarter of the tile's rows for all heads (Q and
-//   K by ldmatrix; even and odd k-steps in separate accumulators), scales,
-//   masks, and writes S to shared memory.
+// - S = Q K^T: warp w takes head tile w / 4 and a quarter (w % 4) of the
+//   tile's rows (Q and K by ldmatrix; even and odd k-steps in separate
+//   accumulators), scales, masks, and writes S to shared memory. (With one
+//   warp quartet looping over MiniCPM3's three head tiles, its tiles were
+//   three times longer chains: full decode stalled at 72% of bandwidth.)
 // - softmax: 8 threads per head reduce the tile's scores (online, log2
 //   domain), write P (in the storage dtype) and the rescale factor.
-// - O += P V: warp w owns output columns [w d_v/4, (w+1) d_v/4) of all heads
-//   (V by transposed ldmatrix from the same shared rows).
+// - O += P V: warp w owns output columns [q d_v/4, (q+1) d_v/4), q = w % 4, of
+//   its head tile (V by transposed ldmatrix from the same shared rows).
 // - the split's output, normalised, and its log-sum-exp go to fp32 workspace.
 // Shared memory: (16 HT (d_qk+8) + 2 R (W+8) + 16 HT (R+8)) * 2 + 16 HT R * 4
 // bytes and a little, R rows a tile, W = d_qk (MLA) or 2 d (GQA): 97 KB for
@@ -36,7 +39,7 @@
 namespace lca::cuda::detail {
 namespace {
 
-constexpr int kHeads = 16, kWarps = 4, kThreads = kWarps * 32, kStages = 2;
+constexpr int kHeads = 16, kWarps = 4, kStages = 2;  // kWarps warps per head tile
 
 // HT head tiles of 16 per block: every row a block loads serves 16 HT heads;
 // R rows per tile (64, or 32 where a smaller tile lets two blocks share an SM).
@@ -44,6 +47,10 @@ template <class T, bool kMla, int DQK, int DV, int HT, int R>
 struct Tile {
   static constexpr int kRows = R;
   static constexpr int MH = kHeads * HT;          // query heads per block
+  static constexpr int kThreads = 32 * kWarps * HT;  // four warps per head tile
+  // Two blocks per SM (one's loads under the other's math) also for HT = 3's
+  // 384 threads: registers capped at 80.
+  static constexpr int kMinBlocks = HT > 1 ? 2 : 1;
   static constexpr int W = kMla ? DQK : 2 * DQK;  // values of a row the block loads
   static constexpr int VO = kMla ? 0 : DQK;       // the value's offset within them
   static constexpr int RS = W + 8, QS = DQK + 8, PS = kRows + 8;  // padded shared rows (elements)
@@ -57,13 +64,11 @@ struct Tile {
   static_assert(R == 32 || R == 64, "tiles of 32 or 64 rows");
 };
 
-template <class T, bool kMla, int DQK, int DV, int HT, int R>
-__global__ void __launch_bounds__(kThreads) decode_attention_kernel(PagedView v, StepView s, DecodeShape sh,
-                                                                    const T* queries, float* part_out,
-                                                                    float* part_lse, float scale_log2,
-                                                                    float rep_bias_log2) {
-  using L = Tile<T, kMla, DQK, DV, HT, R>;
-  constexpr int MH = L::MH, kRows = L::kRows, NT = L::NT;
+template <class T, bool kMla, int DQK, int DV, int HT, int R, class L = Tile<T, kMla, DQK, DV, HT, R>>
+__global__ void __launch_bounds__(L::kThreads, L::kMinBlocks)
+    decode_attention_kernel(PagedView v, StepView s, DecodeShape sh, const T* queries, float* part_out,
+                            float* part_lse, float scale_log2, float rep_bias_log2) {
+  constexpr int MH = L::MH, kRows = L::kRows, NT = L::NT, kThreads = L::kThreads;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sRows = sQ + L::q_elems;
@@ -74,7 +79,9 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(PagedView v,
   float* sCorr = sSum + MH;
   const T** sPtr = reinterpret_cast<const T**>(sCorr + MH);
 
+  // Warp w serves head tile ht = w / 4 and a quarter q4 = w % 4 of the tile's rows (S) and of the output columns (P V).
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, tid = threadIdx.x;
+  const int ht = warp / kWarps, q4 = warp % kWarps;
   const int split = blockIdx.x, b = blockIdx.y, splits = gridDim.x;
   const int per = sh.q_heads / sh.kv_heads, head_blocks = (per + MH - 1) / MH;
   const int kv = blockIdx.z / head_blocks, h0 = kv * per + (blockIdx.z % head_blocks) * MH;
@@ -120,11 +127,9 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(PagedView v,
   load_rows(0);
   cp_async_commit();
 
-  float o[HT][L::NV / 8][4];
+  float o[L::NV / 8][4];
 #pragma unroll
-  for (int ht = 0; ht < HT; ++ht)
-#pragma unroll
-    for (int n = 0; n < L::NV / 8; ++n) o[ht][n][0] = o[ht][n][1] = o[ht][n][2] = o[ht][n][3] = 0.f;
+  for (int n = 0; n < L::NV / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
 
   for (int i = 0; i < tiles; ++i) {
     if (i + 1 < tiles) {
@@ -140,22 +145,18 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(PagedView v,
     const T* tile = sRows + (i & 1) * kRows * L::RS;
     const int64_t base = r0 + int64_t(i) * kRows;
 
-    // S for rows 16 warp .. 16 warp + 15 of the tile and every head; even and
+    // S for the warp's quarter of the tile's rows and its head tile; even and
     // odd k-steps accumulate apart, halving the chain of dependent mma.
-    float acc[HT][NT][4] = {}, acc_odd[HT][NT][4] = {};
-    auto k_step = [&](int kk, float(&c)[HT][NT][4]) {
-      uint32_t bk[4];
+    float acc[NT][4] = {}, acc_odd[NT][4] = {};
+    auto k_step = [&](int kk, float(&c)[NT][4]) {
+      uint32_t bk[4], a[4];
       if constexpr (NT == 2)
-        ldmatrix_x4(bk, tile + (warp * 16 + (lane / 16) * 8 + lane % 8) * L::RS + kk * 16 + ((lane / 8) % 2) * 8);
+        ldmatrix_x4(bk, tile + (q4 * 16 + (lane / 16) * 8 + lane % 8) * L::RS + kk * 16 + ((lane / 8) % 2) * 8);
       else
-        ldmatrix_x2(bk, tile + (warp * 8 + lane % 8) * L::RS + kk * 16 + ((lane / 8) % 2) * 8);
-#pragma unroll
-      for (int ht = 0; ht < HT; ++ht) {
-        uint32_t a[4];
-        ldmatrix_x4(a, sQ + (ht * 16 + lane % 16) * L::QS + kk * 16 + (lane / 16) * 8);
-        mma16816<T>(c[ht][0], a, bk[0], bk[1]);
-        if constexpr (NT == 2) mma16816<T>(c[ht][1], a, bk[2], bk[3]);
-      }
+        ldmatrix_x2(bk, tile + (q4 * 8 + lane % 8) * L::RS + kk * 16 + ((lane / 8) % 2) * 8);
+      ldmatrix_x4(a, sQ + (ht * 16 + lane % 16) * L::QS + kk * 16 + (lane / 16) * 8);
+      mma16816<T>(c[0], a, bk[0], bk[1]);
+      if constexpr (NT == 2) mma16816<T>(c[1], a, bk[2], bk[3]);
     };
 #pragma unroll 2
     for (int kk = 0; kk < DQK / 16; kk += 2) {
@@ -163,16 +164,14 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(PagedView v,
       k_step(kk + 1, acc_odd);
     }
 #pragma unroll
-    for (int ht = 0; ht < HT; ++ht)
+    for (int n = 0; n < NT; ++n)
 #pragma unroll
-      for (int n = 0; n < NT; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int head = ht * 16 + lane / 4 + (e / 2) * 8, key = warp * L::WR + n * 8 + (lane % 4) * 2 + (e % 2);
-          const int64_t r = base + key;
-          const float x = acc[ht][n][e] + acc_odd[ht][n][e];
-          sS[head * kRows + key] = r < r1 ? x * scale_log2 + (r < rows.m ? rep_bias_log2 : 0.f) : -INFINITY;
-        }
+      for (int e = 0; e < 4; ++e) {
+        const int head = ht * 16 + lane / 4 + (e / 2) * 8, key = q4 * L::WR + n * 8 + (lane % 4) * 2 + (e % 2);
+        const int64_t r = base + key;
+        const float x = acc[n][e] + acc_odd[n][e];
+        sS[head * kRows + key] = r < r1 ? x * scale_log2 + (r < rows.m ? rep_bias_log2 : 0.f) : -INFINITY;
+      }
     __syncthreads();
 
     // Online softmax over the tile: 8 threads per head, kRows / 8 scores each.
@@ -205,29 +204,23 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(PagedView v,
     }
     __syncthreads();
 
-    // O = O * corr + P V for the warp's columns.
-#pragma unroll
-    for (int ht = 0; ht < HT; ++ht) {
+    // O = O * corr + P V for the warp's columns of its head tile.
+    {
       const float c0 = sCorr[ht * 16 + lane / 4], c1 = sCorr[ht * 16 + lane / 4 + 8];
 #pragma unroll
-      for (int n = 0; n < L::NV / 8; ++n)
-        o[ht][n][0] *= c0, o[ht][n][1] *= c0, o[ht][n][2] *= c1, o[ht][n][3] *= c1;
+      for (int n = 0; n < L::NV / 8; ++n) o[n][0] *= c0, o[n][1] *= c0, o[n][2] *= c1, o[n][3] *= c1;
     }
 #pragma unroll
     for (int kk = 0; kk < kRows / 16; ++kk) {
-      uint32_t a[HT][4];
-#pragma unroll
-      for (int ht = 0; ht < HT; ++ht) ldmatrix_x4(a[ht], sP + (ht * 16 + lane % 16) * L::PS + kk * 16 + (lane / 16) * 8);
+      uint32_t a[4];
+      ldmatrix_x4(a, sP + (ht * 16 + lane % 16) * L::PS + kk * 16 + (lane / 16) * 8);
 #pragma unroll
       for (int nd = 0; nd < L::NV / 16; ++nd) {
         uint32_t bv[4];
-        ldmatrix_x4_trans(bv, tile + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * L::RS + L::VO + warp * L::NV +
+        ldmatrix_x4_trans(bv, tile + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * L::RS + L::VO + q4 * L::NV +
                                   nd * 16 + (lane / 16) * 8);
-#pragma unroll
-        for (int ht = 0; ht < HT; ++ht) {
-          mma16816<T>(o[ht][2 * nd], a[ht], bv[0], bv[1]);
-          mma16816<T>(o[ht][2 * nd + 1], a[ht], bv[2], bv[3]);
-        }
+        mma16816<T>(o[2 * nd], a, bv[0], bv[1]);
+        mma16816<T>(o[2 * nd + 1], a, bv[2], bv[3]);
       }
     }
     __syncthreads();  // this stage, S and P are refilled next
@@ -235,19 +228,15 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(PagedView v,
 
   // The split's normalised output and log-sum-exp (log2 domain).
 #pragma unroll
-  for (int ht = 0; ht < HT; ++ht)
+  for (int ri = 0; ri < 2; ++ri) {
+    const int hl = ht * 16 + lane / 4 + ri * 8;
+    if (hl >= heads) continue;
+    const float inv = 1.f / sSum[hl];
+    float* dst = part_out + ((static_cast<int64_t>(b) * splits + split) * sh.q_heads + h0 + hl) * DV + q4 * L::NV;
 #pragma unroll
-    for (int ri = 0; ri < 2; ++ri) {
-      const int hl = ht * 16 + lane / 4 + ri * 8;
-      if (hl >= heads) continue;
-      const float inv = 1.f / sSum[hl];
-      float* dst =
-          part_out + ((static_cast<int64_t>(b) * splits + split) * sh.q_heads + h0 + hl) * DV + warp * L::NV;
-#pragma unroll
-      for (int n = 0; n < L::NV / 8; ++n)
-        *reinterpret_cast<float2*>(dst + n * 8 + (lane % 4) * 2) =
-            make_float2(o[ht][n][ri * 2] * inv, o[ht][n][ri * 2 + 1] * inv);
-    }
+    for (int n = 0; n < L::NV / 8; ++n)
+      *reinterpret_cast<float2*>(dst + n * 8 + (lane % 4) * 2) = make_float2(o[n][ri * 2] * inv, o[n][ri * 2 + 1] * inv);
+  }
   for (int h = tid; h < heads; h += kThreads) lse_out[h] = sMax[h] + log2f(sSum[h]);
 }
 
@@ -291,7 +280,7 @@ int decode_ctas_per_sm(const DecodeShape& sh, DType dtype) {
       using L = Tile<T, kMla, DQK, DV, HT, R>;
       auto kernel = decode_attention_kernel<T, kMla, DQK, DV, HT, R>;
       LCA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L::bytes)));
-      LCA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, kernel, kThreads, L::bytes));
+      LCA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, kernel, L::kThreads, L::bytes));
     });
   });
   return ctas < 1 ? 1 : ctas;
@@ -322,7 +311,7 @@ void decode_attention(const PagedView& v, const StepView& s, const DecodeShape& 
       static const cudaError_t attr =
           cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L::bytes));
       LCA_CUDA_CHECK(attr);
-      kernel<<<grid, kThreads, L::bytes, stream>>>(v, s, sh, static_cast<const T*>(queries), part_out, part_lse,
+      kernel<<<grid, L::kThreads, L::bytes, stream>>>(v, s, sh, static_cast<const T*>(queries), part_out, part_lse,
                                                    scale_log2, bias_log2);
       LCA_CUDA_CHECK_LAUNCH("decode_attention");
     });
