@@ -16,6 +16,7 @@
 #include "lca/dtype.hpp"
 #include "lca/reference.hpp"
 #include "reference/rows.hpp"
+#include "cuda/model_ops.hpp"
 
 namespace {
 
@@ -570,5 +571,112 @@ TEST(GpuMtla, BadArgumentsNameTheProblem) {
     FAIL() << "no error";
   } catch (const lca::Error& e) {
     EXPECT_NE(std::string(e.what()).find("open_in"), std::string::npos) << e.what();
+  }
+}
+
+// ---- MLA decode rows on a joint product ---------------------------------------------
+
+namespace {
+
+std::vector<uint16_t> read_bits(const DeviceBuffer& d) {
+  std::vector<uint16_t> b(d.bytes / 2);
+  cudaMemcpy(b.data(), d.ptr, d.bytes, cudaMemcpyDeviceToHost);
+  return b;
+}
+
+}  // namespace
+
+// Decode reads q and kv_a in place from one product [B, ld]: mla_decode_rows
+// there must give the bits of mla_kv_rows and mla_rope_queries on contiguous
+// copies (q rotated in place, q_abs's rope columns, the cache rows), and
+// rms_norm and add_bias on strided rows those of contiguous ones. Three
+// tokens, so that a wrong stride reads another token's values; both rope
+// pair layouts; padding columns beyond the two parts.
+TEST(GpuMlaRows, DecodeRowsOnAJointProductEqualTheSeparateKernels) {
+  REQUIRE_GPU();
+  namespace d = lca::cuda::detail;
+  std::mt19937_64 rng(0x6a6f696e74);
+  const int64_t B = 3, H = 2, dn = 16, dr = 8, dc = 40, dq = dn + dr, width = dc + dr, nq = H * dq;
+  const int64_t ld = nq + width + 8;
+  for (const bool interleaved : {false, true}) {
+    SCOPED_TRACE(interleaved ? "interleaved" : "half-split");
+    Tensor<float> joint = random_tensor(rng, {B, ld}), bias = random_tensor(rng, {width}, 0.3f);
+    Tensor<float> norm_w = random_tensor(rng, {dc}, 0.5f);
+    auto joint_dev = upload(joint, DType::bf16);
+    auto bias_dev = upload(bias, DType::bf16);
+    auto norm_dev = upload(norm_w, DType::bf16);
+    // Contiguous copies of the two parts (joint now holds the bf16 values).
+    Tensor<float> q({B, nq}), kv({B, width});
+    for (int64_t b = 0; b < B; ++b) {
+      std::copy_n(joint.row(b), nq, q.row(b));
+      std::copy_n(joint.row(b) + nq, width, kv.row(b));
+    }
+    auto q_dev = upload(q, DType::bf16);
+    auto kv_dev = upload(kv, DType::bf16);
+    std::vector<int64_t> positions(B);
+    std::uniform_int_distribution<int64_t> pos(0, 200000);
+    for (int64_t& p : positions) p = pos(rng);
+    std::vector<double> inv_freq(dr / 2);
+    for (size_t j = 0; j < inv_freq.size(); ++j) inv_freq[j] = std::pow(10000.0, -2.0 * double(j) / double(dr));
+    DeviceBuffer pos_dev(B * 8), freq_dev(inv_freq.size() * 8);
+    CUDA_OK(cudaMemcpy(pos_dev.ptr, positions.data(), pos_dev.bytes, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(freq_dev.ptr, inv_freq.data(), freq_dev.bytes, cudaMemcpyHostToDevice));
+    const auto* p = static_cast<const int64_t*>(pos_dev.ptr);
+    const auto* f = static_cast<const double*>(freq_dev.ptr);
+    const double eps = 1e-6, factor = 1.25;
+
+    DeviceBuffer rows_sep(B * width * 2), rows_one(B * width * 2), abs_sep(B * H * width * 2),
+        abs_one(B * H * width * 2);
+    abs_sep.poison(), abs_one.poison(), rows_sep.poison(), rows_one.poison();
+    d::mla_kv_rows(kv_dev->ptr, bias_dev->ptr, norm_dev->ptr, eps, B, dc, dr, p, 0, f, factor, interleaved,
+                   rows_sep.ptr, nullptr, nullptr, nullptr);
+    d::mla_rope_queries(q_dev->ptr, B, H, dn, dr, p, 0, f, factor, interleaved, abs_sep.ptr, width, nullptr, 0,
+                        nullptr);
+    d::mla_decode_rows(static_cast<char*>(joint_dev->ptr) + nq * 2, ld, bias_dev->ptr, norm_dev->ptr, eps,
+                       joint_dev->ptr, ld, B, H, dn, dc, dr, p, f, factor, interleaved, rows_one.ptr, abs_one.ptr,
+                       nullptr);
+    CUDA_OK(cudaDeviceSynchronize());
+    EXPECT_EQ(read_bits(rows_one), read_bits(rows_sep));
+    EXPECT_EQ(read_bits(abs_one), read_bits(abs_sep));
+    const std::vector<uint16_t> joint_bits = read_bits(*joint_dev), q_bits = read_bits(*q_dev);
+    int64_t q_differ = 0, rest_changed = 0;
+    std::vector<uint16_t> joint0(static_cast<size_t>(B * ld));
+    lca::encode(DType::bf16, joint.data(), joint.numel(), joint0.data());
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t c = 0; c < ld; ++c) {
+        const size_t i = static_cast<size_t>(b * ld + c);
+        if (c < nq) q_differ += joint_bits[i] != q_bits[static_cast<size_t>(b * nq + c)];
+        else rest_changed += joint_bits[i] != joint0[i];
+      }
+    EXPECT_EQ(q_differ, 0) << "q rotated in place differs";
+    EXPECT_EQ(rest_changed, 0) << "kv_a or padding columns of the joint product were written";
+    // Rope moved some values: the comparison above is not of two untouched copies.
+    EXPECT_NE(q_bits, std::vector<uint16_t>(joint0.begin(), joint0.begin() + nq));
+
+    // rms_norm and add_bias (the q_a part with q_lora) on strided rows.
+    const int64_t r = 24;
+    Tensor<float> qa({B, r}), qa_bias = random_tensor(rng, {r}), qa_norm = random_tensor(rng, {r});
+    for (int64_t b = 0; b < B; ++b) std::copy_n(joint.row(b), r, qa.row(b));
+    auto qa_dev = upload(qa, DType::bf16);
+    auto qa_bias_dev = upload(qa_bias, DType::bf16);
+    auto qa_norm_dev = upload(qa_norm, DType::bf16);
+    auto strided = upload(joint, DType::bf16);
+    DeviceBuffer out_sep(B * r * 2), out_one(B * r * 2);
+    d::add_bias(qa_dev->ptr, qa_bias_dev->ptr, B, r, 1.f, nullptr);
+    d::rms_norm(qa_dev->ptr, qa_norm_dev->ptr, B, r, eps, out_sep.ptr, nullptr);
+    d::add_bias(strided->ptr, qa_bias_dev->ptr, B, r, 1.f, nullptr, ld);
+    d::rms_norm(strided->ptr, qa_norm_dev->ptr, B, r, eps, out_one.ptr, nullptr, ld);
+    CUDA_OK(cudaDeviceSynchronize());
+    EXPECT_EQ(read_bits(out_one), read_bits(out_sep));
+    const std::vector<uint16_t> biased = read_bits(*strided), biased_sep = read_bits(*qa_dev);
+    int64_t bias_differ = 0, bias_outside = 0;
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t c = 0; c < ld; ++c) {
+        const size_t i = static_cast<size_t>(b * ld + c);
+        if (c < r) bias_differ += biased[i] != biased_sep[static_cast<size_t>(b * r + c)];
+        else bias_outside += biased[i] != joint0[i];
+      }
+    EXPECT_EQ(bias_differ, 0);
+    EXPECT_EQ(bias_outside, 0) << "add_bias wrote past the row's d values";
   }
 }

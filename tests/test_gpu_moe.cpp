@@ -21,6 +21,7 @@
 
 #include "lca/cuda.hpp"
 #include "model/mla.hpp"
+#include "cuda/model_ops.hpp"
 #include "runtime/gpu_moe.hpp"
 #include "test_util.hpp"
 
@@ -379,6 +380,144 @@ TEST(GpuMoe, GraphReplayEqualsDirectCall) {
     EXPECT_EQ(read_x(x_dev.ptr, rows, c.D), direct) << "replay " << replay;
   }
   cudaGraphExecDestroy(exec);
+}
+
+// Up to 8 rows take one launch for the router logits, routing and dispatch
+// (moe_route_small), more rows the cuBLAS GEMM and two kernels. With h in
+// {-1, -1/2, 0, 1/2, 1} and router entries multiples of 1/16 up to 1/8 every
+// logit is exact in fp32 whatever the summation order, so both paths must
+// give the same bits (many exact ties included) and both the CPU's result.
+// 44 experts: 6 blocks of the one launch, the last partly idle; V3 at its
+// own sizes (256 experts in 8 groups, 8 per token: 32 blocks and the most
+// shared memory); fresh h per call and a graph replayed twice (the launch's
+// block counter must reset).
+TEST(GpuMoe, SmallRowsInOneLaunchEqualThreeLaunches) {
+  REQUIRE_GPU();
+  for (const MoeRouting routing :
+       {MoeRouting::softmax_greedy, MoeRouting::softmax_group_limited, MoeRouting::sigmoid_noaux_tc}) {
+    SCOPED_TRACE("routing " + std::to_string(static_cast<int>(routing)));
+    MoeCase c;
+    c.routing = routing;
+    c.E = 44, c.K = 6, c.shared = 2, c.scaling = 1.5;
+    if (routing != MoeRouting::softmax_greedy) c.n_group = 4, c.topk_group = 2;
+    if (routing == MoeRouting::sigmoid_noaux_tc) c.E = 256, c.K = 8, c.shared = 1, c.n_group = 8, c.topk_group = 4;
+    c.norm = routing == MoeRouting::sigmoid_noaux_tc;
+    Rng rng(116 + static_cast<uint64_t>(routing));
+    LayerWeights lw = random_moe_layer(c, rng);
+    for (float& v : lw.router.vec()) v = static_cast<float>(rng.uniform_int(-2, 2)) / 16.f;
+    for (float& v : lw.router_bias.vec()) v = static_cast<float>(rng.uniform_int(0, 1)) / 4.f;
+    const MlaArch arch = arch_of(c);
+    const GpuMoe moe = GpuMoe::upload(arch, lw, c.D);
+    const int64_t cap = 9;
+    MoeWorkspace fused(arch, c.D, cap), three(arch, c.D, cap, 0, false);
+    EXPECT_TRUE(fused.small_rows_fused());
+    EXPECT_FALSE(three.small_rows_fused());
+    Gpu gpu;
+    DeviceBytes h_dev(static_cast<size_t>(cap * c.D * 2)), x_dev(static_cast<size_t>(cap * c.D * 2));
+    auto exact_h = [&](int64_t n) {
+      Tensor<float> h({n, c.D});
+      for (float& v : h.vec()) v = static_cast<float>(rng.uniform_int(-2, 2)) / 2.f;
+      return h;
+    };
+    auto run = [&](MoeWorkspace& ws, const Tensor<float>& x0, int64_t rows) {
+      load_x(x_dev.ptr, x0, rows, cap, c.D);
+      moe.forward(h_dev.ptr, rows, x_dev.ptr, ws, gpu.stream, gpu.blas);
+      EXPECT_EQ(cudaStreamSynchronize(gpu.stream), cudaSuccess);
+      return read_x(x_dev.ptr, cap, c.D);
+    };
+    for (const int64_t rows : {1, 5, 8, 9, 2}) {
+      SCOPED_TRACE("rows " + std::to_string(rows));
+      const Tensor<float> h = exact_h(rows);
+      const Tensor<float> x0 = bf16_randn({rows, c.D}, rng, 0.5);
+      const std::vector<uint16_t> hb = to_bf16(h);
+      ASSERT_EQ(cudaMemcpy(h_dev.ptr, hb.data(), hb.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
+      const std::vector<uint16_t> one = run(fused, x0, rows);
+      const std::vector<uint16_t> want_bits = run(three, x0, rows);
+      EXPECT_EQ(one, want_bits);
+      EXPECT_EQ(fused.expert_rows(), three.expert_rows());
+      Tensor<float> want({rows, c.D});
+      lca::model::moe(arch, lw, h.data(), rows, c.D, want.data());
+      expect_rows_match(one, x0, want, rows, cap, c.D);
+    }
+
+    const int64_t rows = 3;
+    const Tensor<float> h = exact_h(rows);
+    const Tensor<float> x0 = bf16_randn({rows, c.D}, rng, 0.5);
+    const std::vector<uint16_t> hb = to_bf16(h);
+    ASSERT_EQ(cudaMemcpy(h_dev.ptr, hb.data(), hb.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
+    const std::vector<uint16_t> want_bits = run(three, x0, rows);
+    cudaGraph_t graph = nullptr;
+    ASSERT_EQ(cudaStreamBeginCapture(gpu.stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+    moe.forward(h_dev.ptr, rows, x_dev.ptr, fused, gpu.stream, gpu.blas);
+    ASSERT_EQ(cudaStreamEndCapture(gpu.stream, &graph), cudaSuccess);
+    cudaGraphExec_t exec = nullptr;
+    ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+    cudaGraphDestroy(graph);
+    for (int replay = 0; replay < 2; ++replay) {
+      ASSERT_NO_FATAL_FAILURE(load_x(x_dev.ptr, x0, rows, cap, c.D));
+      ASSERT_EQ(cudaGraphLaunch(exec, gpu.stream), cudaSuccess);
+      ASSERT_EQ(cudaStreamSynchronize(gpu.stream), cudaSuccess);
+      EXPECT_EQ(read_x(x_dev.ptr, cap, c.D), want_bits) << "replay " << replay;
+    }
+    cudaGraphExecDestroy(exec);
+  }
+}
+
+// forward_normed folds the rms_norm before the MoE into the routing's launch
+// (up to 8 rows): h and x must have the bits of cuda rms_norm then forward,
+// on random inputs, and x the CPU's moe of that h; 9 rows take the launches
+// apart, the same bits. 44 experts: 6 blocks each normalising what it reads.
+TEST(GpuMoe, ForwardNormedEqualsNormThenForward) {
+  REQUIRE_GPU();
+  MoeCase c;
+  c.routing = MoeRouting::softmax_group_limited;
+  c.D = 136, c.E = 44, c.K = 6, c.shared = 2, c.n_group = 4, c.topk_group = 2, c.scaling = 1.5;
+  Rng rng(119);
+  const LayerWeights lw = random_moe_layer(c, rng);
+  const MlaArch arch = arch_of(c);
+  const GpuMoe moe = GpuMoe::upload(arch, lw, c.D);
+  const int64_t cap = 9;
+  MoeWorkspace ws(arch, c.D, cap);
+  Gpu gpu;
+  const double eps = 1e-6;
+  const std::vector<uint16_t> norm_w = to_bf16(bf16_randn({c.D}, rng, 0.5));
+  DeviceBytes norm_dev(static_cast<size_t>(c.D * 2)), x_dev(static_cast<size_t>(cap * c.D * 2)),
+      h_dev(static_cast<size_t>(cap * c.D * 2));
+  ASSERT_EQ(cudaMemcpy(norm_dev.ptr, norm_w.data(), norm_w.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
+  for (const int64_t rows : {1, 3, 8, 9}) {
+    SCOPED_TRACE("rows " + std::to_string(rows));
+    const Tensor<float> x0 = bf16_randn({rows, c.D}, rng, 3.0);
+    // Apart: rms_norm, then forward.
+    ASSERT_NO_FATAL_FAILURE(load_x(x_dev.ptr, x0, rows, cap, c.D));
+    ASSERT_EQ(cudaMemset(h_dev.ptr, 0xff, static_cast<size_t>(cap * c.D * 2)), cudaSuccess);
+    lca::cuda::detail::rms_norm(x_dev.ptr, norm_dev.ptr, rows, c.D, eps, h_dev.ptr, gpu.stream);
+    moe.forward(h_dev.ptr, rows, x_dev.ptr, ws, gpu.stream, gpu.blas);
+    ASSERT_EQ(cudaStreamSynchronize(gpu.stream), cudaSuccess);
+    const std::vector<uint16_t> x_apart = read_x(x_dev.ptr, cap, c.D), h_apart = read_x(h_dev.ptr, cap, c.D);
+    // Folded.
+    ASSERT_NO_FATAL_FAILURE(load_x(x_dev.ptr, x0, rows, cap, c.D));
+    ASSERT_EQ(cudaMemset(h_dev.ptr, 0xff, static_cast<size_t>(cap * c.D * 2)), cudaSuccess);
+    moe.forward_normed(x_dev.ptr, norm_dev.ptr, eps, h_dev.ptr, rows, ws, gpu.stream, gpu.blas);
+    ASSERT_EQ(cudaStreamSynchronize(gpu.stream), cudaSuccess);
+    EXPECT_EQ(read_x(h_dev.ptr, cap, c.D), h_apart);
+    EXPECT_EQ(read_x(x_dev.ptr, cap, c.D), x_apart);
+    // The CPU's moe of the GPU's normed rows, and those rows near the CPU's norm.
+    Tensor<float> h({rows, c.D}), want({rows, c.D});
+    for (int64_t i = 0; i < rows * c.D; ++i) h.data()[i] = lca::bf16_to_float(h_apart[static_cast<size_t>(i)]);
+    for (int64_t r = 0; r < rows; ++r) {
+      double ss = 0.0;
+      for (int64_t j = 0; j < c.D; ++j) ss += double(x0.data()[r * c.D + j]) * x0.data()[r * c.D + j];
+      const double inv = 1.0 / std::sqrt(ss / double(c.D) + eps);
+      for (int64_t j = 0; j < c.D; ++j) {
+        const double n = x0.data()[r * c.D + j] * inv * lca::bf16_to_float(norm_w[static_cast<size_t>(j)]);
+        ASSERT_NEAR(h.data()[r * c.D + j], n, 1e-2 * std::abs(n) + 1e-6) << "row " << r << " column " << j;
+      }
+    }
+    lca::model::moe(arch, lw, h.data(), rows, c.D, want.data());
+    expect_rows_match(x_apart, x0, want, rows, cap, c.D);
+  }
+  expect_error([&] { moe.forward_normed(x_dev.ptr, nullptr, eps, h_dev.ptr, 1, ws, gpu.stream, gpu.blas); },
+               {"GpuMoe::forward_normed", "norm_weight"});
 }
 
 TEST(GpuMoe, ZeroRowsLeaveXUntouched) {

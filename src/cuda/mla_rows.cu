@@ -31,18 +31,38 @@ __device__ __forceinline__ void rope_table_row(int64_t pos, const double* inv_fr
   }
 }
 
-__global__ void __launch_bounds__(kThreads)
-    mla_kv_rows_kernel(const bf16* kv, const bf16* bias, const bf16* norm_w, float eps, int dc, int dr,
-                       const int64_t* positions, int64_t start, const double* inv_freq, double factor,
-                       bool interleaved, bf16* rows, bf16* latent, bf16* rope_key) {
-  __shared__ float partial[kThreads / 32], cs[kMaxHalf], sn[kMaxHalf];
-  const int64_t i = blockIdx.x, pos = positions != nullptr ? positions[i] : start + i;
-  const int width = dc + dr, half = dr / 2;
-  const bf16* in = kv + i * width;
-  rope_table_row(pos, inv_freq, factor, half, cs, sn);
+// mla_kv_rows' operands (model_ops.hpp), kv rows kv_stride apart.
+struct KvRowsArgs {
+  const bf16* kv;
+  int64_t kv_stride;
+  const bf16 *bias, *norm_w;
+  float eps;
+  int dc, dr;
+  bool interleaved;
+  bf16 *rows, *latent, *rope_key;
+};
+
+// mla_rope_queries' operands, q's token rows q_stride apart.
+struct RopeQueriesArgs {
+  bf16* q;
+  int64_t q_stride;
+  int heads, dn, dr;
+  bool interleaved;
+  bf16* q_abs;
+  int abs_width;
+  float* summary_rope;
+  int summary_width;
+};
+
+// Token i's cache row by the whole block; cs and sn hold its rope table,
+// written before the call (the __syncthreads inside orders them before use).
+__device__ __forceinline__ void kv_row(const KvRowsArgs& a, int64_t i, const float* cs, const float* sn,
+                                       float* partial) {
+  const int dc = a.dc, dr = a.dr, width = dc + dr, half = dr / 2;
+  const bf16* in = a.kv + i * a.kv_stride;
   float ss = 0.f;
   for (int c = threadIdx.x; c < dc; c += kThreads) {
-    const float v = to_float(in[c]) + bias_at(bias, c);
+    const float v = to_float(in[c]) + bias_at(a.bias, c);
     ss += v * v;
   }
   ss = warp_sum(ss);
@@ -50,52 +70,77 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   ss = 0.f;
   for (int w = 0; w < kThreads / 32; ++w) ss += partial[w];
-  const float inv = rsqrtf(ss / static_cast<float>(dc) + eps);
+  const float inv = rsqrtf(ss / static_cast<float>(dc) + a.eps);
   for (int c = threadIdx.x; c < dc; c += kThreads) {
-    const bf16 v = from_float<bf16>((to_float(in[c]) + bias_at(bias, c)) * inv * to_float(norm_w[c]));
-    rows[i * width + c] = v;
-    if (latent != nullptr) latent[i * dc + c] = v;
+    const bf16 v = from_float<bf16>((to_float(in[c]) + bias_at(a.bias, c)) * inv * to_float(a.norm_w[c]));
+    a.rows[i * width + c] = v;
+    if (a.latent != nullptr) a.latent[i * dc + c] = v;
   }
   for (int j = threadIdx.x; j < half; j += kThreads) {
-    const int a = interleaved ? 2 * j : j, b = interleaved ? 2 * j + 1 : j + half;
-    const float x = to_float(in[dc + a]) + bias_at(bias, dc + a), y = to_float(in[dc + b]) + bias_at(bias, dc + b);
-    const bf16 ra = from_float<bf16>(x * cs[j] - y * sn[j]), rb = from_float<bf16>(y * cs[j] + x * sn[j]);
-    rows[i * width + dc + a] = ra;
-    rows[i * width + dc + b] = rb;
-    if (rope_key != nullptr) rope_key[i * dr + a] = ra, rope_key[i * dr + b] = rb;
+    const int p = a.interleaved ? 2 * j : j, q = a.interleaved ? 2 * j + 1 : j + half;
+    const float x = to_float(in[dc + p]) + bias_at(a.bias, dc + p), y = to_float(in[dc + q]) + bias_at(a.bias, dc + q);
+    const bf16 rp = from_float<bf16>(x * cs[j] - y * sn[j]), rq = from_float<bf16>(y * cs[j] + x * sn[j]);
+    a.rows[i * width + dc + p] = rp;
+    a.rows[i * width + dc + q] = rq;
+    if (a.rope_key != nullptr) a.rope_key[i * dr + p] = rp, a.rope_key[i * dr + q] = rq;
+  }
+}
+
+// Token i's query rope by the whole block; cs and sn visible (after a __syncthreads).
+__device__ __forceinline__ void rope_query_row(const RopeQueriesArgs& a, int64_t i, const float* cs,
+                                               const float* sn) {
+  const int dn = a.dn, dr = a.dr, dq = dn + dr, half = dr / 2;
+  for (int item = threadIdx.x; item < a.heads * half; item += kThreads) {
+    const int h = item / half, j = item % half;
+    const int p = a.interleaved ? 2 * j : j, q = a.interleaved ? 2 * j + 1 : j + half;
+    bf16* x = a.q + i * a.q_stride + h * dq + dn;
+    const float xp = to_float(x[p]), xq = to_float(x[q]);
+    const bf16 rp = from_float<bf16>(xp * cs[j] - xq * sn[j]), rq = from_float<bf16>(xq * cs[j] + xp * sn[j]);
+    x[p] = rp;
+    x[q] = rq;
+    if (a.q_abs != nullptr) {
+      bf16* y = a.q_abs + (i * a.heads + h) * a.abs_width + (a.abs_width - dr);
+      y[p] = rp;
+      y[q] = rq;
+    }
+  }
+  if (a.summary_rope == nullptr) return;
+  __syncthreads();  // the rotated values of every head are written
+  for (int d = threadIdx.x; d < dr; d += kThreads) {
+    float s = 0.f;
+    for (int h = 0; h < a.heads; ++h) s += to_float(a.q[i * a.q_stride + h * dq + dn + d]);
+    a.summary_rope[i * a.summary_width + d] = s;
   }
 }
 
 __global__ void __launch_bounds__(kThreads)
-    mla_rope_queries_kernel(bf16* q, int heads, int dn, int dr, const int64_t* positions, int64_t start,
-                            const double* inv_freq, double factor, bool interleaved, bf16* q_abs, int abs_width,
-                            float* summary_rope, int summary_width) {
+    mla_kv_rows_kernel(KvRowsArgs a, const int64_t* positions, int64_t start, const double* inv_freq,
+                       double factor) {
+  __shared__ float partial[kThreads / 32], cs[kMaxHalf], sn[kMaxHalf];
+  const int64_t i = blockIdx.x, pos = positions != nullptr ? positions[i] : start + i;
+  rope_table_row(pos, inv_freq, factor, a.dr / 2, cs, sn);
+  kv_row(a, i, cs, sn, partial);
+}
+
+__global__ void __launch_bounds__(kThreads)
+    mla_rope_queries_kernel(RopeQueriesArgs a, const int64_t* positions, int64_t start, const double* inv_freq,
+                            double factor) {
   __shared__ float cs[kMaxHalf], sn[kMaxHalf];
   const int64_t i = blockIdx.x, pos = positions != nullptr ? positions[i] : start + i;
-  const int dq = dn + dr, half = dr / 2;
-  rope_table_row(pos, inv_freq, factor, half, cs, sn);
+  rope_table_row(pos, inv_freq, factor, a.dr / 2, cs, sn);
   __syncthreads();
-  for (int item = threadIdx.x; item < heads * half; item += kThreads) {
-    const int h = item / half, j = item % half;
-    const int a = interleaved ? 2 * j : j, b = interleaved ? 2 * j + 1 : j + half;
-    bf16* x = q + (i * heads + h) * dq + dn;
-    const float xa = to_float(x[a]), xb = to_float(x[b]);
-    const bf16 ra = from_float<bf16>(xa * cs[j] - xb * sn[j]), rb = from_float<bf16>(xb * cs[j] + xa * sn[j]);
-    x[a] = ra;
-    x[b] = rb;
-    if (q_abs != nullptr) {
-      bf16* y = q_abs + (i * heads + h) * abs_width + (abs_width - dr);
-      y[a] = ra;
-      y[b] = rb;
-    }
-  }
-  if (summary_rope == nullptr) return;
-  __syncthreads();  // the rotated values of every head are written
-  for (int d = threadIdx.x; d < dr; d += kThreads) {
-    float s = 0.f;
-    for (int h = 0; h < heads; ++h) s += to_float(q[(i * heads + h) * dq + dn + d]);
-    summary_rope[i * summary_width + d] = s;
-  }
+  rope_query_row(a, i, cs, sn);
+}
+
+// Both for the same tokens: one rope table, one launch (decode).
+__global__ void __launch_bounds__(kThreads)
+    mla_kv_rows_rope_queries_kernel(KvRowsArgs kv, RopeQueriesArgs q, const int64_t* positions, int64_t start,
+                                    const double* inv_freq, double factor) {
+  __shared__ float partial[kThreads / 32], cs[kMaxHalf], sn[kMaxHalf];
+  const int64_t i = blockIdx.x, pos = positions != nullptr ? positions[i] : start + i;
+  rope_table_row(pos, inv_freq, factor, kv.dr / 2, cs, sn);
+  kv_row(kv, i, cs, sn, partial);  // its __syncthreads makes the table visible to rope_query_row too
+  rope_query_row(q, i, cs, sn);
 }
 
 __global__ void rope_keys_to_heads_kernel(const bf16* rope_key, int heads, int dn, int dr, bf16* k) {
@@ -112,9 +157,11 @@ __global__ void pack_mla_rows_kernel(const bf16* latent, const bf16* rope_key, i
     rows[i * (dc + dr) + c] = c < dc ? latent[i * dc + c] : rope_key[i * dr + c - dc];
 }
 
-__global__ void add_bias_kernel(bf16* x, const bf16* b, int64_t d, int64_t total, float scale) {
-  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x)
-    x[e] = from_float<bf16>(to_float(x[e]) + scale * to_float(b[e % d]));
+__global__ void add_bias_kernel(bf16* x, const bf16* b, int64_t d, int64_t ld, int64_t total, float scale) {
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
+    bf16* xe = x + e / d * ld + e % d;
+    *xe = from_float<bf16>(to_float(*xe) + scale * to_float(b[e % d]));
+  }
 }
 
 __global__ void scale_values_kernel(bf16* x, int64_t n, float s) {
@@ -136,10 +183,11 @@ void mla_kv_rows(const void* kv, const void* bias, const void* norm_weight, doub
                  bool interleaved, void* rows, void* latent, void* rope_key, cudaStream_t stream) {
   if (n == 0) return;
   check_rope("mla_kv_rows", dr);
-  mla_kv_rows_kernel<<<static_cast<unsigned>(n), kThreads, 0, stream>>>(
-      static_cast<const bf16*>(kv), static_cast<const bf16*>(bias), static_cast<const bf16*>(norm_weight),
-      static_cast<float>(eps), static_cast<int>(dc), static_cast<int>(dr), positions, start, inv_freq, factor,
-      interleaved, static_cast<bf16*>(rows), static_cast<bf16*>(latent), static_cast<bf16*>(rope_key));
+  const KvRowsArgs a{static_cast<const bf16*>(kv), dc + dr, static_cast<const bf16*>(bias),
+                     static_cast<const bf16*>(norm_weight), static_cast<float>(eps), static_cast<int>(dc),
+                     static_cast<int>(dr), interleaved, static_cast<bf16*>(rows), static_cast<bf16*>(latent),
+                     static_cast<bf16*>(rope_key)};
+  mla_kv_rows_kernel<<<static_cast<unsigned>(n), kThreads, 0, stream>>>(a, positions, start, inv_freq, factor);
   LCA_CUDA_CHECK_LAUNCH("mla_kv_rows");
 }
 
@@ -149,11 +197,30 @@ void mla_rope_queries(void* q, int64_t n, int64_t heads, int64_t dn, int64_t dr,
   if (n == 0) return;
   check_rope("mla_rope_queries", dr);
   LCA_CHECK(q_abs == nullptr || abs_width >= dr, "mla_rope_queries: abs_width ", abs_width, " is below d_rope ", dr);
-  mla_rope_queries_kernel<<<static_cast<unsigned>(n), kThreads, 0, stream>>>(
-      static_cast<bf16*>(q), static_cast<int>(heads), static_cast<int>(dn), static_cast<int>(dr), positions, start,
-      inv_freq, factor, interleaved, static_cast<bf16*>(q_abs), static_cast<int>(abs_width), summary_rope,
-      static_cast<int>(summary_width));
+  const RopeQueriesArgs a{static_cast<bf16*>(q), heads * (dn + dr), static_cast<int>(heads), static_cast<int>(dn),
+                          static_cast<int>(dr), interleaved, static_cast<bf16*>(q_abs), static_cast<int>(abs_width),
+                          summary_rope, static_cast<int>(summary_width)};
+  mla_rope_queries_kernel<<<static_cast<unsigned>(n), kThreads, 0, stream>>>(a, positions, start, inv_freq, factor);
   LCA_CUDA_CHECK_LAUNCH("mla_rope_queries");
+}
+
+void mla_decode_rows(const void* kv, int64_t kv_stride, const void* bias, const void* norm_weight, double eps,
+                     void* q, int64_t q_stride, int64_t n, int64_t heads, int64_t dn, int64_t dc, int64_t dr,
+                     const int64_t* positions, const double* inv_freq, double factor, bool interleaved, void* rows,
+                     void* q_abs, cudaStream_t stream) {
+  if (n == 0) return;
+  check_rope("mla_decode_rows", dr);
+  LCA_CHECK(kv_stride >= dc + dr && q_stride >= heads * (dn + dr), "mla_decode_rows: kv_stride ", kv_stride,
+            " or q_stride ", q_stride, " is below its row's values (", dc + dr, ", ", heads * (dn + dr), ")");
+  const KvRowsArgs k{static_cast<const bf16*>(kv), kv_stride, static_cast<const bf16*>(bias),
+                     static_cast<const bf16*>(norm_weight), static_cast<float>(eps), static_cast<int>(dc),
+                     static_cast<int>(dr), interleaved, static_cast<bf16*>(rows), nullptr, nullptr};
+  const RopeQueriesArgs r{static_cast<bf16*>(q), q_stride, static_cast<int>(heads), static_cast<int>(dn),
+                          static_cast<int>(dr), interleaved, static_cast<bf16*>(q_abs), static_cast<int>(dc + dr),
+                          nullptr, 0};
+  mla_kv_rows_rope_queries_kernel<<<static_cast<unsigned>(n), kThreads, 0, stream>>>(k, r, positions, 0, inv_freq,
+                                                                                       factor);
+  LCA_CUDA_CHECK_LAUNCH("mla_decode_rows");
 }
 
 void rope_keys_to_heads(const void* rope_key, int64_t n, int64_t heads, int64_t dn, int64_t dr, void* k,
@@ -174,11 +241,12 @@ void pack_mla_rows(const void* latent, const void* rope_key, int64_t n, int64_t 
   LCA_CUDA_CHECK_LAUNCH("pack_mla_rows");
 }
 
-void add_bias(void* x, const void* bias, int64_t rows, int64_t d, float scale, cudaStream_t stream) {
+void add_bias(void* x, const void* bias, int64_t rows, int64_t d, float scale, cudaStream_t stream, int64_t ld) {
   const int64_t total = rows * d;
   if (total == 0) return;
+  LCA_CHECK(ld == 0 || ld >= d, "add_bias: ld ", ld, " is below the row's ", d, " values");
   add_bias_kernel<<<elementwise_blocks(total), 256, 0, stream>>>(static_cast<bf16*>(x), static_cast<const bf16*>(bias),
-                                                                  d, total, scale);
+                                                                  d, ld > 0 ? ld : d, total, scale);
   LCA_CUDA_CHECK_LAUNCH("add_bias");
 }
 

@@ -12,8 +12,10 @@ namespace lca::cuda::detail {
 // out[i, :] = table[tokens[i], :] for i < n; table [vocab, d] bf16.
 void embed_rows(const void* table, const int64_t* tokens, int64_t n, int64_t d, void* out, cudaStream_t stream);
 
-// out[i] = x[i] / sqrt(mean(x[i]^2) + eps) * weight (rows of d values), bf16.
-void rms_norm(const void* x, const void* weight, int64_t rows, int64_t d, double eps, void* out, cudaStream_t stream);
+// out[i] = x[i] / sqrt(mean(x[i]^2) + eps) * weight (rows of d values), bf16;
+// x's rows x_stride values apart (0: d), out's d.
+void rms_norm(const void* x, const void* weight, int64_t rows, int64_t d, double eps, void* out, cudaStream_t stream,
+              int64_t x_stride = 0);
 
 // q [n, hq, d], k [n, hkv, d], v [n, hkv, d] in place: add the biases (each
 // may be null), then rotate q and k by RoPE (half-split pairs, theta) at
@@ -47,6 +49,15 @@ void mla_rope_queries(void* q, int64_t n, int64_t heads, int64_t dn, int64_t dr,
                       int64_t start, const double* inv_freq, double factor, bool interleaved, void* q_abs,
                       int64_t abs_width, float* summary_rope, int64_t summary_width, cudaStream_t stream);
 
+// Decode: mla_kv_rows (rows only, no latent or rope_key) and mla_rope_queries
+// (into q_abs [n, heads, d_c + d_r], no summary) of the same tokens in one
+// launch, the same values as the two; kv's rows kv_stride values apart and
+// q's token rows q_stride apart (both may lie in one joint product).
+void mla_decode_rows(const void* kv, int64_t kv_stride, const void* bias, const void* norm_weight, double eps,
+                     void* q, int64_t q_stride, int64_t n, int64_t heads, int64_t dn, int64_t dc, int64_t dr,
+                     const int64_t* positions, const double* inv_freq, double factor, bool interleaved, void* rows,
+                     void* q_abs, cudaStream_t stream);
+
 // k [n, heads, d_n + d_r]: each head's last d_r values <- rope_key [n, d_r].
 void rope_keys_to_heads(const void* rope_key, int64_t n, int64_t heads, int64_t dn, int64_t dr, void* k,
                         cudaStream_t stream);
@@ -55,8 +66,8 @@ void rope_keys_to_heads(const void* rope_key, int64_t n, int64_t heads, int64_t 
 void pack_mla_rows(const void* latent, const void* rope_key, int64_t n, int64_t dc, int64_t dr, void* rows,
                    cudaStream_t stream);
 
-// x [rows, d] += scale * bias (broadcast over rows).
-void add_bias(void* x, const void* bias, int64_t rows, int64_t d, float scale, cudaStream_t stream);
+// x [rows, d] += scale * bias (broadcast over rows); x's rows ld values apart (0: d).
+void add_bias(void* x, const void* bias, int64_t rows, int64_t d, float scale, cudaStream_t stream, int64_t ld = 0);
 
 // x[0, n) *= scale.
 void scale_values(void* x, int64_t n, float scale, cudaStream_t stream);

@@ -91,15 +91,19 @@ std::unique_ptr<MlaWeights> upload_mla(const Model& model) {
   for (const LayerWeights& lw : model.weights().layers) {
     MlaLayerArrays a;
     a.attn_norm = up("input_layernorm", lw.attn_norm);
+    const Tensor<float>& wq = c.q_lora_rank ? lw.q_a : lw.wq;
+    expect_shape("GpuModel::upload", c.q_lora_rank ? "q_a_proj" : "q_proj", wq,
+                 {c.q_lora_rank.value_or(H * (c.mla.d_nope + c.mla.d_rope)), D});
+    expect_shape("GpuModel::upload", "kv_a_proj_with_mqa", lw.kv_a, {c.mla.d_latent + c.mla.d_rope, D});
+    Tensor<float> q_kv_a({wq.shape()[0] + lw.kv_a.shape()[0], D});
+    std::copy_n(wq.data(), wq.numel(), q_kv_a.data());
+    std::copy_n(lw.kv_a.data(), lw.kv_a.numel(), q_kv_a.data() + wq.numel());
+    a.q_kv_a = up(c.q_lora_rank ? "q_a_proj and kv_a_proj_with_mqa" : "q_proj and kv_a_proj_with_mqa", q_kv_a);
     if (c.q_lora_rank) {
-      a.q_a = up("q_a_proj", lw.q_a);
       a.b_q_a = up("q_a_proj bias", lw.b_q_a);
       a.q_a_norm = up("q_a_layernorm", lw.q_a_norm);
       a.q_b = up("q_b_proj", lw.q_b);
-    } else {
-      a.wq = up("q_proj", lw.wq);
     }
-    a.kv_a = up("kv_a_proj_with_mqa", lw.kv_a);
     a.b_kv_a = up("kv_a_proj_with_mqa bias", lw.b_kv_a);
     a.kv_a_norm = up("kv_a_layernorm", lw.kv_a_norm);
     a.w_uk = up("kv_b_proj (W_UK)", lw.w_uk);
@@ -145,16 +149,13 @@ std::unique_ptr<MlaWeights> random_mla(const ModelConfig& c, uint64_t seed) {
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     MlaLayerArrays a;
     a.attn_norm = ones("input_layernorm", D);
+    a.q_kv_a = rnd("q_proj (q_a_proj) and kv_a_proj_with_mqa", (c.q_lora_rank.value_or(H * dq) + dc + dr) * D, D);
     if (c.q_lora_rank) {
       const int64_t r = *c.q_lora_rank;
-      a.q_a = rnd("q_a_proj", r * D, D);
       if (c.attention_bias) a.b_q_a = rnd("q_a_proj bias", r, 64);
       a.q_a_norm = ones("q_a_layernorm", r);
       a.q_b = rnd("q_b_proj", H * dq * r, r);
-    } else {
-      a.wq = rnd("q_proj", H * dq * D, D);
     }
-    a.kv_a = rnd("kv_a_proj_with_mqa", (dc + dr) * D, D);
     if (c.attention_bias) a.b_kv_a = rnd("kv_a_proj_with_mqa bias", dc + dr, 64);
     a.kv_a_norm = ones("kv_a_layernorm", dc);
     a.w_uk = rnd("kv_b_proj (W_UK)", H * dn * dc, dc);
@@ -192,6 +193,7 @@ struct MlaLayers::Impl {
   std::shared_ptr<MoeWorkspace> moe_ws;
   // Decode buffers, max_seqs rows each.
   DeviceArray h, q, qa, qn, kv, rows, q_abs, lat, heads, gate, up;
+  DeviceArray joint;  // [max_seqs, q_columns() + width]: the q (or q_a) and kv_a products of one GEMM
   // One prefill call's buffers (rows: tokens, raw, representatives and summaries of its plan).
   struct PrefillBuffers {
     DeviceArray h, q, qa, qn, kv, o, gate, up;                    // the chunk's tokens
@@ -217,20 +219,39 @@ struct MlaLayers::Impl {
                                              static_cast<int>(batch), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   }
   // Y [M, N] = alpha X [M, K] W [N, K]^T + beta Y, contiguous.
+  void linear(int64_t M, int64_t N, int64_t K, const void* X, const void* W, void* Y, float alpha = 1.f,
+              float beta = 0.f) {
+    gemm(M, N, K, X, K, 0, W, true, K, 0, Y, N, 0, 1, alpha, beta);
+  }
   void linear(int64_t M, int64_t N, int64_t K, const void* X, const DeviceArray& W, void* Y, float alpha = 1.f,
               float beta = 0.f) {
-    gemm(M, N, K, X, K, 0, W.as(), true, K, 0, Y, N, 0, 1, alpha, beta);
+    linear(M, N, K, X, W.as(), Y, alpha, beta);
+  }
+
+  // The q (or q_a) columns of the joint projection q_kv_a; its kv_a rows follow.
+  int64_t q_columns() const { return r > 0 ? r : H * dq; }
+  // joint [n, q_columns() + width] = h [n, D] [q or q_a ; kv_a]^T: one GEMM for
+  // both projections (decode; its rows are read in place with their stride).
+  void joint_projection(const MlaLayerArrays& L, const void* hs, int64_t n, void* joint) {
+    linear(n, q_columns() + width, D, hs, L.q_kv_a, joint);
   }
 
   // q [n, H, dq] (rope dims not yet rotated) of normed hidden states h [n, D].
-  void queries(const MlaLayerArrays& L, const void* hs, int64_t n, void* q_out, void* qa_buf, void* qn_buf) {
+  // With q_lora and joint given (joint_projection's, row stride ld), q_a is
+  // read there instead of projected into qa_buf.
+  void queries(const MlaLayerArrays& L, const void* hs, int64_t n, void* q_out, void* qa_buf, void* qn_buf,
+               void* joint = nullptr, int64_t ld = 0) {
     if (r > 0) {
-      linear(n, r, D, hs, L.q_a, qa_buf);
-      if (L.b_q_a) add_bias(qa_buf, L.b_q_a.as(), n, r, 1.f, stream);
-      rms_norm(qa_buf, L.q_a_norm.as(), n, r, kLatentNormEps, qn_buf, stream);
+      void* qa = joint != nullptr ? joint : qa_buf;
+      if (joint == nullptr) {
+        linear(n, r, D, hs, L.q_kv_a.as(), qa_buf);
+        ld = r;
+      }
+      if (L.b_q_a) add_bias(qa, L.b_q_a.as(), n, r, 1.f, stream, ld);
+      rms_norm(qa, L.q_a_norm.as(), n, r, kLatentNormEps, qn_buf, stream, ld);
       linear(n, H * dq, r, qn_buf, L.q_b, q_out);
     } else {
-      linear(n, H * dq, D, hs, L.wq, q_out);
+      linear(n, H * dq, D, hs, L.q_kv_a.as(), q_out);
     }
   }
 
@@ -238,7 +259,7 @@ struct MlaLayers::Impl {
   // at positions positions[i] (positions null: start + i).
   void latent_rows(const MlaLayerArrays& L, const void* hs, int64_t n, const int64_t* positions, int64_t start,
                    void* kv_buf, void* rows_out, void* latent, void* rope_key) {
-    linear(n, width, D, hs, L.kv_a, kv_buf);
+    linear(n, width, D, hs, bf(L.q_kv_a.as(), q_columns() * D), kv_buf);
     mla_kv_rows(kv_buf, L.b_kv_a.as(), L.kv_a_norm.as(), kLatentNormEps, n, dc, dr, positions, start,
                 w->inv_freq.as<double>(), arch().rope_factor, arch().interleaved, rows_out, latent, rope_key, stream);
   }
@@ -290,6 +311,7 @@ MlaLayers::MlaLayers(const ModelConfig& c, const MlaWeights& w, const GpuSession
   s.qa = DeviceArray("MLA decode q_a", B * std::max<int64_t>(s.r, 1) * 2);
   s.qn = DeviceArray("MLA decode q_a_norm", B * std::max<int64_t>(s.r, 1) * 2);
   s.kv = DeviceArray("MLA decode kv_a", B * s.width * 2);
+  s.joint = DeviceArray("MLA decode q and kv_a products", B * (s.q_columns() + s.width) * 2);
   s.rows = DeviceArray("MLA decode cache rows", B * s.width * 2);
   s.q_abs = DeviceArray("MLA decode absorbed queries", B * s.H * s.width * 2);
   s.lat = DeviceArray("MLA decode output latents", B * s.H * s.dc * 2);
@@ -413,13 +435,18 @@ void MlaLayers::decode(PagedKvCache& cache, int64_t B, void* x, const int64_t* p
   for (size_t l = 0; l < s.w->layers.size(); ++l) {
     const MlaLayerArrays& L = s.w->layers[l];
     rms_norm(x, L.attn_norm.as(), B, s.D, s.c->rms_norm_eps, s.h.as(), s.stream);
-    s.queries(L, s.h.as(), B, s.q.as(), s.qa.as(), s.qn.as());
-    s.latent_rows(L, s.h.as(), B, positions, 0, s.kv.as(), s.rows.as(), nullptr, nullptr);
-    // Absorbed queries: q~_h = W_UK[h]^T q^C_h ([B, dn] x [dn, dc] per head), then the rotated q^R.
-    s.gemm(B, dc, dn, s.q.as(), H * dq, dq, L.w_uk.as(), false, dc, dn * dc, s.q_abs.as(), H * width, width, H, 1.f,
-           0.f);
-    mla_rope_queries(s.q.as(), B, H, dn, dr, positions, 0, s.w->inv_freq.as<double>(), s.arch().rope_factor,
-                     s.arch().interleaved, s.q_abs.as(), width, nullptr, 0, s.stream);
+    // One GEMM for q (or q_a) and kv_a, read in place (rows ld apart); with q_lora q from q_a.
+    const int64_t ld = s.q_columns() + width;
+    s.joint_projection(L, s.h.as(), B, s.joint.as());
+    void* q = s.r > 0 ? s.q.as() : s.joint.as();
+    const int64_t q_ld = s.r > 0 ? H * dq : ld;
+    if (s.r > 0) s.queries(L, s.h.as(), B, s.q.as(), s.qa.as(), s.qn.as(), s.joint.as(), ld);
+    // Absorbed queries: q~_h = W_UK[h]^T q^C_h ([B, dn] x [dn, dc] per head); then in one launch the
+    // cache rows and the rotated q^R (into q_abs's rope columns).
+    s.gemm(B, dc, dn, q, q_ld, dq, L.w_uk.as(), false, dc, dn * dc, s.q_abs.as(), H * width, width, H, 1.f, 0.f);
+    mla_decode_rows(bf(s.joint.as(), s.q_columns()), ld, L.b_kv_a.as(), L.kv_a_norm.as(), kLatentNormEps, q, q_ld, B,
+                    H, dn, dc, dr, positions, s.w->inv_freq.as<double>(), s.arch().rope_factor, s.arch().interleaved,
+                    s.rows.as(), s.q_abs.as(), s.stream);
     cache.decode_layer(static_cast<int64_t>(l), s.rows.as(), s.q_abs.as(), s.lat.as(), s.stream);
     // Head outputs W_UV[h] latent_h ([B, dc] x [dc, dv] per head).
     s.gemm(B, dv, dc, s.lat.as(), H * dc, dc, L.w_uv.as(), true, dc, dv * dc, s.heads.as(), H * dv, dv, H, 1.f, 0.f);

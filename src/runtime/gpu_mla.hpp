@@ -36,9 +36,11 @@ void copy_columns(const void* src, int64_t src_width, int64_t col, int64_t rows,
 
 struct MlaLayerArrays {
   DeviceArray attn_norm;
-  DeviceArray wq;                     // [H*dq, D] without q_lora
-  DeviceArray q_a, b_q_a, q_a_norm, q_b;  // q_lora: [r, D], [r] or empty, [r], [H*dq, r]
-  DeviceArray kv_a, b_kv_a, kv_a_norm;    // [dc + dr, D], [dc + dr] or empty, [dc]
+  // [nq + dc + dr, D]: q_proj [nq = H*dq, D] (with q_lora q_a_proj, nq = r) above
+  // kv_a_proj_with_mqa [dc + dr, D]; decode projects h through both in one GEMM.
+  DeviceArray q_kv_a;
+  DeviceArray b_q_a, q_a_norm, q_b;   // q_lora: [r] or empty, [r], [H*dq, r]
+  DeviceArray b_kv_a, kv_a_norm;      // [dc + dr] or empty, [dc]
   DeviceArray w_uk, w_uv;             // [H, dn, dc], [H, dv, dc]
   DeviceArray w_uk_sum;               // [H * dq, dc]: W_UK[h] at each head's nope rows, zeros at its rope rows
   DeviceArray wo, bo;                 // [D, H*dv], [D] or empty

@@ -4,6 +4,11 @@
 //
 // forward(h, rows, x), all on `stream`, no host synchronisation:
 // 1. logits [rows, E] fp32 = h router^T (cuBLAS, bf16 in, fp32 out).
+//    For at most 8 rows (decode; workspace small_rows_fused), 1-3 are one
+//    launch, moe_route_small: a fixed-order fp32 dot product per logit, then
+//    the same routing and dispatch code in the grid's last block.
+//    forward_normed also folds the rms_norm before the MoE into that launch
+//    (each block normalises what it reads; rms_norm's code, so its bits).
 // 2. moe_route: per token the per_token experts and their weights (scoring,
 //    group choice, top-k with ties to the smaller index, normalisation,
 //    routed scaling), as model::moe.
@@ -108,16 +113,19 @@ struct MoeWorkspace::Impl {
   DeviceArray act, y;                              // [max_rows * C, F], [max_rows * C, D] bf16
   int64_t blas_min_rows = 0;
   DeviceArray gate_up;  // [max_rows * C, 2F] bf16, the cuBLAS path's (blas_min_rows > 0)
+  bool small_rows_fused = true;
+  DeviceArray arrived;  // [1] uint32, moe_route_small's counter of finished blocks (zero between launches)
   int64_t bytes() const {
     int64_t b = 0;
     for (const DeviceArray* p :
-         {&logits, &expert, &weight, &position, &token_of, &offsets, &tile_offsets, &act, &y, &gate_up})
+         {&logits, &expert, &weight, &position, &token_of, &offsets, &tile_offsets, &act, &y, &gate_up, &arrived})
       b += *p ? p->bytes() : 0;
     return b;
   }
 };
 
-MoeWorkspace::MoeWorkspace(const MlaArch& arch, int64_t hidden, int64_t max_rows, int64_t blas_min_rows)
+MoeWorkspace::MoeWorkspace(const MlaArch& arch, int64_t hidden, int64_t max_rows, int64_t blas_min_rows,
+                           bool small_rows_fused)
     : impl_(std::make_unique<Impl>()) {
   const char* where = "MoeWorkspace";
   Impl& w = *impl_;
@@ -141,6 +149,9 @@ MoeWorkspace::MoeWorkspace(const MlaArch& arch, int64_t hidden, int64_t max_rows
   w.y = DeviceArray("MoE expert outputs", P * D * 2);
   w.blas_min_rows = blas_min_rows;
   if (blas_min_rows > 0) w.gate_up = DeviceArray("MoE expert gate and up outputs", P * 2 * F * 2);
+  w.small_rows_fused = small_rows_fused;
+  w.arrived = DeviceArray("MoE routing counter", 4);
+  LCA_CUDA_OK(where, cudaMemset(w.arrived.as(), 0, 4));
   // Poison the float buffers (all-ones bytes are NaN in bf16 and fp32): a
   // forward that reads what it did not write shows as NaN in its output.
   for (const DeviceArray* p : {&w.logits, &w.weight, &w.act, &w.y, &w.gate_up})
@@ -153,6 +164,7 @@ MoeWorkspace& MoeWorkspace::operator=(MoeWorkspace&&) noexcept = default;
 MoeWorkspace::~MoeWorkspace() = default;
 int64_t MoeWorkspace::max_rows() const { return impl_->max_rows; }
 int64_t MoeWorkspace::blas_min_rows() const { return impl_->blas_min_rows; }
+bool MoeWorkspace::small_rows_fused() const { return impl_->small_rows_fused; }
 int64_t MoeWorkspace::bytes() const { return impl_->bytes(); }
 
 std::vector<int64_t> MoeWorkspace::expert_rows() const {
@@ -313,7 +325,17 @@ void gemm(cublasHandle_t blas, int64_t M, int64_t N, int64_t K, const void* X, c
 
 void GpuMoe::forward(const void* h, int64_t rows, void* x, MoeWorkspace& ws, cudaStream_t stream,
                      cublasHandle_t blas) const {
-  const char* where = "GpuMoe::forward";
+  run("GpuMoe::forward", h, rows, x, ws, stream, blas, nullptr, 0.0, nullptr);
+}
+
+void GpuMoe::forward_normed(void* x, const void* norm_weight, double eps, void* h, int64_t rows, MoeWorkspace& ws,
+                            cudaStream_t stream, cublasHandle_t blas) const {
+  LCA_CHECK(norm_weight != nullptr, "GpuMoe::forward_normed: norm_weight must not be null");
+  run("GpuMoe::forward_normed", h, rows, x, ws, stream, blas, norm_weight, eps, h);
+}
+
+void GpuMoe::run(const char* where, const void* h, int64_t rows, void* x, MoeWorkspace& ws, cudaStream_t stream,
+                 cublasHandle_t blas, const void* norm_weight, double eps, void* h_out) const {
   const Impl& m = *impl_;
   MoeWorkspace::Impl& w = *ws.impl_;
   LCA_CHECK(rows >= 0, where, ": rows must be >= 0, got ", rows);
@@ -329,12 +351,24 @@ void GpuMoe::forward(const void* h, int64_t rows, void* x, MoeWorkspace& ws, cud
   const int64_t C = m.sizes.per_token + m.sizes.shared_units, P = rows * C;  // routed and shared pairs
   const int experts = static_cast<int>(E + m.sizes.shared_units);
 
-  gemm(blas, rows, E, D, h, m.router.as(), w.logits.as(), true);
-  detail::moe_route(w.logits.as<float>(), m.router_bias ? m.router_bias.as<float>() : nullptr, rows, m.routing,
-                    w.expert.as<int32_t>(), w.weight.as<float>(), stream);
-  detail::moe_dispatch(w.expert.as<int32_t>(), P, static_cast<int>(C), experts, detail::kMoeTileRows,
-                       w.offsets.as<int32_t>(), w.tile_offsets.as<int32_t>(), w.position.as<int32_t>(),
-                       w.token_of.as<int32_t>(), stream);
+  const float* bias = m.router_bias ? m.router_bias.as<float>() : nullptr;
+  const bool normed = norm_weight != nullptr;
+  const bool small = w.small_rows_fused && detail::moe_route_small_fits(m.routing, rows, D, normed ? x : h) &&
+                     reinterpret_cast<uintptr_t>(norm_weight) % 16 == 0;
+  if (normed && !small) detail::rms_norm(x, norm_weight, rows, D, eps, h_out, stream);
+  if (small) {  // with the norm: x in, h out
+    detail::moe_route_small(normed ? x : h, m.router.as(), rows, D, bias, m.routing, detail::kMoeTileRows,
+                            w.logits.as<float>(), w.expert.as<int32_t>(), w.weight.as<float>(),
+                            w.offsets.as<int32_t>(), w.tile_offsets.as<int32_t>(), w.position.as<int32_t>(),
+                            w.token_of.as<int32_t>(), w.arrived.as<unsigned>(), stream, norm_weight, eps, h_out);
+  } else {
+    gemm(blas, rows, E, D, h, m.router.as(), w.logits.as(), true);
+    detail::moe_route(w.logits.as<float>(), bias, rows, m.routing, w.expert.as<int32_t>(), w.weight.as<float>(),
+                      stream);
+    detail::moe_dispatch(w.expert.as<int32_t>(), P, static_cast<int>(C), experts, detail::kMoeTileRows,
+                         w.offsets.as<int32_t>(), w.tile_offsets.as<int32_t>(), w.position.as<int32_t>(),
+                         w.token_of.as<int32_t>(), stream);
+  }
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   if (w.blas_min_rows > 0 && rows >= w.blas_min_rows)
     LCA_CUDA_OK(where, cudaStreamIsCapturing(stream, &capture));

@@ -28,13 +28,18 @@ class MoeWorkspace {
  public:
   // blas_min_rows: 0, the grouped kernels always; else the per-expert cuBLAS
   // path from that many rows (and [max_rows * (per_token + shared), 2 F] bf16
-  // more scratch).
-  MoeWorkspace(const model::MlaArch& arch, int64_t hidden, int64_t max_rows, int64_t blas_min_rows = 0);
+  // more scratch). small_rows_fused: forward of at most 8 rows (decode)
+  // computes the router logits, the routing and the dispatch in one launch
+  // (moe_route_small) instead of a cuBLAS GEMM and two kernels; false keeps
+  // the three (tests compare the two).
+  MoeWorkspace(const model::MlaArch& arch, int64_t hidden, int64_t max_rows, int64_t blas_min_rows = 0,
+               bool small_rows_fused = true);
   MoeWorkspace(MoeWorkspace&&) noexcept;
   MoeWorkspace& operator=(MoeWorkspace&&) noexcept;
   ~MoeWorkspace();
   int64_t max_rows() const;
   int64_t blas_min_rows() const;
+  bool small_rows_fused() const;
   int64_t bytes() const;
   // The rows of each expert in the last forward of rows > 0 on this
   // workspace: the E routed ones, then the shared units (every token's).
@@ -63,11 +68,20 @@ class GpuMoe {
   // rows must be <= ws.max_rows(); blas must be bound to `stream`.
   void forward(const void* h, int64_t rows, void* x, MoeWorkspace& ws, cudaStream_t stream,
                cublasHandle_t blas) const;
+  // The same with the norm before it: h = rms_norm(x) * norm_weight (eps;
+  // norm_weight [hidden] bf16), written to h [rows, hidden] (the bits of
+  // cuda rms_norm), then x += moe(h). Up to 8 rows (small_rows_fused) the
+  // norm is part of the routing's launch, else one rms_norm launch first.
+  void forward_normed(void* x, const void* norm_weight, double eps, void* h, int64_t rows, MoeWorkspace& ws,
+                      cudaStream_t stream, cublasHandle_t blas) const;
   int64_t weight_bytes() const;
 
  private:
   struct Impl;
   explicit GpuMoe(std::unique_ptr<Impl> impl);
+  // forward, and with norm_weight forward_normed (h_out: its h, the norm's output).
+  void run(const char* where, const void* h, int64_t rows, void* x, MoeWorkspace& ws, cudaStream_t stream,
+           cublasHandle_t blas, const void* norm_weight, double eps, void* h_out) const;
   std::unique_ptr<Impl> impl_;
 };
 
