@@ -226,6 +226,7 @@ struct Scenario {
   // read_layer_device and write_extend_device in every layer, end_extend), fed
   // with what the CPU cache holds after appending the same rows and summaries.
   // Each layer's read_layer_device is checked against the CPU cache before it.
+  // MTLA: the rows [floor(n0/s), ceil(n1/s)) (the open row rewritten) and the open sum in and out.
   void extend(int64_t seq, int64_t L, int64_t* blocks_while_extending = nullptr) {
     lca::CondensedKvCache& c = cpu.at(seq);
     const lca::cuda::PagedLayerContents before = contents_of(c);
@@ -233,23 +234,32 @@ struct Scenario {
     const size_t es = static_cast<size_t>(lca::dtype_size(cfg.dtype));
     Tensor<float> rows = random_rounded(rng, {L, W}, cfg.dtype);
     Tensor<float> q = random_rounded(rng, {L, heads(), gpu->query_width()}, cfg.dtype, 0.3f);
-    Tensor<float> summary = lca().is_full()               ? Tensor<float>({L, c.summary_width()})
-                            : cfg.layout == KvLayout::mla ? lca::ref::mla_summary_queries(q, cfg.mla, lca().score)
-                                                          : lca::ref::gqa_summary_queries(q, cfg.gqa);
-    c.append(rows, summary);
+    if (mtla()) {
+      c.append(rows);
+    } else {
+      Tensor<float> summary = lca().is_full()               ? Tensor<float>({L, c.summary_width()})
+                              : cfg.layout == KvLayout::mla ? lca::ref::mla_summary_queries(q, cfg.mla, lca().score)
+                                                            : lca::ref::gqa_summary_queries(q, cfg.gqa);
+      c.append(rows, summary);
+    }
     const lca::cuda::PagedLayerContents after = contents_of(c);
     const int64_t m0 = before.representatives.dim(0), m1 = after.representatives.dim(0);
+    const int64_t rep_lo = mtla() ? n0 / std::get<lca::MtlaParams>(cfg.policy).down_rate : m0;
     const int64_t raw1 = n1 - after.raw.dim(0), new_raw = std::max(raw1, n0);  // first raw position after; first stored
-    ASSERT_EQ(raw1, lca::first_raw_position(n1, lca()));
+    if (!mtla()) ASSERT_EQ(raw1, lca::first_raw_position(n1, lca()));
     // What write_extend_device takes: the new representatives, raw rows [new_raw, n1), the ring of n1.
-    Tensor<float> new_reps({m1 - m0, W}), new_rows({n1 - new_raw, W});
-    std::copy(after.representatives.data() + m0 * W, after.representatives.data() + m1 * W, new_reps.data());
+    Tensor<float> new_reps({m1 - rep_lo, W}), new_rows({n1 - new_raw, W});
+    std::copy(after.representatives.data() + rep_lo * W, after.representatives.data() + m1 * W, new_reps.data());
     std::copy(after.raw.data() + (new_raw - raw1) * W, after.raw.data() + after.raw.numel(), new_rows.data());
     DeviceBytes reps_d(new_reps.numel() * es), raw_d(new_rows.numel() * es);
     DeviceBytes ring_d(after.summary_ring.numel() * sizeof(float));
     to_device(reps_d.ptr, new_reps, cfg.dtype);
     to_device(raw_d.ptr, new_rows, cfg.dtype);
     ASSERT_EQ(cudaMemcpy(ring_d.ptr, after.summary_ring.data(), after.summary_ring.numel() * sizeof(float),
+                         cudaMemcpyHostToDevice),
+              cudaSuccess);
+    DeviceBytes open_d(after.open_sum.numel() * sizeof(float)), got_open(before.open_sum.numel() * sizeof(float));
+    ASSERT_EQ(cudaMemcpy(open_d.ptr, after.open_sum.data(), after.open_sum.numel() * sizeof(float),
                          cudaMemcpyHostToDevice),
               cudaSuccess);
     // Poisoned buffers for read_layer_device (NaN in bf16 and f16 alike).
@@ -264,7 +274,9 @@ struct Scenario {
       ASSERT_EQ(cudaMemset(got_reps.ptr, 0xff, m0 * W * es), cudaSuccess);
       ASSERT_EQ(cudaMemset(got_raw.ptr, 0xff, before.raw.numel() * es), cudaSuccess);
       ASSERT_EQ(cudaMemset(got_ring.ptr, 0xff, before.summary_ring.numel() * sizeof(float)), cudaSuccess);
-      gpu->read_layer_device(seq, layer, got_reps.ptr, got_raw.ptr, static_cast<float*>(got_ring.ptr));
+      ASSERT_EQ(cudaMemset(got_open.ptr, 0xff, before.open_sum.numel() * sizeof(float)), cudaSuccess);
+      gpu->read_layer_device(seq, layer, got_reps.ptr, got_raw.ptr, static_cast<float*>(got_ring.ptr),
+                             static_cast<float*>(got_open.ptr));
       ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
       const Tensor<float> raw_now = from_device(got_raw.ptr, before.raw.shape(), cfg.dtype);
       EXPECT_EQ(raw_now.vec(), before.raw.vec());  // stored inputs: bitwise
@@ -276,7 +288,14 @@ struct Scenario {
                   cudaSuccess);
         EXPECT_LT(rel_error(ring_now, before.summary_ring), 1e-5);
       }
-      gpu->write_extend_device(seq, layer, reps_d.ptr, raw_d.ptr, static_cast<const float*>(ring_d.ptr));
+      if (before.open_sum.numel() > 0) {
+        Tensor<float> open_now(before.open_sum.shape());
+        ASSERT_EQ(cudaMemcpy(open_now.data(), got_open.ptr, open_now.numel() * sizeof(float), cudaMemcpyDeviceToHost),
+                  cudaSuccess);
+        EXPECT_LT(rel_error(open_now, before.open_sum), 1e-5);
+      }
+      gpu->write_extend_device(seq, layer, reps_d.ptr, raw_d.ptr, static_cast<const float*>(ring_d.ptr),
+                               static_cast<const float*>(open_d.ptr));
     }
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     gpu->end_extend(seq);
@@ -607,6 +626,25 @@ TEST(GpuDecode, PrefillChunksMlaMatchCpuCache) {
   run_extends(mla_config(16, 512, 64, lca_params(0, 8), DType::bf16, 32), {0, 21}, {1, 7, 40}, 4);
 }
 
+// MTLA chunks: rows closing within a chunk and across chunks, the open row
+// continued from its fp32 sum, starts and chunk sizes not multiples of s.
+TEST(GpuDecode, PrefillChunksMtlaMatchCpuCache) {
+  REQUIRE_GPU();
+  std::mt19937_64 rng(37);
+  for (int64_t s : {1, 2, 3, 4}) {
+    SCOPED_TRACE("s = " + std::to_string(s));
+    PagedCacheConfig cfg = mla_config(16, 512, 64, LcaParams{}, DType::bf16, 16);
+    cfg.policy = lca::MtlaParams{.down_rate = s};
+    cfg.layers = 2;
+    cfg.mtla_hyper.assign(2, random_hyper(rng, 512));
+    run_extends(cfg, {0, 3, 45}, {1, 3, 5, 8, 37}, 4);
+  }
+  PagedCacheConfig cfg = mla_config(40, 256, 32, LcaParams{}, DType::f16, 8);
+  cfg.policy = lca::MtlaParams{.down_rate = 4};
+  cfg.mtla_hyper.assign(1, random_hyper(rng, 256));
+  run_extends(cfg, {1, 22}, {2, 7, 30}, 4);
+}
+
 TEST(GpuDecode, PrefillChunksFullAttention) {
   REQUIRE_GPU();
   run_extends(gqa_config(8, 2, 64, LcaParams::full(), DType::bf16, 16), {0, 30}, {1, 9, 50}, 5);
@@ -672,7 +710,7 @@ TEST(GpuDecode, PrefillChunkBadCallsNameTheProblem) {
   s.gpu->begin_step(std::vector<int64_t>{a});
   expect_error([&] { s.gpu->begin_extend(a, 1); }, "step is in progress");
   s.gpu->end_step();
-  // MTLA caches are filled whole.
+  // MTLA: the open row's fp32 sum is due wherever a row is open (s = 4, 5 tokens: rows 0 and 1, 1 open).
   PagedCacheConfig mtla = mla_config(16, 512, 64, LcaParams{}, DType::bf16, 16);
   std::mt19937_64 rng(3);
   mtla.policy = lca::MtlaParams{.down_rate = 4};
@@ -680,7 +718,15 @@ TEST(GpuDecode, PrefillChunkBadCallsNameTheProblem) {
   mtla.max_context = 64;
   PagedKvCache m(mtla);
   const int64_t seq = m.add_sequence();
-  expect_error([&] { m.begin_extend(seq, 4); }, "MTLA");
+  DeviceBytes rows_d(2 * m.row_width() * 2), open_d(512 * sizeof(float));
+  m.begin_extend(seq, 5);
+  expect_error([&] { m.write_extend_device(seq, 0, rows_d.ptr, nullptr, nullptr, nullptr); }, "open_sum is null");
+  m.write_extend_device(seq, 0, rows_d.ptr, nullptr, nullptr, static_cast<const float*>(open_d.ptr));
+  m.end_extend(seq);
+  expect_error([&] { m.read_layer_device(seq, 0, rows_d.ptr, nullptr, nullptr, nullptr); }, "open_sum is null");
+  m.read_layer_device(seq, 0, rows_d.ptr, nullptr, nullptr, static_cast<float*>(open_d.ptr));
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_EQ(m.tokens(seq), 5);
 }
 
 // ---- Configuration checks: no device needed ---------------------------------------

@@ -7,14 +7,18 @@
 // groups condensed), batches of sequences of different lengths, with and
 // without CUDA graphs; chunked prefill (chunks of 1, 5, 37 tokens against
 // one chunk: logits and cache) and continued prefill (prompts appended after
-// decode steps, against the CPU runtime); and the errors. Without a GPU every
+// decode steps, against the CPU runtime); MTLA on DeepSeek-V2 checkpoints with
+// hyper-networks (s = 1, 2, 4; chunked and continued prefill, cache rows and
+// open-row sums against the CPU runtime's); and the errors. Without a GPU every
 // case reports SKIPPED.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <random>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include "lca/cuda.hpp"
@@ -88,7 +92,7 @@ double rel_error(const float* got, const float* want, int64_t n) {
 // Prompts of different lengths prefilled one by one, then `steps` decode steps
 // of the whole batch: the GPU runtime's logits against the CPU runtime's (bf16
 // cache), relative error below `tolerance` at every step.
-void compare_runtimes(const lca::Model& model, const LcaParams& params, bool graphs,
+void compare_runtimes(const lca::Model& model, const lca::Policy& params, bool graphs,
                       const std::vector<int64_t>& prompts, int64_t steps, double tolerance, std::mt19937_64& rng) {
   const int64_t vocab = model.vocab_size();
   const lca::cuda::GpuModel gpu_model = lca::cuda::GpuModel::upload(model);
@@ -316,10 +320,13 @@ std::vector<lca::cuda::PagedLayerContents> read_cache(const lca::cuda::GpuSessio
 // (GQA, k^ rotated to the anchor position) or the rope key (MLA). Where two
 // tokens' scores are within rounding of each other, the activations' rounding
 // in another chunking may pick the other anchor; the other columns are pooled
-// with softmax weights, continuous in the scores.
+// with softmax weights, continuous in the scores. MTLA has no anchor (a row's
+// rope key is its latest token's): every column is continuous.
 std::vector<bool> anchor_columns(const lca::cuda::PagedCacheConfig& c) {
   std::vector<bool> cols;
-  if (c.layout == lca::KvLayout::mla) {
+  if (std::holds_alternative<lca::MtlaParams>(c.policy)) {
+    cols.assign(static_cast<size_t>(c.mla.row_width()), false);
+  } else if (c.layout == lca::KvLayout::mla) {
     cols.assign(static_cast<size_t>(c.mla.row_width()), false);
     std::fill(cols.begin() + c.mla.d_latent, cols.end(), true);
   } else {
@@ -348,6 +355,9 @@ void expect_same_cache(const std::vector<lca::cuda::PagedLayerContents>& got,
     if (g.raw.numel() > 0) EXPECT_LT(rel_error(g.raw.data(), w.raw.data(), g.raw.numel()), tol) << "raw rows";
     if (g.summary_ring.numel() > 0)
       EXPECT_LT(rel_error(g.summary_ring.data(), w.summary_ring.data(), g.summary_ring.numel()), tol) << "ring";
+    ASSERT_EQ(g.open_sum.shape(), w.open_sum.shape());
+    if (g.open_sum.numel() > 0)
+      EXPECT_LT(rel_error(g.open_sum.data(), w.open_sum.data(), g.open_sum.numel()), tol) << "MTLA open-row sum";
     const int64_t m = g.representatives.dim(0), width = g.representatives.dim(1);
     if (m == 0) continue;
     std::vector<float> pooled_g, pooled_w;
@@ -371,7 +381,7 @@ void expect_same_cache(const std::vector<lca::cuda::PagedLayerContents>& got,
 // One prompt prefilled in one chunk and in chunks of each size: the same
 // last-token logits, cache contents and blocks in use, and the same logits
 // for a few decode steps after.
-void compare_chunkings(const lca::Model& model, const LcaParams& params, int64_t n,
+void compare_chunkings(const lca::Model& model, const lca::Policy& params, int64_t n,
                        const std::vector<int64_t>& chunks, std::mt19937_64& rng) {
   const int64_t vocab = model.vocab_size();
   const lca::cuda::GpuModel gpu_model = lca::cuda::GpuModel::upload(model);
@@ -423,6 +433,15 @@ std::vector<lca::cuda::PagedLayerContents> cpu_cache(const lca::Sequence& seq) {
     l.representatives = c.representative_rows();
     l.raw = c.raw_rows();
     l.summary_ring = c.summary_ring();
+    if (c.is_mtla()) {  // the GPU cache keeps the open row after the complete ones, and no raw rows
+      Tensor<float> rows({l.representatives.dim(0) + l.raw.dim(0), c.row_width()});
+      std::copy(l.representatives.vec().begin(), l.representatives.vec().end(), rows.data());
+      std::copy(l.raw.vec().begin(), l.raw.vec().end(), rows.data() + l.representatives.numel());
+      if (l.raw.dim(0) > 0) l.open_sum = c.open_row_sum();
+      l.representatives = std::move(rows);
+      l.raw = Tensor<float>({0, c.row_width()});
+      l.summary_ring = Tensor<float>();
+    }
     layers.push_back(std::move(l));
   }
   return layers;
@@ -448,6 +467,9 @@ bool same_cache_until_flip(const std::vector<lca::cuda::PagedLayerContents>& got
     if (g.raw.numel() > 0) EXPECT_LT(rel_error(g.raw.data(), w.raw.data(), g.raw.numel()), tol) << "raw rows";
     if (g.summary_ring.numel() > 0)
       EXPECT_LT(rel_error(g.summary_ring.data(), w.summary_ring.data(), g.summary_ring.numel()), tol) << "ring";
+    EXPECT_EQ(g.open_sum.shape(), w.open_sum.shape());
+    if (g.open_sum.numel() > 0 && g.open_sum.shape() == w.open_sum.shape())
+      EXPECT_LT(rel_error(g.open_sum.data(), w.open_sum.data(), g.open_sum.numel()), tol) << "MTLA open-row sum";
     const int64_t m = g.representatives.dim(0), width = g.representatives.dim(1);
     std::vector<float> pooled_g, pooled_w;
     int64_t flipped = 0;
@@ -479,7 +501,7 @@ bool same_cache_until_flip(const std::vector<lca::cuda::PagedLayerContents>& got
 // one prefill and decode (DeepseekV2MatchesCpuRuntime), up to 3.4e-2 measured in
 // these conversations; MiniCPM3's stay under 6e-3. A wrong position, ring or
 // representative shows as 0.1 to 1 (measured with an anchor flip: 0.4).
-void compare_conversation(const lca::Model& model, const LcaParams& params, int64_t chunk, bool graphs,
+void compare_conversation(const lca::Model& model, const lca::Policy& params, int64_t chunk, bool graphs,
                           std::mt19937_64& rng, double tol = 3e-2) {
   const int64_t vocab = model.vocab_size();
   const lca::cuda::GpuModel gpu_model = lca::cuda::GpuModel::upload(model);
@@ -503,9 +525,12 @@ void compare_conversation(const lca::Model& model, const LcaParams& params, int6
   const Turn turns[] = {{{5, 40}, 3}, {{60, 1}, 4}, {{37, 90}, 6}};
   bool diverged[2] = {false, false};
   double worst = 0;
+  // MTLA rows have no anchor to flip (the latest token's rope key): every point compares.
+  const bool mtla = std::holds_alternative<lca::MtlaParams>(params);
   auto check = [&](size_t b, const float* got, const float* want, const std::string& what, int turn) {
     if (diverged[b]) return;
     if (same_cache_until_flip(read_cache(session, seqs[b]), cpu_cache(cpu[b]), session.cache().config(), 3e-2)) {
+      ASSERT_FALSE(mtla) << what << ": the MTLA cache's shape differs from the CPU's";
       ASSERT_GT(turn, 0) << what << ": a representative's anchor differs already in the first turn";
       std::printf("  sequence %zu: an anchor near-tie broke differently after %s; compared up to there\n", b,
                   what.c_str());
@@ -655,5 +680,122 @@ TEST_F(GpuMlaModel, ContinuedPrefillMatchesCpuRuntime) {
   }
 }
 
-}  // namespace
+// ---- MTLA (mtla-spec.md) on DeepSeek-V2 checkpoints with hyper-networks ----------------------
 
+lca::MtlaParams down_rate(int64_t s) {
+  lca::MtlaParams p;
+  p.down_rate = s;
+  return p;
+}
+
+// A tiny DeepSeek-V2 checkpoint (dense layers, yarn, interleaved rope) with an
+// MTLA hyper-network in every layer, loaded through a Hugging Face folder.
+lca::Model load_tiny_mtla(const std::filesystem::path& dir, bool q_lora, uint64_t seed) {
+  lca_test::Rng rng(seed);
+  Tiny m = tiny_mla(MlaKind::v2, q_lora, rng);
+  lca_test::mla::add_hypernets(m, rng);
+  const std::filesystem::path folder = dir / ("mtla_" + std::to_string(seed));
+  lca_test::mla::write_hf(folder, m);
+  lca::Model model = lca::Model::load(folder.string());
+  EXPECT_TRUE(model.has_mtla());
+  return model;
+}
+
+// Prompts not multiples of s (one longer than the prefill chunk of 50), then
+// decode steps as a batch, with and without graphs: logits against the CPU
+// runtime at 3e-2, as DeepseekV2MatchesCpuRuntime (bf16 activations, 512-wide
+// latents). s = 1 is MLA over the scaled latents (mtla-spec.md identity 3).
+TEST_F(GpuMlaModel, MtlaMatchesCpuRuntime) {
+  REQUIRE_GPU();
+  const lca::Model model = load_tiny_mtla(dir_, false, 79);
+  std::mt19937_64 rng(83);
+  for (int64_t s : {1, 2, 4}) {
+    SCOPED_TRACE("s = " + std::to_string(s));
+    compare_runtimes(model, down_rate(s), true, {37, 131, 3}, 21, 3e-2, rng);
+    compare_runtimes(model, down_rate(s), false, {10, 1}, 9, 3e-2, rng);
+  }
+  const lca::Model q_lora = load_tiny_mtla(dir_, true, 89);
+  compare_runtimes(q_lora, down_rate(4), true, {70, 5}, 13, 3e-2, rng);
+}
+
+// One prompt in chunks of 1, 3, 5 and more than the prompt: the same logits,
+// cache rows, open-row sums and blocks as one chunk.
+TEST_F(GpuMlaModel, MtlaChunkedPrefillMatchesOneChunk) {
+  REQUIRE_GPU();
+  const lca::Model model = load_tiny_mtla(dir_, false, 97);
+  std::mt19937_64 rng(101);
+  for (int64_t s : {2, 4}) {
+    SCOPED_TRACE("s = " + std::to_string(s));
+    compare_chunkings(model, down_rate(s), 131, {1, 3, 5, 400}, rng);
+  }
+}
+
+// Conversations (turns of continued prefill after decode steps, in chunks of
+// 1, 3, 5 and larger than every prompt): logits, complete rows and open-row
+// sums against the CPU runtime at every point; logits at 5e-2 as the LCA
+// conversations on DeepSeek shapes (bf16 activations end to end, measured
+// up to 3.4e-2 there).
+TEST_F(GpuMlaModel, MtlaContinuedPrefillMatchesCpuRuntime) {
+  REQUIRE_GPU();
+  const lca::Model model = load_tiny_mtla(dir_, true, 103);
+  std::mt19937_64 rng(107);
+  for (int64_t s : {2, 4}) {
+    SCOPED_TRACE("s = " + std::to_string(s));
+    compare_conversation(model, down_rate(s), 1, true, rng, 5e-2);
+    compare_conversation(model, down_rate(s), 3, false, rng, 5e-2);
+    compare_conversation(model, down_rate(s), 5, true, rng, 5e-2);
+    compare_conversation(model, down_rate(s), 8192, true, rng, 5e-2);
+  }
+  compare_conversation(model, down_rate(1), 7, true, rng, 5e-2);
+}
+
+// MTLA on a GQA model, on an MLA model without hyper-networks, or with s = 0:
+// errors worded as the CPU runtime's (Sequence) words them.
+TEST_F(GpuMlaModel, MtlaErrorsNameTheProblem) {
+  REQUIRE_GPU();
+  auto message = [](auto&& f) -> std::string {
+    try {
+      f();
+    } catch (const lca::Error& e) {
+      return e.what();
+    }
+    ADD_FAILURE() << "no error";
+    return "";
+  };
+  // The message after the "<who>: " prefix.
+  auto body = [](const std::string& m) { return m.substr(std::min(m.size(), m.find(": ") + 2)); };
+  lca::cuda::GpuSessionOptions opt;
+  opt.attention = down_rate(2);
+  opt.max_context = 64;
+  std::mt19937_64 rng(109);
+  const lca::Model gqa = tiny_model(false, rng);
+  const auto gqa_gpu = lca::cuda::GpuModel::upload(gqa);
+  const std::string gqa_error = message([&] { lca::cuda::GpuSession session(gqa_gpu, opt); });
+  EXPECT_NE(gqa_error.find("GpuSession: MTLA needs an MLA model"), std::string::npos) << gqa_error;
+  EXPECT_NE(gqa_error.find("GQA model"), std::string::npos) << gqa_error;
+  EXPECT_EQ(body(gqa_error), body(message([&] { lca::Sequence seq(gqa, down_rate(2)); })));
+
+  const lca::Model plain = load_tiny_mla(dir_, MlaKind::v2, false, 113);
+  ASSERT_FALSE(plain.has_mtla());
+  const auto plain_gpu = lca::cuda::GpuModel::upload(plain);
+  const std::string plain_error = message([&] { lca::cuda::GpuSession session(plain_gpu, opt); });
+  for (const char* needle : {"GpuSession: model", "has no MTLA hyper-networks",
+                             "model.layers.0.self_attn.hypernet_down.fc_c.weight"})
+    EXPECT_NE(plain_error.find(needle), std::string::npos) << plain_error;
+  EXPECT_EQ(body(plain_error), body(message([&] { lca::Sequence seq(plain, down_rate(2)); })));
+
+  const lca::Model model = load_tiny_mtla(dir_, false, 127);
+  const auto gpu = lca::cuda::GpuModel::upload(model);
+  opt.attention = down_rate(0);
+  lca_test::expect_error([&] { lca::cuda::GpuSession session(gpu, opt); }, {"down_rate"});
+  // A good session still checks prompts as under LCA.
+  opt.attention = down_rate(4);
+  lca::cuda::GpuSession session(gpu, opt);
+  const int64_t seq = session.add_sequence();
+  session.prefill(seq, std::vector<int64_t>(62, 3));
+  lca_test::expect_error([&] { session.prefill(seq, std::vector<int64_t>(3, 1)); }, {"holds 62 tokens", "max_context"});
+  EXPECT_EQ(session.tokens(seq), 62);
+  EXPECT_EQ(session.cache().entries(seq), 16);  // ceil(62 / 4)
+}
+
+}  // namespace

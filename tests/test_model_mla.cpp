@@ -522,20 +522,7 @@ TEST_F(MlaModelTest, BadCheckpointsNameWhatIsWrong) {
 
 // ---- MTLA (mtla-spec.md) through the model ----------------------------------------------
 
-// Every layer's hyper-network under the mtla package's module names
-// (self_attn.hypernet_down.fc_c / fc_p, nn.Linear layout). Weights ~2/sqrt(d_c)
-// and biases ~0.5, as in test_mtla.cpp: the merge weights spread over (0, 1).
-void add_hypernets(Tiny& m, Rng& rng) {
-  const int64_t r = m.dc / 4;
-  const double sd = 2.0 / std::sqrt(static_cast<double>(m.dc));
-  for (int64_t l = 0; l < m.layers; ++l) {
-    const std::string hn = "model.layers." + std::to_string(l) + ".self_attn.hypernet_down.";
-    m.tensors.emplace_back(hn + "fc_c.weight", lca_test::randn<float>({r, m.dc}, rng, sd));
-    m.tensors.emplace_back(hn + "fc_c.bias", lca_test::randn<float>({r}, rng, 0.5));
-    m.tensors.emplace_back(hn + "fc_p.weight", lca_test::randn<float>({r, m.dc}, rng, sd));
-    m.tensors.emplace_back(hn + "fc_p.bias", lca_test::randn<float>({r}, rng, 0.5));
-  }
-}
+using lca_test::mla::add_hypernets;
 
 std::function<void(json&)> declare_mtla(int64_t s) {
   return [s](json& c) { c["mtla"] = {{"down_rate", s}}; };

@@ -4,8 +4,9 @@
 // over [representatives ; raw rows], decode through PagedKvCache). Present
 // only when lca is built with CUDA.
 //
-// GpuModel holds the weights; GpuSession a batch of sequences and their
-// paged cache, with one attention policy (LCA, or LcaParams::full()):
+// GpuModel holds the weights (and an MLA checkpoint's MTLA hyper-networks);
+// GpuSession a batch of sequences and their paged cache, with one attention
+// policy (LCA, LcaParams::full(), or MTLA on MLA models with hyper-networks):
 //   prefill(seq, tokens)   a prompt appended to a sequence (empty, or holding
 //                          an earlier prefill and decode steps), in chunks of
 //                          prefill_chunk tokens, each through every layer,
@@ -31,7 +32,8 @@ namespace lca::cuda {
 
 class GpuModel {
  public:
-  // The weights of a CPU model (Llama, Qwen2, DeepSeek-V2/V3, MiniCPM3), rounded to bf16.
+  // The weights of a CPU model (Llama, Qwen2, DeepSeek-V2/V3, MiniCPM3), rounded to bf16;
+  // MTLA hyper-networks, when the model holds them, in fp32 (as the CPU runtime).
   static GpuModel upload(const Model& model);
   // Random weights (uniform, scale 1/sqrt(fan-in); norms 1) at a config's
   // sizes: benchmarks at real size with no checkpoint.
@@ -52,13 +54,16 @@ class GpuModel {
 };
 
 struct GpuSessionOptions {
-  LcaParams attention{};        // LcaParams::full(): full attention
+  // LCA, LcaParams::full() (full attention), or MtlaParams: MTLA (mtla-spec.md),
+  // for MLA models holding hyper-networks (Model::has_mtla()).
+  Policy attention = LcaParams{};
   int64_t max_seqs = 1;
   int64_t max_context = 0;      // 0: the model's max_position_embeddings
   // Tokens per prefill chunk: each chunk runs through every layer before the
   // next, so prefill activations are O(prefill_chunk + window + representatives)
-  // rows under LCA (O(context) raw rows under full attention), not O(prompt).
-  // Exact under any chunking (lca-spec.md section 7, identity 3).
+  // rows under LCA (O(context) raw rows under full attention; MTLA: the chunk's
+  // running rows and the ceil(context/s) cached ones), not O(prompt).
+  // Exact under any chunking (lca-spec.md section 7, identity 3; mtla-spec.md 5.1).
   int64_t prefill_chunk = 8192;
   bool graphs = true;           // decode steps replayed from CUDA graphs
 };

@@ -29,13 +29,15 @@
 // holding n0 >= 0 tokens: a prompt's chunk, or a later turn after decode steps):
 //   cache.begin_extend(seq, L, stream);             // blocks for the chunk's rows
 //   for each layer:
-//     cache.read_layer_device(seq, layer, reps, raw, ring, stream);  // the state at n0
+//     cache.read_layer_device(seq, layer, reps, raw, ring, open_sum, stream);  // the state at n0
 //     ... the chunk's rows, condense groups [m(n0), m(n0 + L)), attention ...
-//     cache.write_extend_device(seq, layer, new_reps, new_raw, ring, stream);
+//     cache.write_extend_device(seq, layer, new_reps, new_raw, ring, open_sum, stream);
 //   cache.end_extend(seq);                           // n = n0 + L, release condensed raw blocks
 // The old raw blocks stay held until end_extend (later layers still read
 // them), so a chunk holds at most two windows of raw blocks per layer; the
-// default pool has room for one sequence doing so.
+// default pool has room for one sequence doing so. MTLA extends the same way:
+// its rows are the representative segment (mtla_rows computes them), the row
+// open at n0 is rewritten, and the open row's fp32 sum goes in and out beside.
 //
 // Running out of blocks is an lca::Error thrown before anything changes.
 #pragma once
@@ -126,7 +128,7 @@ class PagedKvCache {
   void write_layer_device(int64_t seq, int64_t layer, const void* reps, const void* raw, const float* ring,
                           const float* open_sum, cudaStream_t stream = nullptr);
 
-  // ---- Prefill in chunks (LCA and full attention; not MTLA) -----------------
+  // ---- Prefill in chunks (LCA, full attention and MTLA) ---------------------
   // Blocks the pool must have free to append L tokens to `seq` in chunks of
   // `chunk` tokens (the peak over the chunks, every layer): what a caller
   // checks against free_blocks() before a multi-chunk prefill changes anything.
@@ -141,18 +143,22 @@ class PagedKvCache {
   // One layer of a sequence as it is (n = tokens(seq)), copied on `stream`
   // into device buffers: reps [m(n), row_width] and raw [n - g m(n), row_width]
   // (positions g m(n) .. n-1) in the cache dtype, ring [min(n, g-1),
-  // summary_width] fp32, oldest first (LCA only). A pointer may be null only
-  // where its count is 0.
-  void read_layer_device(int64_t seq, int64_t layer, void* reps, void* raw, float* ring,
+  // summary_width] fp32, oldest first (LCA only), and MTLA's open-row sum
+  // [d_c] fp32 (when s does not divide n). A pointer may be null only where
+  // its count is 0. MTLA: reps are the ceil(n/s) rows, the open one last.
+  void read_layer_device(int64_t seq, int64_t layer, void* reps, void* raw, float* ring, float* open_sum = nullptr,
                          cudaStream_t stream = nullptr) const;
   // Writes one layer's part of the extension begun by begin_extend (n0 ->
   // n1 = n0 + L), from device buffers on `stream`: the new representatives
   // [m(n1) - m(n0), row_width], the raw rows of positions [max(g m(n1), n0), n1)
   // (the older ones are stored already, the ones below g m(n1) are condensed)
   // and the ring of n1, [min(n1, g-1), summary_width] fp32 (LCA only). A
-  // pointer may be null only where its count is 0.
+  // pointer may be null only where its count is 0. MTLA: reps are the rows
+  // [floor(n0/s), ceil(n1/s)) (the one open at n0 rewritten, the open one
+  // last), raw and ring null, open_sum the fp32 sum of the row open at n1
+  // [d_c] (when s does not divide n1).
   void write_extend_device(int64_t seq, int64_t layer, const void* reps, const void* raw, const float* ring,
-                           cudaStream_t stream = nullptr);
+                           const float* open_sum = nullptr, cudaStream_t stream = nullptr);
   // Ends the extension: n = n0 + L; raw blocks whose groups are all condensed
   // return to the pool (work on them already enqueued on the caller's stream
   // runs before any later reuse enqueued on that stream).

@@ -165,13 +165,15 @@ struct PagedKvCache::Impl {
   // (block indices [lo, hi) of each table): the representatives' new blocks,
   // and the raw blocks of positions [max(g m(n1), n0), n1) not held yet (the
   // held ones are [raw_first, ceil(n0 / B)); positions below g m(n1) are
-  // condensed within the chunk and never stored). LCA and full attention.
+  // condensed within the chunk and never stored). MTLA holds no raw rows: its
+  // new rows are the representative segment's [ceil(n0/s), ceil(n1/s)).
   struct ExtendBlocks {
     int64_t rep_lo, rep_hi, raw_lo, raw_hi;
     int64_t count() const { return rep_hi - rep_lo + raw_hi - raw_lo; }
   };
   ExtendBlocks extend_blocks(int64_t n0, int64_t n1) const {
     const int64_t B = cfg.block_rows;
+    if (mtla_s > 0) return {ceil_div(groups(n0), B), ceil_div(groups(n1), B), 0, 0};
     return {ceil_div(groups(n0), B), ceil_div(groups(n1), B), std::max(ceil_div(n0, B), raw_from(n1) / B),
             ceil_div(n1, B)};
   }
@@ -550,7 +552,6 @@ int64_t PagedKvCache::extend_blocks(int64_t seq, int64_t L, int64_t chunk) const
   const char* where = "PagedKvCache::extend_blocks";
   const Impl& m = *impl_;
   m.check_seq(where, seq);
-  LCA_CHECK(m.mtla_s == 0, where, ": an MTLA cache is filled whole (set_tokens + write_layer_device), not in chunks");
   LCA_CHECK(L >= 0 && chunk >= 1, where, ": L must be >= 0 and chunk >= 1, got L = ", L, ", chunk = ", chunk);
   chunk = std::min(chunk, std::max<int64_t>(L, 1));  // a + chunk stays in range
   // Per layer: blocks taken so far net of those returned, and its peak.
@@ -570,7 +571,6 @@ void PagedKvCache::begin_extend(int64_t seq, int64_t L, cudaStream_t stream) {
   Impl& m = *impl_;
   m.check_seq(where, seq);
   Impl::Seq& s = m.seqs[static_cast<size_t>(seq)];
-  LCA_CHECK(m.mtla_s == 0, where, ": an MTLA cache is filled whole (set_tokens + write_layer_device), not in chunks");
   LCA_CHECK(!m.in_step, where, ": a step is in progress; call end_step first");
   LCA_CHECK(s.extending == 0, where, ": sequence ", seq, " is already being extended (call end_extend first)");
   LCA_CHECK(L >= 1, where, ": L must be >= 1, got ", L);
@@ -592,7 +592,7 @@ void PagedKvCache::begin_extend(int64_t seq, int64_t L, cudaStream_t stream) {
 }
 
 void PagedKvCache::read_layer_device(int64_t seq, int64_t layer, void* reps, void* raw, float* ring,
-                                     cudaStream_t stream) const {
+                                     float* open_sum, cudaStream_t stream) const {
   const char* where = "PagedKvCache::read_layer_device";
   const Impl& m = *impl_;
   m.check_seq(where, seq);
@@ -603,13 +603,18 @@ void PagedKvCache::read_layer_device(int64_t seq, int64_t layer, void* reps, voi
   LCA_CHECK(n == first_raw || raw, where, ": raw is null but sequence ", seq, " holds ", n - first_raw, " raw rows");
   LCA_CHECK(ring_rows == 0 || ring, where, ": ring is null but sequence ", seq, " holds ", ring_rows,
             " summary rows");
+  const bool open = m.mtla_s > 0 && n % m.mtla_s != 0;
+  LCA_CHECK(!open || open_sum, where, ": open_sum is null but sequence ", seq, " holds an open MTLA row");
   m.copy_rows(where, layer, seq, true, 0, count, reps, false, stream);
   m.copy_rows(where, layer, seq, false, first_raw, n - first_raw, raw, false, stream);
   m.copy_ring(where, layer, seq, n - ring_rows, ring_rows, ring, false, stream);
+  if (open)
+    LCA_CUDA_OK(where, cudaMemcpyAsync(open_sum, m.d_open + m.tr(layer, seq) * m.cfg.mla.d_latent,
+                                       m.cfg.mla.d_latent * sizeof(float), cudaMemcpyDeviceToDevice, stream));
 }
 
 void PagedKvCache::write_extend_device(int64_t seq, int64_t layer, const void* reps, const void* raw,
-                                       const float* ring, cudaStream_t stream) {
+                                       const float* ring, const float* open_sum, cudaStream_t stream) {
   const char* where = "PagedKvCache::write_extend_device";
   Impl& m = *impl_;
   m.check_seq(where, seq);
@@ -617,14 +622,21 @@ void PagedKvCache::write_extend_device(int64_t seq, int64_t layer, const void* r
   const Impl::Seq& s = m.seqs[static_cast<size_t>(seq)];
   LCA_CHECK(s.extending > 0, where, ": sequence ", seq, " is not being extended (call begin_extend first)");
   const int64_t n0 = s.n, n1 = s.n + s.extending;
-  const int64_t rep_lo = m.groups(n0), rep_hi = m.groups(n1), raw_lo = std::max(m.raw_from(n1), n0);
+  // MTLA rewrites the row open at n0 (floor(n0/s), completed or merged into), then appends.
+  const int64_t rep_lo = m.mtla_s > 0 ? n0 / m.mtla_s : m.groups(n0), rep_hi = m.groups(n1);
+  const int64_t raw_lo = std::max(m.raw_from(n1), n0);
   const int64_t ring_rows = m.full ? 0 : std::min(n1, m.g - 1);
+  const bool open = m.mtla_s > 0 && n1 % m.mtla_s != 0;
   LCA_CHECK(rep_hi == rep_lo || reps, where, ": reps is null but ", rep_hi - rep_lo, " new representatives are due");
+  LCA_CHECK(!open || open_sum, where, ": open_sum is null but an MTLA row stays open");
   LCA_CHECK(n1 == raw_lo || raw, where, ": raw is null but ", n1 - raw_lo, " new raw rows are due");
   LCA_CHECK(ring_rows == 0 || ring, where, ": ring is null but ", ring_rows, " summary rows are due");
   m.copy_rows(where, layer, seq, true, rep_lo, rep_hi - rep_lo, const_cast<void*>(reps), true, stream);
   m.copy_rows(where, layer, seq, false, raw_lo, n1 - raw_lo, const_cast<void*>(raw), true, stream);
   m.copy_ring(where, layer, seq, n1 - ring_rows, ring_rows, const_cast<float*>(ring), true, stream);
+  if (open)
+    LCA_CUDA_OK(where, cudaMemcpyAsync(m.d_open + m.tr(layer, seq) * m.cfg.mla.d_latent, open_sum,
+                                       m.cfg.mla.d_latent * sizeof(float), cudaMemcpyDeviceToDevice, stream));
 }
 
 void PagedKvCache::end_extend(int64_t seq) {

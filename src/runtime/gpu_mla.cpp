@@ -180,12 +180,34 @@ std::unique_ptr<MlaWeights> random_mla(const ModelConfig& c, uint64_t seed) {
   return w;
 }
 
+void upload_mtla(const Model& model, MlaWeights& w) {
+  if (!model.has_mtla()) return;
+  const int64_t dc = model.config().mla.d_latent;
+  w.mtla_hyper_floats = 2 * (dc / 4 * dc + dc / 4);
+  std::vector<float> packed;
+  packed.reserve(static_cast<size_t>(w.mtla_hyper_floats * model.config().num_hidden_layers));
+  for (const LayerWeights& lw : model.weights().layers) {
+    lw.mtla.validate(model.config().mla);
+    w.mtla_hyper.push_back(lw.mtla);
+    for (const Tensor<float>* part : {&lw.mtla.fc_c_weight, &lw.mtla.fc_c_bias, &lw.mtla.fc_p_weight,
+                                      &lw.mtla.fc_p_bias})
+      packed.insert(packed.end(), part->data(), part->data() + part->numel());
+  }
+  w.mtla_hyper_packed = DeviceArray("the MTLA hyper-networks", static_cast<int64_t>(packed.size()) * 4);
+  LCA_CUDA_OK("GpuModel::upload", cudaMemcpy(w.mtla_hyper_packed.as(), packed.data(), packed.size() * 4,
+                                             cudaMemcpyHostToDevice));
+  w.bytes += w.mtla_hyper_packed.bytes();
+}
+
 // ---- A session's layers ------------------------------------------------------------------
 
 struct MlaLayers::Impl {
   const ModelConfig* c = nullptr;
   const MlaWeights* w = nullptr;
   GpuSessionOptions opt;
+  LcaParams lca;          // the LCA policy, LcaParams::full() for full attention and MTLA
+  MtlaParams mtla;        // MTLA's, when mtla_s > 0
+  int64_t mtla_s = 0;     // MTLA's down rate; 0: LCA or full attention
   cudaStream_t stream = nullptr;
   cublasHandle_t blas = nullptr;
   int64_t D = 0, F = 0, H = 0, dn = 0, dr = 0, dc = 0, dv = 0, dq = 0, width = 0, r = 0;
@@ -200,6 +222,7 @@ struct MlaLayers::Impl {
     DeviceArray rows, latent, rope_key, k, v;                     // raw rows, cached then own
     DeviceArray sum;                                              // summaries, ring then own
     DeviceArray rep_rows, rep_latent, rep_rope, rep_k, rep_v;     // representatives, cached then new
+    DeviceArray run_rows, merge_weights, open_in, open_out;       // MTLA: running rows, w_i, open-row sums
   };
   std::unique_ptr<PrefillBuffers> pb;
 
@@ -305,6 +328,11 @@ MlaLayers::MlaLayers(const ModelConfig& c, const MlaWeights& w, const GpuSession
     : impl_(std::make_unique<Impl>()) {
   Impl& s = *impl_;
   s.c = &c, s.w = &w, s.opt = opt, s.stream = stream, s.blas = blas;
+  s.lca = lca_part(opt.attention);
+  if (const MtlaParams* p = std::get_if<MtlaParams>(&opt.attention)) {
+    LCA_CHECK(!w.mtla_hyper.empty(), "MlaLayers: MTLA needs the model's hyper-networks (GpuSession checks this)");
+    s.mtla = *p, s.mtla_s = p->down_rate;
+  }
   s.D = c.hidden_size, s.F = c.intermediate_size, s.H = c.mla.heads;
   s.dn = c.mla.d_nope, s.dr = c.mla.d_rope, s.dc = c.mla.d_latent, s.dv = c.mla.d_v;
   s.dq = s.dn + s.dr, s.width = s.dc + s.dr, s.r = c.q_lora_rank.value_or(0);
@@ -352,13 +380,19 @@ void MlaLayers::begin_prefill(const PrefillPlan& plan) {
   b->rope_key = DeviceArray("prefill rope keys", raw * s.dr * 2);
   b->k = DeviceArray("prefill decompressed keys", raw * H * dq * 2);
   b->v = DeviceArray("prefill decompressed values", raw * H * dv * 2);
-  const int64_t sw = s.opt.attention.is_full() ? 0 : (s.opt.attention.score == ScoreMode::full ? s.width : s.dc);
+  const int64_t sw = s.lca.is_full() ? 0 : (s.lca.score == ScoreMode::full ? s.width : s.dc);
   b->sum = DeviceArray("summary queries", plan.summaries * sw * 4);
   b->rep_rows = DeviceArray("representative rows", reps * s.width * 2);
   b->rep_latent = DeviceArray("representative latents", reps * s.dc * 2);
   b->rep_rope = DeviceArray("representative rope keys", reps * s.dr * 2);
   b->rep_k = DeviceArray("representative keys", reps * H * dq * 2);
   b->rep_v = DeviceArray("representative values", reps * H * dv * 2);
+  if (s.mtla_s > 0) {
+    b->run_rows = DeviceArray("MTLA running rows", c * s.width * 2);
+    b->merge_weights = DeviceArray("MTLA merge weights", c * 4);
+    b->open_in = DeviceArray("MTLA open-row sum", s.dc * 4);
+    b->open_out = DeviceArray("MTLA open-row sum", s.dc * 4);
+  }
   s.pb = std::move(b);
 }
 
@@ -367,8 +401,9 @@ void MlaLayers::end_prefill() { impl_->pb.reset(); }
 void MlaLayers::prefill_chunk(PagedKvCache& cache, int64_t seq, int64_t L, void* x) {
   Impl& s = *impl_;
   LCA_CHECK(s.pb != nullptr, "MlaLayers::prefill_chunk: no prefill begun (begin_prefill)");
+  if (s.mtla_s > 0) return prefill_chunk_mtla(cache, seq, L, x);
   Impl::PrefillBuffers& b = *s.pb;
-  const LcaParams& p = s.opt.attention;
+  const LcaParams& p = s.lca;
   const bool lca = !p.is_full();
   const int64_t D = s.D, H = s.H, dn = s.dn, dr = s.dr, dc = s.dc, dv = s.dv, dq = s.dq, width = s.width;
   const int64_t sw = cache.summary_width();
@@ -390,7 +425,8 @@ void MlaLayers::prefill_chunk(PagedKvCache& cache, int64_t seq, int64_t L, void*
                      s.arch().interleaved, nullptr, 0, sum_rope, sw, st);
     // The cache as the chunk finds it: representatives [0, m0), raw rows
     // [raw_start, n0) before the chunk's own, ring into sum [0, ring0).
-    cache.read_layer_device(seq, static_cast<int64_t>(l), b.rep_rows.as(), b.rows.as(), b.sum.as<float>(), st);
+    cache.read_layer_device(seq, static_cast<int64_t>(l), b.rep_rows.as(), b.rows.as(), b.sum.as<float>(), nullptr,
+                            st);
     copy_columns(b.rows.as(), width, 0, ch.cached, dc, b.latent.as(), st);
     copy_columns(b.rows.as(), width, dc, ch.cached, dr, b.rope_key.as(), st);
     copy_columns(b.rep_rows.as(), width, 0, ch.m0, dc, b.rep_latent.as(), st);
@@ -427,7 +463,72 @@ void MlaLayers::prefill_chunk(PagedKvCache& cache, int64_t seq, int64_t L, void*
     // Back into the cache: representatives [m0, m1), raw rows [new_raw, n1), the ring of n1.
     cache.write_extend_device(seq, static_cast<int64_t>(l), bf(b.rep_rows.as(), ch.m0 * width),
                               bf(b.rows.as(), (ch.new_raw - ch.raw_start) * width),
-                              lca ? b.sum.as<float>() + ch.ring1_offset() * sw : nullptr, st);
+                              lca ? b.sum.as<float>() + ch.ring1_offset() * sw : nullptr, nullptr, st);
+    s.attention_out(W, b.o.as(), L, x);
+    s.ffn(W, x, b.h.as(), L, b.gate.as(), b.up.as(), L);
+  }
+}
+
+// MTLA (mtla-spec.md): per layer, the chunk's rows [c ; k^R] -> mtla_rows
+// (merge weights; running rows, one per position; the complete rows of the
+// chunks that close in it, after the floor(n0/s) cached ones; the row open at
+// n0 continued from the cache's fp32 sum) -> the prefill kernel with MTLA's
+// visibility over the complete rows ("representatives") and the running rows
+// ("raw", each query its own), both decompressed -> the cache's rows
+// [floor(n0/s), ceil(n1/s)) and the open row's sum written back.
+void MlaLayers::prefill_chunk_mtla(PagedKvCache& cache, int64_t seq, int64_t L, void* x) {
+  Impl& s = *impl_;
+  Impl::PrefillBuffers& b = *s.pb;
+  const int64_t D = s.D, H = s.H, dn = s.dn, dr = s.dr, dc = s.dc, dv = s.dv, dq = s.dq, width = s.width;
+  const int64_t rate = s.mtla_s, n0 = cache.tokens(seq), n1 = n0 + L;
+  const int64_t complete0 = n0 / rate, complete1 = n1 / rate;  // complete rows before and after the chunk
+  const bool open1 = n1 % rate != 0;                            // a row stays open at n1 (row complete1)
+  const double scale = s.c->softmax_scale();
+  cudaStream_t st = s.stream;
+  for (size_t l = 0; l < s.w->layers.size(); ++l) {
+    const MlaLayerArrays& W = s.w->layers[l];
+    rms_norm(x, W.attn_norm.as(), L, D, s.c->rms_norm_eps, b.h.as(), st);
+    s.queries(W, b.h.as(), L, b.q.as(), b.qa.as(), b.qn.as());
+    s.latent_rows(W, b.h.as(), L, nullptr, n0, b.kv.as(), b.rows.as(), b.latent.as(), b.rope_key.as());
+    mla_rope_queries(b.q.as(), L, H, dn, dr, nullptr, n0, s.w->inv_freq.as<double>(), s.arch().rope_factor,
+                     s.arch().interleaved, nullptr, 0, nullptr, 0, st);
+    // The cache's ceil(n0/s) rows (the open one, if any, is rewritten below) and its open sum.
+    cache.read_layer_device(seq, static_cast<int64_t>(l), b.rep_rows.as(), nullptr, nullptr, b.open_in.as<float>(),
+                            st);
+    MtlaRowsArgs r;
+    r.rows = b.rows.as();
+    r.hyper = s.w->mtla_hyper_packed.as<float>() + static_cast<int64_t>(l) * s.w->mtla_hyper_floats;
+    r.open_in = b.open_in.as<float>(), r.open_out = b.open_out.as<float>();
+    r.weights = b.merge_weights.as<float>();
+    r.running = b.run_rows.as();
+    r.complete = bf(b.rep_rows.as(), complete0 * width);
+    r.start = n0, r.len = L, r.d_latent = dc, r.d_rope = dr;
+    r.dtype = DType::bf16;
+    r.params = s.mtla;
+    mtla_rows(r, st);
+    // The row open at n1 is the last position's running row (the rounding of open_out, its rope key).
+    if (open1)
+      LCA_CUDA_OK("GpuSession (MTLA prefill)",
+                  cudaMemcpyAsync(bf(b.rep_rows.as(), complete1 * width), bf(b.run_rows.as(), (L - 1) * width),
+                                  static_cast<size_t>(width * 2), cudaMemcpyDeviceToDevice, st));
+    copy_columns(b.rep_rows.as(), width, 0, complete1, dc, b.rep_latent.as(), st);
+    copy_columns(b.rep_rows.as(), width, dc, complete1, dr, b.rep_rope.as(), st);
+    copy_columns(b.run_rows.as(), width, 0, L, dc, b.latent.as(), st);
+    copy_columns(b.run_rows.as(), width, dc, L, dr, b.rope_key.as(), st);
+    if (complete1 > 0) s.decompress(W, b.rep_latent.as(), b.rep_rope.as(), complete1, b.rep_k.as(), b.rep_v.as());
+    s.decompress(W, b.latent.as(), b.rope_key.as(), L, b.k.as(), b.v.as());
+    PrefillArgs a;
+    a.q = b.q.as(), a.k = b.k.as(), a.v = b.v.as(), a.rep_k = b.rep_k.as(), a.rep_v = b.rep_v.as(), a.out = b.o.as();
+    a.q_len = L, a.q_start = n0;
+    a.raw_len = L, a.raw_start = n0;
+    a.reps = complete1;
+    a.q_heads = a.kv_heads = H, a.d_qk = dq, a.d_v = dv;
+    a.scale = scale;
+    a.dtype = DType::bf16;
+    a.mtla_down_rate = rate;
+    lca_prefill(a, st);
+    cache.write_extend_device(seq, static_cast<int64_t>(l), bf(b.rep_rows.as(), complete0 * width), nullptr, nullptr,
+                              open1 ? b.open_out.as<float>() : nullptr, st);
     s.attention_out(W, b.o.as(), L, x);
     s.ffn(W, x, b.h.as(), L, b.gate.as(), b.up.as(), L);
   }

@@ -53,6 +53,12 @@ struct MlaWeights {
   std::vector<MlaLayerArrays> layers;
   DeviceArray inv_freq;  // fp64 [d_r / 2]
   int64_t bytes = 0;     // the layers' weights
+  // MTLA hyper-networks (empty when the model holds none), fp32 as the CPU
+  // runtime's: per layer on the host (for the paged cache's decode appends) and
+  // packed on the device, fc_c W, fc_c b, fc_p W, fc_p b (for prefill's mtla_rows).
+  std::vector<MtlaHyperNet<float>> mtla_hyper;
+  DeviceArray mtla_hyper_packed;
+  int64_t mtla_hyper_floats = 0;  // per layer
 };
 
 // Throws lca::Error when the config cannot run on the GPU runtime (head dims
@@ -60,6 +66,8 @@ struct MlaWeights {
 void check_mla(const char* where, const ModelConfig& c);
 std::unique_ptr<MlaWeights> upload_mla(const Model& model);
 std::unique_ptr<MlaWeights> random_mla(const ModelConfig& c, uint64_t seed);
+// The model's MTLA hyper-networks into w (nothing when it holds none).
+void upload_mtla(const Model& model, MlaWeights& w);
 
 // One session's MLA layers: the decode buffers (max_seqs rows) and the loops.
 class MlaLayers {
@@ -72,13 +80,15 @@ class MlaLayers {
   void end_prefill();
   // Every layer over x [L, D] (embedded, scaled) of the chunk the cache is
   // extending seq by (begin_extend; positions [n0, n0 + L), n0 = cache.tokens(seq)):
-  // what its queries see read from the cache, its new rows written into it.
+  // what its queries see read from the cache, its new rows written into it
+  // (MTLA: complete rows and the open row's sum, through mtla_rows).
   void prefill_chunk(PagedKvCache& cache, int64_t seq, int64_t L, void* x);
   // One decode step's layers over x [B, D] for the cache's step (positions on
   // the device): capturable, no allocation or host synchronisation.
   void decode(PagedKvCache& cache, int64_t B, void* x, const int64_t* positions);
 
  private:
+  void prefill_chunk_mtla(PagedKvCache& cache, int64_t seq, int64_t L, void* x);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

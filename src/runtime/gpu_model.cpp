@@ -24,6 +24,7 @@
 #include "cuda/model_ops.hpp"
 #include "lca/cuda.hpp"
 #include "lca/error.hpp"
+#include "model/text_file.hpp"
 #include "runtime/gpu_mla.hpp"
 #include "runtime/gpu_moe.hpp"
 #include "runtime/prefill_chunks.hpp"
@@ -57,6 +58,7 @@ namespace {
 
 using detail::DeviceArray;
 using detail::upload_bf16;
+using model::in_quotes;
 
 struct LayerArrays {
   DeviceArray attn_norm, wq, wk, wv, wo, bq, bk, bv, ffn_norm, w_gate, w_up, w_down;
@@ -110,6 +112,7 @@ GpuModel GpuModel::upload(const Model& model) {
   if (impl->cfg.is_mla()) {
     detail::check_mla(where, impl->cfg);
     impl->mla = detail::upload_mla(model);
+    detail::upload_mtla(model, *impl->mla);
     impl->bytes += impl->mla->bytes;
     impl->embed_scale = static_cast<float>(impl->mla->arch.embed_scale);
     impl->logits_scale = static_cast<float>(1.0 / impl->mla->arch.logits_divisor);
@@ -205,6 +208,7 @@ GpuModel GpuModel::random(const ModelConfig& config, uint64_t seed) {
 struct GpuSession::Impl {
   const GpuModel::Impl* m = nullptr;
   GpuSessionOptions opt;
+  LcaParams lca;  // opt.attention's LCA policy; LcaParams::full() for full attention and MTLA
   int64_t D = 0, F = 0, V = 0, hq = 0, hkv = 0, d = 0, qw = 0, kvw = 0;
   std::unique_ptr<PagedKvCache> cache;
   std::unique_ptr<detail::MlaLayers> mla;  // MLA models: their layers
@@ -295,7 +299,7 @@ struct GpuSession::Impl {
       o = DeviceArray("prefill attention outputs", c * s.qw * 2);
       gate = DeviceArray("prefill MLP", c * s.F * 2);
       up = DeviceArray("prefill MLP", c * s.F * 2);
-      sum = DeviceArray("summary queries", s.opt.attention.is_full() ? 16 : plan.summaries * s.kvw * 4);
+      sum = DeviceArray("summary queries", s.lca.is_full() ? 16 : plan.summaries * s.kvw * 4);
       rep_k = DeviceArray("representative keys", reps * s.kvw * 2);
       rep_v = DeviceArray("representative values", reps * s.kvw * 2);
       rep_rows = DeviceArray("representative rows", reps * 2 * s.kvw * 2);
@@ -305,7 +309,7 @@ struct GpuSession::Impl {
   // Every GQA layer over x [L, D] (embedded) of the chunk the cache is
   // extending seq by: positions [n0, n0 + L), n0 = cache->tokens(seq).
   void gqa_prefill_chunk(GqaPrefillBuffers& b, int64_t seq, int64_t L, void* x_rows) {
-    const LcaParams& p = opt.attention;
+    const LcaParams& p = lca;
     const ModelConfig& c = m->cfg;
     const detail::ChunkSpan ch(cache->tokens(seq), L, p);
     const int64_t row = 2 * kvw;  // values per cache row
@@ -324,7 +328,8 @@ struct GpuSession::Impl {
                         c.rope.theta, stream);
       // The cache as the chunk finds it: representatives [0, m0), raw rows
       // [raw_start, n0) into k and v before the chunk's own, ring into sum [0, ring0).
-      cache->read_layer_device(seq, static_cast<int64_t>(l), b.rep_rows.as(), b.rows.as(), b.sum.as<float>(), stream);
+      cache->read_layer_device(seq, static_cast<int64_t>(l), b.rep_rows.as(), b.rows.as(), b.sum.as<float>(), nullptr,
+                               stream);
       detail::copy_columns(b.rows.as(), d * 2, 0, ch.cached * hkv, d, b.k.as(), stream);
       detail::copy_columns(b.rows.as(), d * 2, d, ch.cached * hkv, d, b.v.as(), stream);
       detail::copy_columns(b.rep_rows.as(), d * 2, 0, ch.m0 * hkv, d, b.rep_k.as(), stream);
@@ -361,7 +366,7 @@ struct GpuSession::Impl {
       detail::pack_gqa_rows(at(b.k, own_raw * kvw), at(b.v, own_raw * kvw), ch.n1 - ch.new_raw, hkv, d,
                             at(b.rows, own_raw * row), stream);
       cache->write_extend_device(seq, static_cast<int64_t>(l), at(b.rep_rows, ch.m0 * row), at(b.rows, own_raw * row),
-                                 ring1, stream);
+                                 ring1, nullptr, stream);
       gemm(L, D, qw, b.o.as(), W.wo.as(), x_rows, true);
       mlp(W, x_rows, b.h.as(), L, b.gate.as(), b.up.as(), L);
     }
@@ -382,6 +387,16 @@ GpuSession::GpuSession(const GpuModel& model, const GpuSessionOptions& options) 
   s.D = c.hidden_size, s.F = c.intermediate_size, s.V = c.vocab_size;
   s.hq = c.gqa.q_heads, s.hkv = c.gqa.kv_heads, s.d = c.gqa.head_dim;
   s.qw = s.hq * s.d, s.kvw = s.hkv * s.d;
+  s.lca = detail::lca_part(s.opt.attention);
+  const MtlaParams* mtla = std::get_if<MtlaParams>(&s.opt.attention);
+  if (mtla) {
+    // As the CPU runtime words them (Sequence).
+    mtla->validate();
+    LCA_CHECK(c.is_mla(), where, ": MTLA needs an MLA model; ", in_quotes(c.source), " (", c.architecture,
+              ") is a GQA model");
+    LCA_CHECK(!s.m->mla->mtla_hyper.empty(), where, ": model ", in_quotes(c.source), " has no MTLA hyper-networks (",
+              mtla_tensor_name(0, "fc_c.weight"), " ...); MTLA needs a checkpoint trained with them");
+  }
 
   PagedCacheConfig pc;
   pc.layout = c.is_mla() ? KvLayout::mla : KvLayout::gqa;
@@ -394,7 +409,8 @@ GpuSession::GpuSession(const GpuModel& model, const GpuSessionOptions& options) 
   pc.layers = c.num_hidden_layers;
   pc.max_seqs = s.opt.max_seqs;
   pc.max_context = s.opt.max_context;
-  pc.block_rows = s.opt.attention.is_full() ? 64 : lcm_block(s.opt.attention.group);
+  pc.block_rows = s.lca.is_full() ? 64 : lcm_block(s.lca.group);
+  if (mtla) pc.mtla_hyper = s.m->mla->mtla_hyper;
   s.cache = std::make_unique<PagedKvCache>(pc);
 
   LCA_CUDA_OK(where, cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking));

@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <variant>
 
 #include "lca/params.hpp"
 
@@ -65,6 +66,26 @@ inline PrefillPlan plan_prefill(int64_t n0, int64_t N, int64_t chunk, const LcaP
     plan.summaries = std::max(plan.summaries, c.summaries());
   }
   return plan;
+}
+
+// MTLA (mtla-spec.md): a chunk [n0, n1) reads the ceil(n0/s) cached rows and
+// lays out its L running rows (the "raw" rows) and the rows [0, ceil(n1/s)):
+// the complete ones it attends and the open one it writes back.
+inline PrefillPlan plan_prefill(int64_t n0, int64_t N, int64_t chunk, const MtlaParams& p) {
+  PrefillPlan plan;
+  plan.chunk = plan.raw = std::min(chunk, N);
+  plan.reps = (n0 + N + p.down_rate - 1) / p.down_rate;
+  return plan;
+}
+
+inline PrefillPlan plan_prefill(int64_t n0, int64_t N, int64_t chunk, const Policy& p) {
+  return std::visit([&](const auto& q) { return plan_prefill(n0, N, chunk, q); }, p);
+}
+
+// The LCA part of a policy: MTLA has no window, groups or ring (LcaParams::full()).
+inline LcaParams lca_part(const Policy& p) {
+  const LcaParams* lca = std::get_if<LcaParams>(&p);
+  return lca ? *lca : LcaParams::full();
 }
 
 }  // namespace lca::cuda::detail

@@ -95,7 +95,6 @@ int run_generate(const GenerateOptions& o) {
   params.validate();
   const DType storage = parse_dtype(o.dtype);
   const bool mtla = o.attention == "mtla";
-  LCA_CHECK(!mtla || o.device == "cpu", "generate: --attention mtla runs on the CPU runtime only (--device cpu)");
 
   const auto t_load = Clock::now();
   const Model model = Model::load(o.model);
@@ -173,10 +172,9 @@ int run_generate(const GenerateOptions& o) {
   if (o.device == "cuda") {
 #if LCA_HAVE_CUDA
     LCA_CHECK(storage == DType::bf16, "generate: --device cuda keeps the cache in bf16; got --dtype ", o.dtype);
-    LCA_CHECK(!mtla, "generate: --device cuda runs LCA and full attention; --attention mtla runs on the CPU");
     gpu_model = std::make_unique<cuda::GpuModel>(cuda::GpuModel::upload(model));
     cuda::GpuSessionOptions so;
-    so.attention = params;
+    so.attention = policy;
     so.max_context = std::min(model.context_length(), n_prompt + o.max_new_tokens + 1);
     gpu = std::make_unique<cuda::GpuSession>(*gpu_model, so);
     gpu_seq = gpu->add_sequence();
@@ -253,7 +251,7 @@ int run_generate(const GenerateOptions& o) {
   if (gpu) {
     const ModelConfig& c = model.config();
     cache_bytes = gpu->cache().bytes_in_use();
-    full_bytes = tokens_now() * c.num_hidden_layers * c.gqa.row_width() * 2;
+    full_bytes = tokens_now() * c.num_hidden_layers * (c.is_mla() ? c.mla.row_width() : c.gqa.row_width()) * 2;
   }
 #endif
   if (cpu) cache_bytes = cpu->cache_bytes(), full_bytes = cpu->full_cache_bytes();
