@@ -302,10 +302,6 @@ struct MlaLayers::Impl {
 
   // x [n, D] += residual_scale ffn(rms_norm(x)), in chunks of `chunk` rows.
   void ffn(const MlaLayerArrays& L, void* x, void* hs, int64_t n, void* gate_buf, void* up_buf, int64_t chunk) {
-    if (L.moe && n <= chunk) {  // the norm folded into the MoE's routing launch (rms_norm's bits)
-      L.moe->forward_normed(x, L.ffn_norm.as(), c->rms_norm_eps, hs, n, *moe_ws, stream, blas);
-      return;
-    }
     rms_norm(x, L.ffn_norm.as(), n, D, c->rms_norm_eps, hs, stream);
     for (int64_t r0 = 0; r0 < n; r0 += chunk) {
       const int64_t rows_n = std::min(chunk, n - r0);
