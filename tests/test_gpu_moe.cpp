@@ -21,7 +21,6 @@
 
 #include "lca/cuda.hpp"
 #include "model/mla.hpp"
-#include "cuda/model_ops.hpp"
 #include "runtime/gpu_moe.hpp"
 #include "test_util.hpp"
 
@@ -458,63 +457,6 @@ TEST(GpuMoe, SmallRowsInOneLaunchEqualThreeLaunches) {
     }
     cudaGraphExecDestroy(exec);
   }
-}
-
-// forward_normed folds the rms_norm before the MoE into the routing's launch
-// (up to 8 rows): h and x must have the bits of cuda rms_norm then forward,
-// on random inputs, and x the CPU's moe of that h; 9 rows take the launches
-// apart, the same bits. 44 experts: 6 blocks each normalising what it reads.
-TEST(GpuMoe, ForwardNormedEqualsNormThenForward) {
-  REQUIRE_GPU();
-  MoeCase c;
-  c.routing = MoeRouting::softmax_group_limited;
-  c.D = 136, c.E = 44, c.K = 6, c.shared = 2, c.n_group = 4, c.topk_group = 2, c.scaling = 1.5;
-  Rng rng(119);
-  const LayerWeights lw = random_moe_layer(c, rng);
-  const MlaArch arch = arch_of(c);
-  const GpuMoe moe = GpuMoe::upload(arch, lw, c.D);
-  const int64_t cap = 9;
-  MoeWorkspace ws(arch, c.D, cap);
-  Gpu gpu;
-  const double eps = 1e-6;
-  const std::vector<uint16_t> norm_w = to_bf16(bf16_randn({c.D}, rng, 0.5));
-  DeviceBytes norm_dev(static_cast<size_t>(c.D * 2)), x_dev(static_cast<size_t>(cap * c.D * 2)),
-      h_dev(static_cast<size_t>(cap * c.D * 2));
-  ASSERT_EQ(cudaMemcpy(norm_dev.ptr, norm_w.data(), norm_w.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
-  for (const int64_t rows : {1, 3, 8, 9}) {
-    SCOPED_TRACE("rows " + std::to_string(rows));
-    const Tensor<float> x0 = bf16_randn({rows, c.D}, rng, 3.0);
-    // Apart: rms_norm, then forward.
-    ASSERT_NO_FATAL_FAILURE(load_x(x_dev.ptr, x0, rows, cap, c.D));
-    ASSERT_EQ(cudaMemset(h_dev.ptr, 0xff, static_cast<size_t>(cap * c.D * 2)), cudaSuccess);
-    lca::cuda::detail::rms_norm(x_dev.ptr, norm_dev.ptr, rows, c.D, eps, h_dev.ptr, gpu.stream);
-    moe.forward(h_dev.ptr, rows, x_dev.ptr, ws, gpu.stream, gpu.blas);
-    ASSERT_EQ(cudaStreamSynchronize(gpu.stream), cudaSuccess);
-    const std::vector<uint16_t> x_apart = read_x(x_dev.ptr, cap, c.D), h_apart = read_x(h_dev.ptr, cap, c.D);
-    // Folded.
-    ASSERT_NO_FATAL_FAILURE(load_x(x_dev.ptr, x0, rows, cap, c.D));
-    ASSERT_EQ(cudaMemset(h_dev.ptr, 0xff, static_cast<size_t>(cap * c.D * 2)), cudaSuccess);
-    moe.forward_normed(x_dev.ptr, norm_dev.ptr, eps, h_dev.ptr, rows, ws, gpu.stream, gpu.blas);
-    ASSERT_EQ(cudaStreamSynchronize(gpu.stream), cudaSuccess);
-    EXPECT_EQ(read_x(h_dev.ptr, cap, c.D), h_apart);
-    EXPECT_EQ(read_x(x_dev.ptr, cap, c.D), x_apart);
-    // The CPU's moe of the GPU's normed rows, and those rows near the CPU's norm.
-    Tensor<float> h({rows, c.D}), want({rows, c.D});
-    for (int64_t i = 0; i < rows * c.D; ++i) h.data()[i] = lca::bf16_to_float(h_apart[static_cast<size_t>(i)]);
-    for (int64_t r = 0; r < rows; ++r) {
-      double ss = 0.0;
-      for (int64_t j = 0; j < c.D; ++j) ss += double(x0.data()[r * c.D + j]) * x0.data()[r * c.D + j];
-      const double inv = 1.0 / std::sqrt(ss / double(c.D) + eps);
-      for (int64_t j = 0; j < c.D; ++j) {
-        const double n = x0.data()[r * c.D + j] * inv * lca::bf16_to_float(norm_w[static_cast<size_t>(j)]);
-        ASSERT_NEAR(h.data()[r * c.D + j], n, 1e-2 * std::abs(n) + 1e-6) << "row " << r << " column " << j;
-      }
-    }
-    lca::model::moe(arch, lw, h.data(), rows, c.D, want.data());
-    expect_rows_match(x_apart, x0, want, rows, cap, c.D);
-  }
-  expect_error([&] { moe.forward_normed(x_dev.ptr, nullptr, eps, h_dev.ptr, 1, ws, gpu.stream, gpu.blas); },
-               {"GpuMoe::forward_normed", "norm_weight"});
 }
 
 TEST(GpuMoe, ZeroRowsLeaveXUntouched) {

@@ -42,16 +42,12 @@ void moe_dispatch(const int32_t* expert, int64_t pairs, int per_token, int exper
 // zero before the launch and zero after it; launches that share it must not
 // overlap. moe_route_small_fits tells whether the launch is possible (rows,
 // d a multiple of 8, h 16-byte aligned, the shared memory of E experts).
-// With norm_weight [d] (and h_out [rows, d]), h is x and the launch also
-// does rms_norm(x, norm_weight, eps) -> h_out (rms_norm's bits), the logits
-// of those normed rows.
 constexpr int kMoeSmallMaxRows = 8;
 bool moe_route_small_fits(const MoeRoutingArgs& args, int64_t rows, int64_t d, const void* h);
 void moe_route_small(const void* h, const void* router, int64_t rows, int64_t d, const float* bias,
                      const MoeRoutingArgs& args, int tile_rows, float* logits, int32_t* expert, float* weight,
                      int32_t* offsets, int32_t* tile_offsets, int32_t* position, int32_t* token_of,
-                     unsigned* arrived, cudaStream_t stream, const void* norm_weight = nullptr, double eps = 0.0,
-                     void* h_out = nullptr);
+                     unsigned* arrived, cudaStream_t stream);
 
 // Rows of the grouped GEMM's tiles (moe_grouped_gemm.cu's TM).
 constexpr int kMoeTileRows = 64;

@@ -13,17 +13,12 @@
 // then resets the counter for the next launch. The fixed order makes the
 // logits deterministic (not those of cuBLAS bit for bit: a different
 // summation order, alike within fp32 rounding).
-// With a norm weight, h is the residual stream x and the kernel also does
-// the rms_norm before the MoE: every block finds the rows' inverse norms
-// (rms_norm.cuh, rms_norm's code and bits), normalises the values it reads,
-// and writes its share of the normed rows h_out for the expert products.
 // Shared memory: kWarps route_token scratches and rows * E fp32 logits, the
 // dispatch's 2 (E + S) ints aliasing them.
 #include <algorithm>
 #include <cstdint>
 
 #include "moe_routing.cuh"
-#include "rms_norm.cuh"
 
 namespace lca::cuda::detail {
 namespace {
@@ -48,48 +43,30 @@ __device__ __forceinline__ void unpack_bf16x8(const uint4& v, float* f) {
   }
 }
 
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(kThreads)
     moe_route_small_kernel(const __nv_bfloat16* h, const __nv_bfloat16* router, int rows, int64_t d,
-                           const __nv_bfloat16* norm_w, float eps, __nv_bfloat16* h_out, const float* bias,
-                           MoeRoutingArgs a, int tile_rows, float* logits, int32_t* expert, float* weight,
-                           int32_t* offsets, int32_t* tile_offsets, int32_t* position, int32_t* token_of,
-                           unsigned* arrived) {
+                           const float* bias, MoeRoutingArgs a, int tile_rows, float* logits, int32_t* expert,
+                           float* weight, int32_t* offsets, int32_t* tile_offsets, int32_t* position,
+                           int32_t* token_of, unsigned* arrived) {
   extern __shared__ double small_smem[];
   __shared__ bool last;
-  __shared__ float partial[kWarps], inv[kMoeSmallMaxRows];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int E = a.experts;
   const int e = blockIdx.x * kWarps + warp;
-  const bool normed = norm_w != nullptr;
-  if (normed) {  // h is x: every block finds the rows' norms; each writes its share of the normed rows
-    for (int r = 0; r < rows; ++r) {
-      const float v = row_inv_rms<kThreads>(h + r * d, d, eps, partial);
-      if (threadIdx.x == 0) inv[r] = v;
-    }
-    __syncthreads();
-    for (int64_t i = blockIdx.x * int64_t(kThreads) + threadIdx.x; i < rows * d; i += int64_t(gridDim.x) * kThreads)
-      h_out[i] = __float2bfloat16(rms_normed(__bfloat162float(h[i]), inv[i / d], __bfloat162float(norm_w[i % d])));
-  }
   if (e < E) {
     float acc[kMoeSmallMaxRows] = {};
     const uint4* w = reinterpret_cast<const uint4*>(router + e * d);
     const uint4* x = reinterpret_cast<const uint4*>(h);
-    const uint4* g = reinterpret_cast<const uint4*>(norm_w);
     const int64_t steps = d / 8;
 #pragma unroll 4
     for (int64_t i = lane; i < steps; i += 32) {
-      float wf[8], gf[8];
+      float wf[8];
       unpack_bf16x8(__ldg(w + i), wf);
-      if (normed) unpack_bf16x8(__ldg(g + i), gf);
 #pragma unroll
       for (int r = 0; r < kMoeSmallMaxRows; ++r) {
         if (r < rows) {  // a guard, not a break: acc stays in registers
           float hf[8];
           unpack_bf16x8(x[r * steps + i], hf);
-          if (normed) {  // the bits h_out gets (and rms_norm would)
-#pragma unroll
-            for (int j = 0; j < 8; ++j) hf[j] = rms_normed(hf[j], inv[r], gf[j]);
-          }
 #pragma unroll
           for (int j = 0; j < 8; ++j) acc[r] = fmaf(wf[j], hf[j], acc[r]);
         }
@@ -134,17 +111,14 @@ bool moe_route_small_fits(const MoeRoutingArgs& args, int64_t rows, int64_t d, c
 void moe_route_small(const void* h, const void* router, int64_t rows, int64_t d, const float* bias,
                      const MoeRoutingArgs& args, int tile_rows, float* logits, int32_t* expert, float* weight,
                      int32_t* offsets, int32_t* tile_offsets, int32_t* position, int32_t* token_of,
-                     unsigned* arrived, cudaStream_t stream, const void* norm_weight, double eps, void* h_out) {
+                     unsigned* arrived, cudaStream_t stream) {
   LCA_CHECK(moe_route_small_fits(args, rows, d, h), "moe_route_small: rows ", rows, " (at most ", kMoeSmallMaxRows,
             "), hidden ", d, " (a multiple of 8), h (16-byte aligned) or experts ", args.experts,
             " (shared memory) out of its bounds");
-  LCA_CHECK(reinterpret_cast<uintptr_t>(router) % 16 == 0 && reinterpret_cast<uintptr_t>(norm_weight) % 16 == 0,
-            "moe_route_small: router and norm_weight must be 16-byte aligned");
-  LCA_CHECK((norm_weight == nullptr) == (h_out == nullptr), "moe_route_small: norm_weight and h_out go together");
+  LCA_CHECK(reinterpret_cast<uintptr_t>(router) % 16 == 0, "moe_route_small: router must be 16-byte aligned");
   const int blocks = (args.experts + kWarps - 1) / kWarps;
   moe_route_small_kernel<<<blocks, kThreads, small_smem_bytes(args, rows), stream>>>(
       static_cast<const __nv_bfloat16*>(h), static_cast<const __nv_bfloat16*>(router), static_cast<int>(rows), d,
-      static_cast<const __nv_bfloat16*>(norm_weight), static_cast<float>(eps), static_cast<__nv_bfloat16*>(h_out),
       bias, args, tile_rows, logits, expert, weight, offsets, tile_offsets, position, token_of, arrived);
   LCA_CUDA_CHECK_LAUNCH("moe_route_small");
 }

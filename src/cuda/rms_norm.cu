@@ -1,7 +1,7 @@
 // rms_norm: one block of 256 threads per row; the sum of squares in fp32 by
-// shuffles, then each thread scales its columns by the weight (rms_norm.cuh).
+// shuffles, then each thread scales its columns by the weight.
+#include "common.cuh"
 #include "model_ops.hpp"
-#include "rms_norm.cuh"
 
 namespace lca::cuda::detail {
 namespace {
@@ -12,9 +12,19 @@ __global__ void __launch_bounds__(kThreads) rms_norm_kernel(const __nv_bfloat16*
                                                             int64_t x_stride, float eps, __nv_bfloat16* out) {
   __shared__ float partial[kThreads / 32];
   const __nv_bfloat16* row = x + blockIdx.x * x_stride;
-  const float inv = row_inv_rms<kThreads>(row, d, eps, partial);
+  float ss = 0.f;
+  for (int64_t c = threadIdx.x; c < d; c += kThreads) {
+    const float v = __bfloat162float(row[c]);
+    ss += v * v;
+  }
+  ss = warp_sum(ss);
+  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = ss;
+  __syncthreads();
+  ss = 0.f;
+  for (int i = 0; i < kThreads / 32; ++i) ss += partial[i];
+  const float inv = rsqrtf(ss / static_cast<float>(d) + eps);
   for (int64_t c = threadIdx.x; c < d; c += kThreads)
-    out[blockIdx.x * d + c] = __float2bfloat16(rms_normed(__bfloat162float(row[c]), inv, __bfloat162float(w[c])));
+    out[blockIdx.x * d + c] = __float2bfloat16(__bfloat162float(row[c]) * inv * __bfloat162float(w[c]));
 }
 
 }  // namespace

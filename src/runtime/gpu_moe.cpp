@@ -7,8 +7,6 @@
 //    For at most 8 rows (decode; workspace small_rows_fused), 1-3 are one
 //    launch, moe_route_small: a fixed-order fp32 dot product per logit, then
 //    the same routing and dispatch code in the grid's last block.
-//    forward_normed also folds the rms_norm before the MoE into that launch
-//    (each block normalises what it reads; rms_norm's code, so its bits).
 // 2. moe_route: per token the per_token experts and their weights (scoring,
 //    group choice, top-k with ties to the smaller index, normalisation,
 //    routed scaling), as model::moe.
@@ -325,17 +323,7 @@ void gemm(cublasHandle_t blas, int64_t M, int64_t N, int64_t K, const void* X, c
 
 void GpuMoe::forward(const void* h, int64_t rows, void* x, MoeWorkspace& ws, cudaStream_t stream,
                      cublasHandle_t blas) const {
-  run("GpuMoe::forward", h, rows, x, ws, stream, blas, nullptr, 0.0, nullptr);
-}
-
-void GpuMoe::forward_normed(void* x, const void* norm_weight, double eps, void* h, int64_t rows, MoeWorkspace& ws,
-                            cudaStream_t stream, cublasHandle_t blas) const {
-  LCA_CHECK(norm_weight != nullptr, "GpuMoe::forward_normed: norm_weight must not be null");
-  run("GpuMoe::forward_normed", h, rows, x, ws, stream, blas, norm_weight, eps, h);
-}
-
-void GpuMoe::run(const char* where, const void* h, int64_t rows, void* x, MoeWorkspace& ws, cudaStream_t stream,
-                 cublasHandle_t blas, const void* norm_weight, double eps, void* h_out) const {
+  const char* where = "GpuMoe::forward";
   const Impl& m = *impl_;
   MoeWorkspace::Impl& w = *ws.impl_;
   LCA_CHECK(rows >= 0, where, ": rows must be >= 0, got ", rows);
@@ -352,15 +340,11 @@ void GpuMoe::run(const char* where, const void* h, int64_t rows, void* x, MoeWor
   const int experts = static_cast<int>(E + m.sizes.shared_units);
 
   const float* bias = m.router_bias ? m.router_bias.as<float>() : nullptr;
-  const bool normed = norm_weight != nullptr;
-  const bool small = w.small_rows_fused && detail::moe_route_small_fits(m.routing, rows, D, normed ? x : h) &&
-                     reinterpret_cast<uintptr_t>(norm_weight) % 16 == 0;
-  if (normed && !small) detail::rms_norm(x, norm_weight, rows, D, eps, h_out, stream);
-  if (small) {  // with the norm: x in, h out
-    detail::moe_route_small(normed ? x : h, m.router.as(), rows, D, bias, m.routing, detail::kMoeTileRows,
-                            w.logits.as<float>(), w.expert.as<int32_t>(), w.weight.as<float>(),
-                            w.offsets.as<int32_t>(), w.tile_offsets.as<int32_t>(), w.position.as<int32_t>(),
-                            w.token_of.as<int32_t>(), w.arrived.as<unsigned>(), stream, norm_weight, eps, h_out);
+  if (w.small_rows_fused && detail::moe_route_small_fits(m.routing, rows, D, h)) {
+    detail::moe_route_small(h, m.router.as(), rows, D, bias, m.routing, detail::kMoeTileRows, w.logits.as<float>(),
+                            w.expert.as<int32_t>(), w.weight.as<float>(), w.offsets.as<int32_t>(),
+                            w.tile_offsets.as<int32_t>(), w.position.as<int32_t>(), w.token_of.as<int32_t>(),
+                            w.arrived.as<unsigned>(), stream);
   } else {
     gemm(blas, rows, E, D, h, m.router.as(), w.logits.as(), true);
     detail::moe_route(w.logits.as<float>(), bias, rows, m.routing, w.expert.as<int32_t>(), w.weight.as<float>(),

@@ -68,20 +68,11 @@ class GpuMoe {
   // rows must be <= ws.max_rows(); blas must be bound to `stream`.
   void forward(const void* h, int64_t rows, void* x, MoeWorkspace& ws, cudaStream_t stream,
                cublasHandle_t blas) const;
-  // The same with the norm before it: h = rms_norm(x) * norm_weight (eps;
-  // norm_weight [hidden] bf16), written to h [rows, hidden] (the bits of
-  // cuda rms_norm), then x += moe(h). Up to 8 rows (small_rows_fused) the
-  // norm is part of the routing's launch, else one rms_norm launch first.
-  void forward_normed(void* x, const void* norm_weight, double eps, void* h, int64_t rows, MoeWorkspace& ws,
-                      cudaStream_t stream, cublasHandle_t blas) const;
   int64_t weight_bytes() const;
 
  private:
   struct Impl;
   explicit GpuMoe(std::unique_ptr<Impl> impl);
-  // forward, and with norm_weight forward_normed (h_out: its h, the norm's output).
-  void run(const char* where, const void* h, int64_t rows, void* x, MoeWorkspace& ws, cudaStream_t stream,
-           cublasHandle_t blas, const void* norm_weight, double eps, void* h_out) const;
   std::unique_ptr<Impl> impl_;
 };
 
