@@ -35,20 +35,6 @@ void moe_route(const float* logits, const float* bias, int64_t rows, const MoeRo
 void moe_dispatch(const int32_t* expert, int64_t pairs, int per_token, int experts, int tile_rows, int32_t* offsets,
                   int32_t* tile_offsets, int32_t* position, int32_t* token_of, cudaStream_t stream);
 
-// For rows <= kMoeSmallMaxRows (decode), moe_route_small does the router
-// logits (logits [rows, E] fp32 = h [rows, d] router [E, d]^T, bf16 in, fp32
-// accumulation in a fixed order), moe_route and moe_dispatch (the same
-// contracts and device code) in one launch. `arrived` is a device counter,
-// zero before the launch and zero after it; launches that share it must not
-// overlap. moe_route_small_fits tells whether the launch is possible (rows,
-// d a multiple of 8, h 16-byte aligned, the shared memory of E experts).
-constexpr int kMoeSmallMaxRows = 8;
-bool moe_route_small_fits(const MoeRoutingArgs& args, int64_t rows, int64_t d, const void* h);
-void moe_route_small(const void* h, const void* router, int64_t rows, int64_t d, const float* bias,
-                     const MoeRoutingArgs& args, int tile_rows, float* logits, int32_t* expert, float* weight,
-                     int32_t* offsets, int32_t* tile_offsets, int32_t* position, int32_t* token_of,
-                     unsigned* arrived, cudaStream_t stream);
-
 // Rows of the grouped GEMM's tiles (moe_grouped_gemm.cu's TM).
 constexpr int kMoeTileRows = 64;
 

@@ -7,9 +7,9 @@
 // The order of the rows within an expert is therefore arbitrary, which changes
 // no result: every row of the grouped GEMM is computed on its own, and the
 // combine reads each pair's row by its position.
-// Shared memory: 2 E ints. The code is dispatch_pairs (moe_routing.cuh),
-// shared with moe_route_small.
-#include "moe_routing.cuh"
+// Shared memory: 2 E ints.
+#include "common.cuh"
+#include "moe.hpp"
 
 namespace lca::cuda::detail {
 namespace {
@@ -20,8 +20,29 @@ __global__ void __launch_bounds__(kThreads)
     moe_dispatch_kernel(const int32_t* expert, int64_t pairs, int per_token, int experts, int tile_rows,
                         int32_t* offsets, int32_t* tile_offsets, int32_t* position, int32_t* token_of) {
   extern __shared__ int32_t dispatch_smem[];
-  dispatch_pairs(expert, pairs, per_token, experts, tile_rows, dispatch_smem, offsets, tile_offsets, position,
-                 token_of);
+  int32_t* count = dispatch_smem;
+  int32_t* cursor = dispatch_smem + experts;
+  for (int e = threadIdx.x; e < experts; e += kThreads) count[e] = 0;
+  __syncthreads();
+  for (int64_t p = threadIdx.x; p < pairs; p += kThreads) atomicAdd(&count[expert[p]], 1);
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int32_t row = 0, tile = 0;
+    for (int e = 0; e < experts; ++e) {
+      offsets[e] = cursor[e] = row;
+      tile_offsets[e] = tile;
+      row += count[e];
+      tile += (count[e] + tile_rows - 1) / tile_rows;
+    }
+    offsets[experts] = row;
+    tile_offsets[experts] = tile;
+  }
+  __syncthreads();
+  for (int64_t p = threadIdx.x; p < pairs; p += kThreads) {
+    const int32_t pos = atomicAdd(&cursor[expert[p]], 1);
+    position[p] = pos;
+    token_of[pos] = static_cast<int32_t>(p / per_token);
+  }
 }
 
 }  // namespace

@@ -4,9 +4,6 @@
 //
 // forward(h, rows, x), all on `stream`, no host synchronisation:
 // 1. logits [rows, E] fp32 = h router^T (cuBLAS, bf16 in, fp32 out).
-//    For at most 8 rows (decode; workspace small_rows_fused), 1-3 are one
-//    launch, moe_route_small: a fixed-order fp32 dot product per logit, then
-//    the same routing and dispatch code in the grid's last block.
 // 2. moe_route: per token the per_token experts and their weights (scoring,
 //    group choice, top-k with ties to the smaller index, normalisation,
 //    routed scaling), as model::moe.
@@ -111,19 +108,16 @@ struct MoeWorkspace::Impl {
   DeviceArray act, y;                              // [max_rows * C, F], [max_rows * C, D] bf16
   int64_t blas_min_rows = 0;
   DeviceArray gate_up;  // [max_rows * C, 2F] bf16, the cuBLAS path's (blas_min_rows > 0)
-  bool small_rows_fused = true;
-  DeviceArray arrived;  // [1] uint32, moe_route_small's counter of finished blocks (zero between launches)
   int64_t bytes() const {
     int64_t b = 0;
     for (const DeviceArray* p :
-         {&logits, &expert, &weight, &position, &token_of, &offsets, &tile_offsets, &act, &y, &gate_up, &arrived})
+         {&logits, &expert, &weight, &position, &token_of, &offsets, &tile_offsets, &act, &y, &gate_up})
       b += *p ? p->bytes() : 0;
     return b;
   }
 };
 
-MoeWorkspace::MoeWorkspace(const MlaArch& arch, int64_t hidden, int64_t max_rows, int64_t blas_min_rows,
-                           bool small_rows_fused)
+MoeWorkspace::MoeWorkspace(const MlaArch& arch, int64_t hidden, int64_t max_rows, int64_t blas_min_rows)
     : impl_(std::make_unique<Impl>()) {
   const char* where = "MoeWorkspace";
   Impl& w = *impl_;
@@ -147,9 +141,6 @@ MoeWorkspace::MoeWorkspace(const MlaArch& arch, int64_t hidden, int64_t max_rows
   w.y = DeviceArray("MoE expert outputs", P * D * 2);
   w.blas_min_rows = blas_min_rows;
   if (blas_min_rows > 0) w.gate_up = DeviceArray("MoE expert gate and up outputs", P * 2 * F * 2);
-  w.small_rows_fused = small_rows_fused;
-  w.arrived = DeviceArray("MoE routing counter", 4);
-  LCA_CUDA_OK(where, cudaMemset(w.arrived.as(), 0, 4));
   // Poison the float buffers (all-ones bytes are NaN in bf16 and fp32): a
   // forward that reads what it did not write shows as NaN in its output.
   for (const DeviceArray* p : {&w.logits, &w.weight, &w.act, &w.y, &w.gate_up})
@@ -162,7 +153,6 @@ MoeWorkspace& MoeWorkspace::operator=(MoeWorkspace&&) noexcept = default;
 MoeWorkspace::~MoeWorkspace() = default;
 int64_t MoeWorkspace::max_rows() const { return impl_->max_rows; }
 int64_t MoeWorkspace::blas_min_rows() const { return impl_->blas_min_rows; }
-bool MoeWorkspace::small_rows_fused() const { return impl_->small_rows_fused; }
 int64_t MoeWorkspace::bytes() const { return impl_->bytes(); }
 
 std::vector<int64_t> MoeWorkspace::expert_rows() const {
@@ -339,20 +329,12 @@ void GpuMoe::forward(const void* h, int64_t rows, void* x, MoeWorkspace& ws, cud
   const int64_t C = m.sizes.per_token + m.sizes.shared_units, P = rows * C;  // routed and shared pairs
   const int experts = static_cast<int>(E + m.sizes.shared_units);
 
-  const float* bias = m.router_bias ? m.router_bias.as<float>() : nullptr;
-  if (w.small_rows_fused && detail::moe_route_small_fits(m.routing, rows, D, h)) {
-    detail::moe_route_small(h, m.router.as(), rows, D, bias, m.routing, detail::kMoeTileRows, w.logits.as<float>(),
-                            w.expert.as<int32_t>(), w.weight.as<float>(), w.offsets.as<int32_t>(),
-                            w.tile_offsets.as<int32_t>(), w.position.as<int32_t>(), w.token_of.as<int32_t>(),
-                            w.arrived.as<unsigned>(), stream);
-  } else {
-    gemm(blas, rows, E, D, h, m.router.as(), w.logits.as(), true);
-    detail::moe_route(w.logits.as<float>(), bias, rows, m.routing, w.expert.as<int32_t>(), w.weight.as<float>(),
-                      stream);
-    detail::moe_dispatch(w.expert.as<int32_t>(), P, static_cast<int>(C), experts, detail::kMoeTileRows,
-                         w.offsets.as<int32_t>(), w.tile_offsets.as<int32_t>(), w.position.as<int32_t>(),
-                         w.token_of.as<int32_t>(), stream);
-  }
+  gemm(blas, rows, E, D, h, m.router.as(), w.logits.as(), true);
+  detail::moe_route(w.logits.as<float>(), m.router_bias ? m.router_bias.as<float>() : nullptr, rows, m.routing,
+                    w.expert.as<int32_t>(), w.weight.as<float>(), stream);
+  detail::moe_dispatch(w.expert.as<int32_t>(), P, static_cast<int>(C), experts, detail::kMoeTileRows,
+                       w.offsets.as<int32_t>(), w.tile_offsets.as<int32_t>(), w.position.as<int32_t>(),
+                       w.token_of.as<int32_t>(), stream);
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   if (w.blas_min_rows > 0 && rows >= w.blas_min_rows)
     LCA_CUDA_OK(where, cudaStreamIsCapturing(stream, &capture));

@@ -28,18 +28,13 @@ class MoeWorkspace {
  public:
   // blas_min_rows: 0, the grouped kernels always; else the per-expert cuBLAS
   // path from that many rows (and [max_rows * (per_token + shared), 2 F] bf16
-  // more scratch). small_rows_fused: forward of at most 8 rows (decode)
-  // computes the router logits, the routing and the dispatch in one launch
-  // (moe_route_small) instead of a cuBLAS GEMM and two kernels; false keeps
-  // the three (tests compare the two).
-  MoeWorkspace(const model::MlaArch& arch, int64_t hidden, int64_t max_rows, int64_t blas_min_rows = 0,
-               bool small_rows_fused = true);
+  // more scratch).
+  MoeWorkspace(const model::MlaArch& arch, int64_t hidden, int64_t max_rows, int64_t blas_min_rows = 0);
   MoeWorkspace(MoeWorkspace&&) noexcept;
   MoeWorkspace& operator=(MoeWorkspace&&) noexcept;
   ~MoeWorkspace();
   int64_t max_rows() const;
   int64_t blas_min_rows() const;
-  bool small_rows_fused() const;
   int64_t bytes() const;
   // The rows of each expert in the last forward of rows > 0 on this
   // workspace: the E routed ones, then the shared units (every token's).
