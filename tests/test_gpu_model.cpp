@@ -524,12 +524,18 @@ void compare_conversation(const lca::Model& model, const lca::Policy& params, in
   };
   const Turn turns[] = {{{5, 40}, 3}, {{60, 1}, 4}, {{37, 90}, 6}};
   bool diverged[2] = {false, false};
+  // MTLA's rows are sums of w_i c_i with sigmoid weights: where w_i is small,
+  // its relative error is about the absolute error of its logit (bf16
+  // activations: a few percent), so open sums and complete rows get 1e-1
+  // (measured up to 5.4e-2); LCA's rows 3e-2. GpuDecode's MTLA cases check
+  // the rows tightly on identical inputs.
+  const double cache_tol = std::holds_alternative<lca::MtlaParams>(params) ? 1e-1 : 3e-2;
   double worst = 0;
   // MTLA rows have no anchor to flip (the latest token's rope key): every point compares.
   const bool mtla = std::holds_alternative<lca::MtlaParams>(params);
   auto check = [&](size_t b, const float* got, const float* want, const std::string& what, int turn) {
     if (diverged[b]) return;
-    if (same_cache_until_flip(read_cache(session, seqs[b]), cpu_cache(cpu[b]), session.cache().config(), 3e-2)) {
+    if (same_cache_until_flip(read_cache(session, seqs[b]), cpu_cache(cpu[b]), session.cache().config(), cache_tol)) {
       ASSERT_FALSE(mtla) << what << ": the MTLA cache's shape differs from the CPU's";
       ASSERT_GT(turn, 0) << what << ": a representative's anchor differs already in the first turn";
       std::printf("  sequence %zu: an anchor near-tie broke differently after %s; compared up to there\n", b,
@@ -703,19 +709,20 @@ lca::Model load_tiny_mtla(const std::filesystem::path& dir, bool q_lora, uint64_
 
 // Prompts not multiples of s (one longer than the prefill chunk of 50), then
 // decode steps as a batch, with and without graphs: logits against the CPU
-// runtime at 3e-2, as DeepseekV2MatchesCpuRuntime (bf16 activations, 512-wide
-// latents). s = 1 is MLA over the scaled latents (mtla-spec.md identity 3).
+// runtime at 6e-2 (DeepseekV2MatchesCpuRuntime's bf16 noise, 1.6-2.6e-2 here
+// too, plus the merge weights' sensitivity: up to 5.0e-2 measured in one step
+// of 400). s = 1 is MLA over the scaled latents (mtla-spec.md identity 3).
 TEST_F(GpuMlaModel, MtlaMatchesCpuRuntime) {
   REQUIRE_GPU();
   const lca::Model model = load_tiny_mtla(dir_, false, 79);
   std::mt19937_64 rng(83);
   for (int64_t s : {1, 2, 4}) {
     SCOPED_TRACE("s = " + std::to_string(s));
-    compare_runtimes(model, down_rate(s), true, {37, 131, 3}, 21, 3e-2, rng);
-    compare_runtimes(model, down_rate(s), false, {10, 1}, 9, 3e-2, rng);
+    compare_runtimes(model, down_rate(s), true, {37, 131, 3}, 21, 6e-2, rng);
+    compare_runtimes(model, down_rate(s), false, {10, 1}, 9, 6e-2, rng);
   }
   const lca::Model q_lora = load_tiny_mtla(dir_, true, 89);
-  compare_runtimes(q_lora, down_rate(4), true, {70, 5}, 13, 3e-2, rng);
+  compare_runtimes(q_lora, down_rate(4), true, {70, 5}, 13, 6e-2, rng);
 }
 
 // One prompt in chunks of 1, 3, 5 and more than the prompt: the same logits,
@@ -762,8 +769,11 @@ TEST_F(GpuMlaModel, MtlaErrorsNameTheProblem) {
     ADD_FAILURE() << "no error";
     return "";
   };
-  // The message after the "<who>: " prefix.
-  auto body = [](const std::string& m) { return m.substr(std::min(m.size(), m.find(": ") + 2)); };
+  // The message after its "lca: <who>: " prefix.
+  auto body = [](const std::string& m) {
+    const size_t who = m.find(": "), rest = who == std::string::npos ? who : m.find(": ", who + 2);
+    return rest == std::string::npos ? m : m.substr(rest + 2);
+  };
   lca::cuda::GpuSessionOptions opt;
   opt.attention = down_rate(2);
   opt.max_context = 64;
