@@ -67,9 +67,37 @@ int profile_once() {
   return 0;
 }
 
+// `--profile-condense`: the GQA shape's summary queries and condense at 128K, once (for ncu).
+int profile_condense() {
+  std::mt19937_64 rng(1);
+  const int64_t n = 131072;
+  const lca::LcaParams p;
+  const int64_t m = lca::condensed_groups(n, p);
+  void* q = random_device(n * 28 * 128, rng);
+  void* k = random_device(n * 4 * 128, rng);
+  void* v = random_device(n * 4 * 128, rng);
+  void *rk, *rv;
+  float* sum;
+  CHECK(cudaMalloc(&rk, m * 4 * 128 * 2));
+  CHECK(cudaMalloc(&rv, m * 4 * 128 * 2));
+  CHECK(cudaMalloc(&sum, n * 4 * 128 * 4));
+  lca::cuda::CondenseGqaArgs c;
+  c.k = k, c.v = v, c.summary = sum, c.rep_k = rk, c.rep_v = rv;
+  c.kv_len = c.sum_len = n;
+  c.count = m;
+  c.q_heads = 28, c.kv_heads = 4, c.head_dim = 128;
+  c.scale = 1.0 / std::sqrt(128.0);
+  c.params = p;
+  lca::cuda::gqa_summary_queries(q, sum, n, 28, 4, 128, lca::DType::bf16);
+  lca::cuda::condense_groups_gqa(c);
+  CHECK(cudaDeviceSynchronize());
+  return 0;
+}
+
 int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
   if (argc > 1 && std::string(argv[1]) == "--profile") return profile_once();
+  if (argc > 1 && std::string(argv[1]) == "--profile-condense") return profile_condense();
   // Optional after the JSON path: --quick (8K and 32K only), --only NAME-PREFIX (one shape).
   bool quick = false;
   std::string only;
