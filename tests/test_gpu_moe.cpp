@@ -306,6 +306,17 @@ TEST(GpuMoe, ExpertRowsCountTheChoices) {
   }
 }
 
+// One forward on `gpu`'s stream captured into an instantiated graph.
+void capture_forward(const GpuMoe& moe, const void* h, int64_t rows, void* x, MoeWorkspace& ws, Gpu& gpu,
+                     cudaGraphExec_t& exec) {
+  cudaGraph_t graph = nullptr;
+  ASSERT_EQ(cudaStreamBeginCapture(gpu.stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  moe.forward(h, rows, x, ws, gpu.stream, gpu.blas);
+  ASSERT_EQ(cudaStreamEndCapture(gpu.stream, &graph), cudaSuccess);
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  cudaGraphDestroy(graph);
+}
+
 // A workspace with the cuBLAS path keeps forward capturable: under capture it
 // takes the grouped kernels, the bits of a direct call on a plain workspace.
 TEST(GpuMoe, BlasWorkspaceUnderCaptureTakesTheGroupedKernels) {
@@ -328,13 +339,8 @@ TEST(GpuMoe, BlasWorkspaceUnderCaptureTakesTheGroupedKernels) {
   ASSERT_EQ(cudaStreamSynchronize(gpu.stream), cudaSuccess);
   const std::vector<uint16_t> grouped = read_x(x_dev.ptr, rows, c.D);
 
-  cudaGraph_t graph = nullptr;
-  ASSERT_EQ(cudaStreamBeginCapture(gpu.stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
-  moe.forward(h_dev.ptr, rows, x_dev.ptr, blas_ws, gpu.stream, gpu.blas);
-  ASSERT_EQ(cudaStreamEndCapture(gpu.stream, &graph), cudaSuccess);
   cudaGraphExec_t exec = nullptr;
-  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
-  cudaGraphDestroy(graph);
+  ASSERT_NO_FATAL_FAILURE(capture_forward(moe, h_dev.ptr, rows, x_dev.ptr, blas_ws, gpu, exec));
   ASSERT_NO_FATAL_FAILURE(load_x(x_dev.ptr, x0, rows, rows, c.D));
   ASSERT_EQ(cudaGraphLaunch(exec, gpu.stream), cudaSuccess);
   ASSERT_EQ(cudaStreamSynchronize(gpu.stream), cudaSuccess);
@@ -365,13 +371,8 @@ TEST(GpuMoe, GraphReplayEqualsDirectCall) {
   ASSERT_EQ(cudaStreamSynchronize(gpu.stream), cudaSuccess);
   const std::vector<uint16_t> direct = read_x(x_dev.ptr, rows, c.D);
 
-  cudaGraph_t graph = nullptr;
-  ASSERT_EQ(cudaStreamBeginCapture(gpu.stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
-  moe.forward(h_dev.ptr, rows, x_dev.ptr, ws, gpu.stream, gpu.blas);
-  ASSERT_EQ(cudaStreamEndCapture(gpu.stream, &graph), cudaSuccess);
   cudaGraphExec_t exec = nullptr;
-  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
-  cudaGraphDestroy(graph);
+  ASSERT_NO_FATAL_FAILURE(capture_forward(moe, h_dev.ptr, rows, x_dev.ptr, ws, gpu, exec));
   for (int replay = 0; replay < 2; ++replay) {
     ASSERT_NO_FATAL_FAILURE(load_x(x_dev.ptr, x0, rows, rows, c.D));
     ASSERT_EQ(cudaGraphLaunch(exec, gpu.stream), cudaSuccess);
