@@ -57,8 +57,26 @@ struct TileKeys {
 struct RowView {
   int64_t t, m, lo;
   __device__ RowView(int64_t pos, const Visibility& v) : t(pos), m(v.condensed(pos)), lo(v.raw_lo(pos)) {}
-  __device__ bool sees(bool rep, int64_t key) const { return rep ? key < m : (key >= lo && key <= t); }
 };
+
+// The keys a row sees in the tile of BN keys from `base` (a representative
+// index or a raw position, as `rep` says), as offsets [first, last] into the
+// tile: edge tiles mask with two 32-bit compares per score, the int64
+// positions subtracted once per row.
+template <int BN>
+__device__ __forceinline__ void tile_key_limits(const RowView& r, bool rep, int64_t base, int& first, int& last) {
+  const int64_t lo = rep ? 0 : r.lo - base, hi = (rep ? r.m - 1 : r.t) - base;
+  first = static_cast<int>(max(lo, int64_t(-1)));
+  last = static_cast<int>(min(hi, int64_t(BN)));
+}
+
+// 2^x in one MUFU.EX2 (denormal results flush to 0, which a probability
+// beside the row's maximum can afford; exp2f adds range checks around it).
+__device__ __forceinline__ float exp2_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
 
 // One online-softmax step for a thread's two rows (r and r + 8 of an m16
 // fragment): reduce the tile maxima over the 4 threads sharing a row, raise the

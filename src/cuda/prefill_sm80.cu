@@ -132,36 +132,40 @@ __global__ void __launch_bounds__(kThreads) lca_prefill_kernel(PrefillArgs a, fl
       }
     }
 
-    // Scale, bias, mask (only on staircase edges), online softmax.
+    // Mask (edge tiles only, a copy of the loop without it for the others),
+    // maxima of the raw scores (scale > 0 keeps their order), then each
+    // probability as one FFMA and one ex2 (as the Hopper kernel does).
     const bool rep = keys.is_rep(i);
-    const int64_t base = keys.base(i);
-    const bool full_tile = keys.full(i);
     const float bias = rep ? rep_bias_log2 : 0.f;
+    if (!keys.full(i)) {
+      int first[2], last[2];
+#pragma unroll
+      for (int ri = 0; ri < 2; ++ri) tile_key_limits<BN>(row_view[ri], rep, keys.base(i), first[ri], last[ri]);
+#pragma unroll
+      for (int n = 0; n < BN / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = n * 8 + (lane % 4) * 2 + (e % 2), ri = e / 2;
+          if (key < first[ri] || key > last[ri]) s[n][e] = -INFINITY;
+        }
+    }
     float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int n = 0; n < BN / 8; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int ri = e / 2;
-        float x = s[n][e] * scale_log2 + bias;
-        if (!full_tile) {
-          const int64_t key = base + n * 8 + (lane % 4) * 2 + (e % 2);
-          if (!row_view[ri].sees(rep, key)) x = -INFINITY;
-        }
-        s[n][e] = x;
-        tile_max[ri] = fmaxf(tile_max[ri], x);
-      }
+      for (int e = 0; e < 4; ++e) tile_max[e / 2] = fmaxf(tile_max[e / 2], s[n][e]);
+#pragma unroll
+    for (int ri = 0; ri < 2; ++ri) tile_max[ri] = tile_max[ri] * scale_log2 + bias;  // -inf stays -inf
     float corr[2], safe[2];
     online_softmax_step(tile_max, row_max, row_sum, safe, corr);
+    const float shift[2] = {bias - safe[0], bias - safe[1]};
 #pragma unroll
-    for (int ri = 0; ri < 2; ++ri)
+    for (int n = 0; n < BN / 8; ++n)
 #pragma unroll
-      for (int n = 0; n < BN / 8; ++n)
-#pragma unroll
-        for (int e = ri * 2; e < ri * 2 + 2; ++e) {
-          s[n][e] = exp2f(s[n][e] - safe[ri]);
-          row_sum[ri] += s[n][e];
-        }
+      for (int e = 0; e < 4; ++e) {
+        s[n][e] = exp2_ftz(fmaf(s[n][e], scale_log2, shift[e / 2]));
+        row_sum[e / 2] += s[n][e];
+      }
 #pragma unroll
     for (int n = 0; n < DV / 8; ++n) {
       o[n][0] *= corr[0];

@@ -57,14 +57,6 @@ __device__ __forceinline__ uint64_t make_desc(uint32_t addr, uint32_t lbo, uint3
          (static_cast<uint64_t>(sbo >> 4) << 32) | (1ull << 62);
 }
 
-// 2^x in one MUFU.EX2 (denormal results flush to 0, which a probability
-// beside the row's maximum can afford; exp2f adds range checks around it).
-__device__ __forceinline__ float exp2_ftz(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-
 template <class T>
 __device__ __forceinline__ void mma_qk(float (&s)[64], uint64_t da, uint64_t db, int scale_d) {
   if constexpr (std::is_same_v<T, __nv_bfloat16>) sm90::wgmma_ss_m64n128k16_bf16(s, da, db, scale_d);
@@ -178,17 +170,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     const bool rep = keys.is_rep(i);
     const float bias = rep ? bias_log2 : 0.f;
     if constexpr (kMask) {
-      // The keys each row sees, as offsets [first, last] into the tile (32-bit
-      // compares per score; the int64 positions are subtracted once per row).
-      const int64_t base = keys.base(i);
       int first[2], last[2];
 #pragma unroll
-      for (int ri = 0; ri < 2; ++ri) {
-        const RowView& r = row_view[ri];
-        const int64_t lo = rep ? 0 : r.lo - base, hi = (rep ? r.m - 1 : r.t) - base;
-        first[ri] = static_cast<int>(max(lo, int64_t(-1)));
-        last[ri] = static_cast<int>(min(hi, int64_t(BN)));
-      }
+      for (int ri = 0; ri < 2; ++ri) tile_key_limits<BN>(row_view[ri], rep, keys.base(i), first[ri], last[ri]);
 #pragma unroll
       for (int x = 0; x < 64; ++x) {
         const int key = (x / 4) * 8 + (lane % 4) * 2 + (x % 2), ri = (x % 4) / 2;
