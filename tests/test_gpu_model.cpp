@@ -336,10 +336,44 @@ std::vector<bool> anchor_columns(const lca::cuda::PagedCacheConfig& c) {
   return cols;
 }
 
-// Cache contents of two runs of the same token stream, to bf16 rounding of the
-// activations: raw rows, rings and the pooled columns of the representatives
-// within `tol` (relative, per segment); a representative's anchor columns
-// within `tol` too except for at most one representative in ten.
+// One layer of two caches of the same token stream, to bf16 rounding of the
+// activations: raw rows, ring, MTLA's open sum and the pooled columns of the
+// representatives within `tol` (relative, per segment); a representative's
+// anchor columns within `tol` too except for at most one in ten. Returns the
+// representatives whose anchor columns differ, or -1 where shapes differ.
+int64_t compare_cache_layer(const lca::cuda::PagedLayerContents& g, const lca::cuda::PagedLayerContents& w,
+                            const std::vector<bool>& anchor, double tol) {
+  EXPECT_EQ(g.raw.shape(), w.raw.shape());
+  EXPECT_EQ(g.representatives.shape(), w.representatives.shape());
+  EXPECT_EQ(g.summary_ring.numel(), w.summary_ring.numel());  // none for full attention and MTLA, whatever its shape
+  EXPECT_EQ(g.open_sum.shape(), w.open_sum.shape());
+  if (g.raw.shape() != w.raw.shape() || g.representatives.shape() != w.representatives.shape() ||
+      g.summary_ring.numel() != w.summary_ring.numel() || g.open_sum.shape() != w.open_sum.shape())
+    return -1;
+  if (g.raw.numel() > 0) EXPECT_LT(rel_error(g.raw.data(), w.raw.data(), g.raw.numel()), tol) << "raw rows";
+  if (g.summary_ring.numel() > 0)
+    EXPECT_LT(rel_error(g.summary_ring.data(), w.summary_ring.data(), g.summary_ring.numel()), tol) << "ring";
+  if (g.open_sum.numel() > 0)
+    EXPECT_LT(rel_error(g.open_sum.data(), w.open_sum.data(), g.open_sum.numel()), tol) << "MTLA open-row sum";
+  const int64_t m = g.representatives.dim(0), width = g.representatives.dim(1);
+  if (m == 0) return 0;
+  std::vector<float> pooled_g, pooled_w;
+  int64_t flipped = 0;
+  for (int64_t j = 0; j < m; ++j) {
+    std::vector<float> anchor_g, anchor_w;
+    for (int64_t c = 0; c < width; ++c) {
+      (anchor[static_cast<size_t>(c)] ? anchor_g : pooled_g).push_back(g.representatives.row(j)[c]);
+      (anchor[static_cast<size_t>(c)] ? anchor_w : pooled_w).push_back(w.representatives.row(j)[c]);
+    }
+    if (rel_error(anchor_g.data(), anchor_w.data(), static_cast<int64_t>(anchor_g.size())) >= tol) ++flipped;
+  }
+  EXPECT_LT(rel_error(pooled_g.data(), pooled_w.data(), static_cast<int64_t>(pooled_g.size())), tol)
+      << "pooled columns of the representatives";
+  EXPECT_LE(flipped, std::max<int64_t>(1, m / 10)) << "representatives whose anchor columns differ, of " << m;
+  return flipped;
+}
+
+// Every layer of two runs' caches (compare_cache_layer).
 void expect_same_cache(const std::vector<lca::cuda::PagedLayerContents>& got,
                        const std::vector<lca::cuda::PagedLayerContents>& want, const lca::cuda::PagedCacheConfig& cfg,
                        double tol) {
@@ -347,34 +381,7 @@ void expect_same_cache(const std::vector<lca::cuda::PagedLayerContents>& got,
   const std::vector<bool> anchor = anchor_columns(cfg);
   for (size_t l = 0; l < got.size(); ++l) {
     SCOPED_TRACE("layer " + std::to_string(l));
-    const auto& g = got[l];
-    const auto& w = want[l];
-    ASSERT_EQ(g.raw.shape(), w.raw.shape());
-    ASSERT_EQ(g.representatives.shape(), w.representatives.shape());
-    ASSERT_EQ(g.summary_ring.shape(), w.summary_ring.shape());
-    if (g.raw.numel() > 0) EXPECT_LT(rel_error(g.raw.data(), w.raw.data(), g.raw.numel()), tol) << "raw rows";
-    if (g.summary_ring.numel() > 0)
-      EXPECT_LT(rel_error(g.summary_ring.data(), w.summary_ring.data(), g.summary_ring.numel()), tol) << "ring";
-    ASSERT_EQ(g.open_sum.shape(), w.open_sum.shape());
-    if (g.open_sum.numel() > 0)
-      EXPECT_LT(rel_error(g.open_sum.data(), w.open_sum.data(), g.open_sum.numel()), tol) << "MTLA open-row sum";
-    const int64_t m = g.representatives.dim(0), width = g.representatives.dim(1);
-    if (m == 0) continue;
-    std::vector<float> pooled_g, pooled_w;
-    int64_t flipped = 0;
-    for (int64_t j = 0; j < m; ++j) {
-      std::vector<float> anchor_g, anchor_w;
-      for (int64_t c = 0; c < width; ++c) {
-        auto& dst_g = anchor[static_cast<size_t>(c)] ? anchor_g : pooled_g;
-        auto& dst_w = anchor[static_cast<size_t>(c)] ? anchor_w : pooled_w;
-        dst_g.push_back(g.representatives.row(j)[c]);
-        dst_w.push_back(w.representatives.row(j)[c]);
-      }
-      if (rel_error(anchor_g.data(), anchor_w.data(), static_cast<int64_t>(anchor_g.size())) >= tol) ++flipped;
-    }
-    EXPECT_LT(rel_error(pooled_g.data(), pooled_w.data(), static_cast<int64_t>(pooled_g.size())), tol)
-        << "pooled columns of the representatives";
-    EXPECT_LE(flipped, std::max<int64_t>(1, m / 10)) << "representatives whose anchor columns differ, of " << m;
+    compare_cache_layer(got[l], want[l], anchor, tol);
   }
 }
 
@@ -447,45 +454,19 @@ std::vector<lca::cuda::PagedLayerContents> cpu_cache(const lca::Sequence& seq) {
   return layers;
 }
 
-// Layer by layer, the GPU cache against the CPU's to bf16 rounding: raw rows,
-// ring and pooled columns within `tol`. Returns whether a representative's
-// anchor differs (a near-tie that the two roundings broke apart). Its
-// layer's rows still compare (they come from the layers before), but its
-// attention then differs for every later query, and with it the next
-// layers' rows and the logits: those are not compared after a flip.
+// Layer by layer, the GPU cache against the CPU's (compare_cache_layer).
+// Returns whether a representative's anchor differs (a near-tie that the two
+// roundings broke apart). Its layer's rows still compare (they come from the
+// layers before), but its attention then differs for every later query, and
+// with it the next layers' rows and the logits: those are not compared after
+// a flip.
 bool same_cache_until_flip(const std::vector<lca::cuda::PagedLayerContents>& got,
                            const std::vector<lca::cuda::PagedLayerContents>& want,
                            const lca::cuda::PagedCacheConfig& cfg, double tol) {
   const std::vector<bool> anchor = anchor_columns(cfg);
   for (size_t l = 0; l < got.size(); ++l) {
     SCOPED_TRACE("layer " + std::to_string(l));
-    const auto& g = got[l];
-    const auto& w = want[l];
-    EXPECT_EQ(g.raw.shape(), w.raw.shape());
-    EXPECT_EQ(g.representatives.shape(), w.representatives.shape());
-    if (g.raw.shape() != w.raw.shape() || g.representatives.shape() != w.representatives.shape()) return true;
-    if (g.raw.numel() > 0) EXPECT_LT(rel_error(g.raw.data(), w.raw.data(), g.raw.numel()), tol) << "raw rows";
-    if (g.summary_ring.numel() > 0)
-      EXPECT_LT(rel_error(g.summary_ring.data(), w.summary_ring.data(), g.summary_ring.numel()), tol) << "ring";
-    EXPECT_EQ(g.open_sum.shape(), w.open_sum.shape());
-    if (g.open_sum.numel() > 0 && g.open_sum.shape() == w.open_sum.shape())
-      EXPECT_LT(rel_error(g.open_sum.data(), w.open_sum.data(), g.open_sum.numel()), tol) << "MTLA open-row sum";
-    const int64_t m = g.representatives.dim(0), width = g.representatives.dim(1);
-    std::vector<float> pooled_g, pooled_w;
-    int64_t flipped = 0;
-    for (int64_t j = 0; j < m; ++j) {
-      std::vector<float> anchor_g, anchor_w;
-      for (int64_t c = 0; c < width; ++c) {
-        (anchor[static_cast<size_t>(c)] ? anchor_g : pooled_g).push_back(g.representatives.row(j)[c]);
-        (anchor[static_cast<size_t>(c)] ? anchor_w : pooled_w).push_back(w.representatives.row(j)[c]);
-      }
-      if (rel_error(anchor_g.data(), anchor_w.data(), static_cast<int64_t>(anchor_g.size())) >= tol) ++flipped;
-    }
-    if (m > 0)
-      EXPECT_LT(rel_error(pooled_g.data(), pooled_w.data(), static_cast<int64_t>(pooled_g.size())), tol)
-          << "pooled columns of the representatives";
-    EXPECT_LE(flipped, std::max<int64_t>(1, m / 10)) << "representatives whose anchor columns differ, of " << m;
-    if (flipped > 0) return true;
+    if (compare_cache_layer(got[l], want[l], anchor, tol) != 0) return true;
   }
   return false;
 }
