@@ -198,7 +198,7 @@ int main(int argc, char** argv) {
         for (const bool full : {false, true}) {
           std::printf("%-22s %7lld %s:", shapes[si].name, (long long)ctx, full ? "full" : "lca ");
           const auto cfg = config_of(shapes[si], full ? lca::LcaParams::full() : lca::LcaParams{});
-          for (int64_t sp : {0, 8, 16, 33, 66, 132}) {
+          for (int64_t sp : {0, 33, 66, 132, 143, 264}) {
             const StepTime st = time_step(cfg, 1, ctx, 100, sp);
             std::printf("  %lld: %.1f", (long long)st.splits, st.ms * 1e3);
           }

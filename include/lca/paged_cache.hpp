@@ -72,7 +72,7 @@ struct PagedCacheConfig {
   int64_t block_rows = 64;    // rows per block, a multiple of g (LCA)
   int64_t pool_bytes = 0;     // 0: room for max_seqs sequences of max_context tokens in every layer,
                               // one of them extending by a prefill chunk (begin_extend)
-  int64_t max_splits = 132;   // KV splits per (sequence, kv head) in decode attention, at most
+  int64_t max_splits = 1024;  // KV splits per (sequence, kv head) in decode attention, at most
   // Throws lca::Error naming the bad field.
   void validate() const;
   std::string describe() const;

@@ -767,7 +767,7 @@ void PagedKvCache::decode_layer(int64_t layer, const void* rows, const void* que
     detail::decode_append_mtla(v, s, m.shape, rows, m.cfg.dtype, stream);
   else
     detail::decode_append_condense(v, s, m.shape, rows, queries, m.cfg.scale, m.lca, m.cfg.rope, m.cfg.dtype, stream);
-  detail::decode_attention(v, s, m.shape, queries, m.d_part_out, m.d_part_lse, static_cast<int>(m.splits),
+  detail::decode_attention(v, s, m.shape, queries, rows, m.d_part_out, m.d_part_lse, static_cast<int>(m.splits),
                            m.cfg.scale, m.lca, m.cfg.dtype, stream);
   detail::decode_combine(s, m.shape, m.d_part_out, m.d_part_lse, static_cast<int>(m.splits), out, m.cfg.dtype,
                          stream);

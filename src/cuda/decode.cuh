@@ -13,18 +13,57 @@ namespace lca::cuda::detail {
 // the representative segment, no raw rows.
 struct DecodeRows {
   int64_t m, first_raw, count;
+  // The row of the list that this step's append kernel computes: MTLA's open
+  // row, or the representative of a group that closes at t; -1 if none. (The
+  // append also stores raw row t, the list's last, but the attention takes that
+  // one from the step's input rows.)
+  int64_t appended;
   __device__ DecodeRows(const PagedView& v, int64_t t) {
     const int64_t n = t + 1;
     if (v.mtla_s > 0) {
       m = t / v.mtla_s + 1;
       first_raw = n;
+      appended = m - 1;
     } else {
       m = (v.full || n <= v.window) ? 0 : (n - v.window) / v.group;
       first_raw = v.group * m;
+      appended = m > 0 && (n - v.window) % v.group == 0 ? m - 1 : -1;
     }
     count = m + n - first_raw;
   }
 };
+
+// Programmatic dependent launch (sm_90): a kernel launched with
+// launch_with_pdl may start while the kernel before it still runs, once every
+// block of that one has called pdl_launch_dependents (or exited); it must call
+// pdl_wait before it reads anything the earlier kernel writes, and calls it
+// before it exits, so that it completes after that kernel.
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+template <class... KernelArgs, class... Args>
+void launch_with_pdl(void (*kernel)(KernelArgs...), dim3 grid, int threads, size_t smem, cudaStream_t stream,
+                     Args&&... args) {
+  cudaLaunchAttribute attr;
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(threads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cfg.attrs = &attr;
+  cfg.numAttrs = 1;
+  LCA_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+}
 
 __device__ __forceinline__ int64_t table_row(const PagedView& v, int32_t seq) { return v.table_base + seq; }
 

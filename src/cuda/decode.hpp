@@ -56,9 +56,11 @@ void decode_append_condense(const PagedView& v, const StepView& s, const DecodeS
 // sum into the open row's fp32 sum, and the stored row [round(sum) ; k^R_t].
 void decode_append_mtla(const PagedView& v, const StepView& s, const DecodeShape& sh, const void* rows,
                         DType dtype, cudaStream_t stream);
-// Split-KV attention: partial outputs and log-sum-exps per split, then the combine.
+// Split-KV attention: partial outputs and log-sum-exps per split, then the
+// combine. Launched to overlap the append kernel before it (programmatic
+// dependent launch); new_rows are the rows that append stores.
 void decode_attention(const PagedView& v, const StepView& s, const DecodeShape& sh, const void* queries,
-                      float* part_out, float* part_lse, int splits, double scale, const LcaParams& params,
+                      const void* new_rows, float* part_out, float* part_lse, int splits, double scale, const LcaParams& params,
                       DType dtype, cudaStream_t stream);
 void decode_combine(const StepView& s, const DecodeShape& sh, const float* part_out, const float* part_lse,
                     int splits, void* out, DType dtype, cudaStream_t stream);

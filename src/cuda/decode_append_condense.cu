@@ -28,6 +28,7 @@ template <class T>
 __global__ void __launch_bounds__(kThreads) decode_append_condense_kernel(PagedView v, StepView s, DecodeShape sh,
                                                                          const T* rows, const T* queries, float norm,
                                                                          KeyMode key_mode, double theta) {
+  pdl_launch_dependents();  // the attention kernel may start its lookups and copies now
   extern __shared__ __align__(16) float smem[];
   const int b = blockIdx.x, kv = blockIdx.y, tid = threadIdx.x;
   const int32_t t = static_cast<int32_t>(s.positions[b]), g = static_cast<int32_t>(v.group);

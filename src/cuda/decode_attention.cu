@@ -16,6 +16,11 @@
 //   are double-buffered in shared memory by cp.async (rows past the end
 //   zero-filled); the 64 row addresses of a tile are looked up once in the
 //   block tables (into shared memory) before its copies are issued.
+// - launched with programmatic dependent launch after the append kernel: a
+//   block looks up and copies its first tiles while the append still runs (at
+//   batch 1 the step is a chain of latencies), taking the new raw row t from
+//   the step's input rows; only the block that holds a row the append computes
+//   (a closing group's representative, MTLA's open row) waits for it first.
 // - S = Q K^T: warp w takes head tile w / 4 and a quarter (w % 4) of the
 //   tile's rows (Q and K by ldmatrix; even and odd k-steps in separate
 //   accumulators), scales, masks, and writes S to shared memory. (With one
@@ -66,8 +71,8 @@ struct Tile {
 
 template <class T, bool kMla, int DQK, int DV, int HT, int R, class L = Tile<T, kMla, DQK, DV, HT, R>>
 __global__ void __launch_bounds__(L::kThreads, L::kMinBlocks)
-    decode_attention_kernel(PagedView v, StepView s, DecodeShape sh, const T* queries, float* part_out,
-                            float* part_lse, float scale_log2, float rep_bias_log2) {
+    decode_attention_kernel(PagedView v, StepView s, DecodeShape sh, const T* queries, const T* new_rows,
+                            float* part_out, float* part_lse, float scale_log2, float rep_bias_log2) {
   constexpr int MH = L::MH, kRows = L::kRows, NT = L::NT, kThreads = L::kThreads;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
@@ -94,7 +99,11 @@ __global__ void __launch_bounds__(L::kThreads, L::kMinBlocks)
   const int64_t tiles_total = (rows.count + kRows - 1) / kRows;
   const int64_t r0 = tiles_total * split / splits * kRows, r1 = min(rows.count, tiles_total * (split + 1) / splits * kRows);
   float* lse_out = part_lse + (static_cast<int64_t>(b) * splits + split) * sh.q_heads + h0;
+  pdl_launch_dependents();  // the combine kernel's blocks may take their places now
+  const bool reads_appended = r0 <= rows.appended && rows.appended < r1;
+  if (reads_appended) pdl_wait();
   if (r0 >= r1) {  // an empty split weighs 0; its output is zeros, so the combine reads it without a branch
+    pdl_wait();
     for (int h = tid; h < heads; h += kThreads) lse_out[h] = -INFINITY;
     for (int i = tid; i < heads * DV; i += kThreads)
       part_out[((static_cast<int64_t>(b) * splits + split) * sh.q_heads + h0) * DV + i] = 0.f;
@@ -110,9 +119,14 @@ __global__ void __launch_bounds__(L::kThreads, L::kMinBlocks)
     cp_async16(sQ + hl * L::QS + col, qsrc + (hl < heads ? hl : 0) * DQK + col, hl < heads ? 16 : 0);
   }
   for (int h = tid; h < MH; h += kThreads) sMax[h] = -INFINITY, sSum[h] = 0.f;
+  // Raw row t, the list's last (not MTLA's), is the step's input row.
+  const int64_t input_row = v.mtla_s == 0 && rows.count > rows.m ? rows.count - 1 : -1;
   auto find_rows = [&](int i) {  // row addresses of tile i (threads 0..63)
     const int64_t r = r0 + int64_t(i) * kRows + tid;
-    if (tid < kRows) sPtr[(i & 1) * kRows + tid] = r < r1 ? paged_row<T>(v, tr, rows, r) + slice : nullptr;
+    if (tid < kRows)
+      sPtr[(i & 1) * kRows + tid] = r >= r1          ? nullptr
+                                    : r == input_row ? new_rows + b * v.row_elems + slice
+                                                     : paged_row<T>(v, tr, rows, r) + slice;
   };
   auto load_rows = [&](int i) {
     T* dst = sRows + (i & 1) * kRows * L::RS;
@@ -226,6 +240,7 @@ __global__ void __launch_bounds__(L::kThreads, L::kMinBlocks)
     __syncthreads();  // this stage, S and P are refilled next
   }
 
+  if (!reads_appended) pdl_wait();  // the grid completes after the append kernel
   // The split's normalised output and log-sum-exp (log2 domain).
 #pragma unroll
   for (int ri = 0; ri < 2; ++ri) {
@@ -294,7 +309,7 @@ int device_sm_count() {
 }
 
 void decode_attention(const PagedView& v, const StepView& s, const DecodeShape& sh, const void* queries,
-                      float* part_out, float* part_lse, int splits, double scale, const LcaParams& params,
+                      const void* new_rows, float* part_out, float* part_lse, int splits, double scale, const LcaParams& params,
                       DType dtype, cudaStream_t stream) {
   if (s.batch == 0) return;
   const float scale_log2 = static_cast<float>(scale) * 1.4426950408889634f;
@@ -311,8 +326,8 @@ void decode_attention(const PagedView& v, const StepView& s, const DecodeShape& 
       static const cudaError_t attr =
           cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L::bytes));
       LCA_CUDA_CHECK(attr);
-      kernel<<<grid, L::kThreads, L::bytes, stream>>>(v, s, sh, static_cast<const T*>(queries), part_out, part_lse,
-                                                   scale_log2, bias_log2);
+      launch_with_pdl(kernel, grid, L::kThreads, L::bytes, stream, v, s, sh, static_cast<const T*>(queries),
+                      static_cast<const T*>(new_rows), part_out, part_lse, scale_log2, bias_log2);
       LCA_CUDA_CHECK_LAUNCH("decode_attention");
     });
   });

@@ -1,25 +1,28 @@
 // decode_combine: merges the splits of decode_attention. Block (b, h, c) owns
-// 128 output columns of head h of batch entry b: its threads load the splits'
+// 64 output columns of head h of batch entry b: its threads load the splits'
 // log-sum-exps (log2 domain; empty splits hold -inf and weigh 0) in parallel
-// and turn them into weights in shared memory, then 8 groups of 32 threads each sum every 8th split's
-// normalised output (one float4 of columns per thread, loads unrolled so many
-// are in flight), and the groups' sums are added in a fixed order.
-// Shared memory: splits + 8 * 128 floats.
+// and turn them into weights in shared memory, then 16 groups of 16 threads
+// each sum every 16th split's normalised output (one float4 of columns per
+// thread, eight loads in flight: at batch 1 this kernel is a chain of L2
+// latencies), and the groups' sums are added in a fixed order. Launched with
+// programmatic dependent launch: its blocks are resident and waiting when the
+// attention kernel ends. Shared memory: splits + 16 * 64 floats.
 #include "decode.cuh"
 
 namespace lca::cuda::detail {
 namespace {
 
-constexpr int kCols = 128, kGroups = 8, kThreads = kGroups * (kCols / 4);
+constexpr int kCols = 64, kGroups = 16, kThreads = kGroups * (kCols / 4);
 
 template <class T>
 __global__ void __launch_bounds__(kThreads) decode_combine_kernel(int q_heads, int d_v, int splits,
                                                                   const float* part_out, const float* part_lse,
                                                                   T* out) {
   extern __shared__ float smem[];
-  float* weight = smem;             // [splits]
-  float* partial = smem + splits;   // [kGroups][kCols]
+  float* partial = smem;                     // [kGroups][kCols], float4-aligned
+  float* weight = smem + kGroups * kCols;    // [splits]
   const int b = blockIdx.x, h = blockIdx.y, col0 = blockIdx.z * kCols, tid = threadIdx.x;
+  pdl_wait();  // the attention kernel's partials are written
   __shared__ float reduce[kThreads / 32];
   // Block-wide max and sum, by shuffles and one shared slot per warp.
   auto block_reduce = [&](float x, bool is_max) {
@@ -45,7 +48,7 @@ __global__ void __launch_bounds__(kThreads) decode_combine_kernel(int q_heads, i
     const float* src = part_out + (static_cast<int64_t>(b) * splits * q_heads + h) * d_v + c;
     const int64_t stride = static_cast<int64_t>(q_heads) * d_v;
     // No branch on empty splits (weight 0, zeros written): the unrolled loads are all in flight.
-#pragma unroll 4
+#pragma unroll 8
     for (int s = group; s < splits; s += kGroups) {
       const float4 x = *reinterpret_cast<const float4*>(src + s * stride);
       const float w = weight[s];
@@ -70,8 +73,8 @@ void decode_combine(const StepView& s, const DecodeShape& sh, const float* part_
   const dim3 grid(s.batch, sh.q_heads, (sh.d_v + kCols - 1) / kCols);
   dispatch_dtype(dtype, "cuda::decode_combine", [&](auto tag) {
     using T = decltype(tag);
-    decode_combine_kernel<T><<<grid, kThreads, smem, stream>>>(sh.q_heads, sh.d_v, splits, part_out, part_lse,
-                                                               static_cast<T*>(out));
+    launch_with_pdl(decode_combine_kernel<T>, grid, kThreads, smem, stream, sh.q_heads, sh.d_v, splits, part_out,
+                    part_lse, static_cast<T*>(out));
     LCA_CUDA_CHECK_LAUNCH("decode_combine");
   });
 }
