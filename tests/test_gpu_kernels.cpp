@@ -680,3 +680,31 @@ TEST(GpuMlaRows, DecodeRowsOnAJointProductEqualTheSeparateKernels) {
     EXPECT_EQ(bias_outside, 0) << "add_bias wrote past the row's d values";
   }
 }
+
+// rms_norm against double: rows of 2,560 values (the 16-byte-piece kernel),
+// rows of 100 (the fallback), and the largest the piece kernel takes.
+TEST(GpuModelOps, RmsNormMatchesReference) {
+  REQUIRE_GPU();
+  namespace d = lca::cuda::detail;
+  std::mt19937_64 rng(0x726d73);
+  for (const int64_t D : {2560, 100, 8192}) {
+    SCOPED_TRACE("d " + std::to_string(D));
+    const int64_t rows = 3;
+    const double eps = 1e-6;
+    Tensor<float> x = random_tensor(rng, {rows, D}), w = random_tensor(rng, {D}, 0.5f);
+    auto x_dev = upload(x, DType::bf16);
+    auto w_dev = upload(w, DType::bf16);
+    DeviceBuffer out(rows * D * 2);
+    out.poison();
+    d::rms_norm(x_dev->ptr, w_dev->ptr, rows, D, eps, out.ptr, nullptr);
+    CUDA_OK(cudaDeviceSynchronize());
+    Tensor<double> want({rows, D});
+    for (int64_t r = 0; r < rows; ++r) {
+      double ss = 0;
+      for (int64_t c = 0; c < D; ++c) ss += double(x.row(r)[c]) * x.row(r)[c];
+      const double inv = 1.0 / std::sqrt(ss / double(D) + eps);
+      for (int64_t c = 0; c < D; ++c) want.row(r)[c] = x.row(r)[c] * inv * w.data()[c];
+    }
+    EXPECT_LT(rel_error(download(out, {rows, D}, DType::bf16), want), 1e-2);
+  }
+}
