@@ -4,7 +4,10 @@
 //    into its raw block in 16-byte vectors; for LCA write
 //    the head-summed query into the summary ring (lca-spec.md section 6: fp32,
 //    position t in slot t % g): the sum over the kv head's query heads of
-//    query[0 : summary_width], the head loop unrolled so loads overlap.
+//    query[0 : summary_width]. Thread i loads 8 columns (16 bytes) of every
+//    G-th head, all its loads at once, and the G groups' sums are added in
+//    shared memory (a loop over 40 heads of scalar loads was a 3-4 us chain
+//    at batch 1).
 // 2. Condense, only where t closes a group (t = tau_j = (j+1) g + w - 1,
 //    section 2): the group's g raw rows, which lie in one pool block
 //    (block_rows is a multiple of g), are copied to shared memory by cp.async
@@ -14,7 +17,8 @@
 //    of step 1 are visible to it after __syncthreads.
 // One launch instead of two, and every load of a step issued early: at batch 1
 // latency, not bandwidth, sets the time.
-// Shared memory: summary_width + g + 1 floats and g rows (21 KB for DeepSeek).
+// Shared memory: summary_width + g + 1 floats, 8 per thread (the head
+// groups' sums) and g rows (29 KB for DeepSeek).
 #include "condense_group.cuh"
 #include "decode.cuh"
 #include "prefill_common.cuh"
@@ -45,7 +49,8 @@ __global__ void __launch_bounds__(kThreads) decode_append_condense_kernel(PagedV
   float* query = smem;
   float* scores = smem + sw;
   int* anchor_slot = reinterpret_cast<int*>(scores + g);
-  T* group = reinterpret_cast<T*>(smem + (sw + g + 1 + 3) / 4 * 4);
+  float* head_sums = smem + (sw + g + 1 + 3) / 4 * 4;  // [kThreads * 8]
+  T* group = reinterpret_cast<T*>(head_sums + kThreads * 8);
   auto prefetch_group = [&] {
     const T* src = raw_row<T>(v, tr, j * g) + first;
     const int64_t chunks = part * int64_t(sizeof(T)) / 16;
@@ -65,11 +70,42 @@ __global__ void __launch_bounds__(kThreads) decode_append_condense_kernel(PagedV
   const int per = sh.q_heads / sh.kv_heads;
   const T* q = queries + (static_cast<int64_t>(b) * sh.q_heads + kv * per) * sh.d_qk;
   float* ring = v.ring + tr * g * v.ring_width + kv * sw;
-  for (int c = tid; c < sw; c += kThreads) {
-    float acc = 0.f;
+  if (sw % 8 == 0 && sw / 8 <= kThreads) {
+    const int vcols = sw / 8, groups = kThreads / vcols, vc = tid % vcols, hg = tid / vcols;
+    float acc[8] = {};
+    if (hg < groups) {
+      constexpr int kMaxLoads = 8;  // heads per thread in flight at once (40 heads, 8 groups: 5)
+      for (int h0 = hg; h0 < per; h0 += groups * kMaxLoads) {
+        uint4 x[kMaxLoads];
+#pragma unroll
+        for (int i = 0; i < kMaxLoads; ++i) {
+          const int h = h0 + i * groups;
+          if (h < per) x[i] = *reinterpret_cast<const uint4*>(q + h * sh.d_qk + vc * 8);
+        }
+#pragma unroll
+        for (int i = 0; i < kMaxLoads; ++i) {
+          if (h0 + i * groups >= per) break;
+          const T* e = reinterpret_cast<const T*>(&x[i]);
+#pragma unroll
+          for (int j = 0; j < 8; ++j) acc[j] += to_float(e[j]);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < 8; ++j) head_sums[hg * sw + vc * 8 + j] = acc[j];
+    }
+    __syncthreads();
+    for (int c = tid; c < sw; c += kThreads) {
+      float sum = 0.f;
+      for (int i = 0; i < groups; ++i) sum += head_sums[i * sw + c];
+      ring[(t % g) * v.ring_width + c] = sum;
+    }
+  } else {
+    for (int c = tid; c < sw; c += kThreads) {
+      float acc = 0.f;
 #pragma unroll 16
-    for (int h = 0; h < per; ++h) acc += to_float(q[h * sh.d_qk + c]);
-    ring[(t % g) * v.ring_width + c] = acc;
+      for (int h = 0; h < per; ++h) acc += to_float(q[h * sh.d_qk + c]);
+      ring[(t % g) * v.ring_width + c] = acc;
+    }
   }
   if (!closes) return;
 
@@ -109,8 +145,9 @@ void decode_append_condense(const PagedView& v, const StepView& s, const DecodeS
   const int64_t g = v.full ? 1 : params.group;
   const float norm = static_cast<float>(scale / static_cast<double>(g * (sh.q_heads / sh.kv_heads)));
   const int64_t part = sh.mla ? sh.d_qk : 2 * sh.d_qk;  // values of a row one block handles
-  const size_t smem =
-      v.full ? 0 : ((sh.summary_width + g + 1 + 3) / 4 * 4) * sizeof(float) + g * part * dtype_size(dtype);
+  const size_t smem = v.full ? 0
+                             : ((sh.summary_width + g + 1 + 3) / 4 * 4 + kThreads * 8) * sizeof(float) +
+                                   g * part * dtype_size(dtype);
   dispatch_dtype(dtype, "cuda::decode_append_condense", [&](auto tag) {
     using T = decltype(tag);
     if (smem > 48 * 1024) {

@@ -23,8 +23,8 @@ void rms_norm(const void* x, const void* weight, int64_t rows, int64_t d, double
 void bias_rope(void* q, void* k, void* v, const void* bq, const void* bk, const void* bv, int64_t n, int64_t hq,
                int64_t hkv, int64_t d, const int64_t* positions, int64_t start, double theta, cudaStream_t stream);
 
-// gate [n, f] <- silu(gate) * up.
-void swiglu(void* gate, const void* up, int64_t n, int64_t f, cudaStream_t stream);
+// act [n, f] = silu(gate) * up, from gate_up [n, 2f] = [gate | up] (one product for both).
+void swiglu(const void* gate_up, int64_t n, int64_t f, void* act, cudaStream_t stream);
 
 // rows [n, hkv * 2d] = per kv head [k ; v], from k and v [n, hkv, d].
 void pack_gqa_rows(const void* k, const void* v, int64_t n, int64_t hkv, int64_t d, void* rows, cudaStream_t stream);

@@ -1,26 +1,29 @@
-// swiglu: gate <- silu(gate) * up, elementwise over [n, f], bf16 pairs.
+// swiglu: act [n, f] = silu(gate) * up from the joint product gate_up
+// [n, 2f] = [gate | up] (one GEMM for both), elementwise, bf16 pairs.
 #include "common.cuh"
 #include "model_ops.hpp"
 
 namespace lca::cuda::detail {
 namespace {
 
-__global__ void swiglu_kernel(__nv_bfloat162* gate, const __nv_bfloat162* up, int64_t pairs) {
+__global__ void swiglu_kernel(const __nv_bfloat162* gate_up, int64_t half_f, int64_t pairs, __nv_bfloat162* act) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < pairs; i += int64_t(gridDim.x) * blockDim.x) {
-    const float2 g = __bfloat1622float2(gate[i]), u = __bfloat1622float2(up[i]);
-    gate[i] = __floats2bfloat162_rn(g.x / (1.f + __expf(-g.x)) * u.x, g.y / (1.f + __expf(-g.y)) * u.y);
+    const int64_t row = i / half_f, col = i % half_f;
+    const __nv_bfloat162* gu = gate_up + row * 2 * half_f + col;
+    const float2 g = __bfloat1622float2(gu[0]), u = __bfloat1622float2(gu[half_f]);
+    act[i] = __floats2bfloat162_rn(g.x / (1.f + __expf(-g.x)) * u.x, g.y / (1.f + __expf(-g.y)) * u.y);
   }
 }
 
 }  // namespace
 
-void swiglu(void* gate, const void* up, int64_t n, int64_t f, cudaStream_t stream) {
+void swiglu(const void* gate_up, int64_t n, int64_t f, void* act, cudaStream_t stream) {
   const int64_t pairs = n * f / 2;
   if (pairs == 0) return;
   LCA_CHECK(f % 2 == 0, "swiglu: f must be even, got ", f);
   const int64_t blocks = std::min<int64_t>((pairs + 255) / 256, 132 * 16);
-  swiglu_kernel<<<static_cast<unsigned>(blocks), 256, 0, stream>>>(static_cast<__nv_bfloat162*>(gate),
-                                                                  static_cast<const __nv_bfloat162*>(up), pairs);
+  swiglu_kernel<<<static_cast<unsigned>(blocks), 256, 0, stream>>>(static_cast<const __nv_bfloat162*>(gate_up), f / 2,
+                                                                  pairs, static_cast<__nv_bfloat162*>(act));
   LCA_CUDA_CHECK_LAUNCH("swiglu");
 }
 

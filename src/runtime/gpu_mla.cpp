@@ -95,10 +95,9 @@ std::unique_ptr<MlaWeights> upload_mla(const Model& model) {
     expect_shape("GpuModel::upload", c.q_lora_rank ? "q_a_proj" : "q_proj", wq,
                  {c.q_lora_rank.value_or(H * (c.mla.d_nope + c.mla.d_rope)), D});
     expect_shape("GpuModel::upload", "kv_a_proj_with_mqa", lw.kv_a, {c.mla.d_latent + c.mla.d_rope, D});
-    Tensor<float> q_kv_a({wq.shape()[0] + lw.kv_a.shape()[0], D});
-    std::copy_n(wq.data(), wq.numel(), q_kv_a.data());
-    std::copy_n(lw.kv_a.data(), lw.kv_a.numel(), q_kv_a.data() + wq.numel());
-    a.q_kv_a = up(c.q_lora_rank ? "q_a_proj and kv_a_proj_with_mqa" : "q_proj and kv_a_proj_with_mqa", q_kv_a);
+    a.q_kv_a = upload_bf16_rows(c.q_lora_rank ? "q_a_proj and kv_a_proj_with_mqa" : "q_proj and kv_a_proj_with_mqa",
+                                wq, lw.kv_a);
+    w->bytes += a.q_kv_a.bytes();
     if (c.q_lora_rank) {
       a.b_q_a = up("q_a_proj bias", lw.b_q_a);
       a.q_a_norm = up("q_a_layernorm", lw.q_a_norm);
@@ -117,8 +116,8 @@ std::unique_ptr<MlaWeights> upload_mla(const Model& model) {
       a.moe = std::make_shared<const GpuMoe>(GpuMoe::upload(w->arch, lw, D));
       w->bytes += a.moe->weight_bytes();
     } else {
-      a.w_gate = up("gate_proj", lw.w_gate);
-      a.w_up = up("up_proj", lw.w_up);
+      a.w_gate_up = upload_bf16_rows("gate_proj and up_proj", lw.w_gate, lw.w_up);
+      w->bytes += a.w_gate_up.bytes();
       a.w_down = up("down_proj", lw.w_down);
     }
     w->layers.push_back(std::move(a));
@@ -169,8 +168,7 @@ std::unique_ptr<MlaWeights> random_mla(const ModelConfig& c, uint64_t seed) {
       a.moe = std::make_shared<const GpuMoe>(GpuMoe::random(w->arch, D, s++ * 0x2545F4914F6CDD1Dull));
       w->bytes += a.moe->weight_bytes();
     } else {
-      a.w_gate = rnd("gate_proj", F * D, D);
-      a.w_up = rnd("up_proj", F * D, D);
+      a.w_gate_up = rnd("gate_proj and up_proj", 2 * F * D, D);
       a.w_down = rnd("down_proj", D * F, F);
     }
     w->layers.push_back(std::move(a));
@@ -301,7 +299,8 @@ struct MlaLayers::Impl {
   }
 
   // x [n, D] += residual_scale ffn(rms_norm(x)), in chunks of `chunk` rows.
-  void ffn(const MlaLayerArrays& L, void* x, void* hs, int64_t n, void* gate_buf, void* up_buf, int64_t chunk) {
+  // gate_up_buf: [chunk, 2F]; act_buf: [chunk, F].
+  void ffn(const MlaLayerArrays& L, void* x, void* hs, int64_t n, void* gate_up_buf, void* act_buf, int64_t chunk) {
     rms_norm(x, L.ffn_norm.as(), n, D, c->rms_norm_eps, hs, stream);
     for (int64_t r0 = 0; r0 < n; r0 += chunk) {
       const int64_t rows_n = std::min(chunk, n - r0);
@@ -310,10 +309,9 @@ struct MlaLayers::Impl {
       if (L.moe) {  // DeepSeek: residual_scale is 1
         L.moe->forward(hr, rows_n, xr, *moe_ws, stream, blas);
       } else {
-        linear(rows_n, F, D, hr, L.w_gate, gate_buf);
-        linear(rows_n, F, D, hr, L.w_up, up_buf);
-        swiglu(gate_buf, up_buf, rows_n, F, stream);
-        linear(rows_n, D, F, gate_buf, L.w_down, xr, residual_scale, 1.f);
+        linear(rows_n, 2 * F, D, hr, L.w_gate_up, gate_up_buf);
+        swiglu(gate_up_buf, rows_n, F, act_buf, stream);
+        linear(rows_n, D, F, act_buf, L.w_down, xr, residual_scale, 1.f);
       }
     }
   }
@@ -344,7 +342,7 @@ MlaLayers::MlaLayers(const ModelConfig& c, const MlaWeights& w, const GpuSession
   s.q_abs = DeviceArray("MLA decode absorbed queries", B * s.H * s.width * 2);
   s.lat = DeviceArray("MLA decode output latents", B * s.H * s.dc * 2);
   s.heads = DeviceArray("MLA decode head outputs", B * s.H * s.dv * 2);
-  s.gate = DeviceArray("MLA decode MLP", B * s.F * 2);
+  s.gate = DeviceArray("MLA decode MLP", B * 2 * s.F * 2);
   s.up = DeviceArray("MLA decode MLP", B * s.F * 2);
   // From 2048 rows (prefill chunks) the experts' products go to cuBLAS, one
   // GEMM per expert: bench_moe_kernels (H100) measured 2.4x the grouped
@@ -369,7 +367,7 @@ void MlaLayers::begin_prefill(const PrefillPlan& plan) {
   b->qn = DeviceArray("prefill q_a_norm", c * r * 2);
   b->kv = DeviceArray("prefill kv_a", c * s.width * 2);
   b->o = DeviceArray("prefill attention outputs", c * H * dv * 2);
-  b->gate = DeviceArray("prefill MLP", c * s.F * 2);
+  b->gate = DeviceArray("prefill MLP", c * 2 * s.F * 2);
   b->up = DeviceArray("prefill MLP", c * s.F * 2);
   b->rows = DeviceArray("prefill raw rows", raw * s.width * 2);
   b->latent = DeviceArray("prefill latents", raw * s.dc * 2);

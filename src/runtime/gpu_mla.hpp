@@ -29,6 +29,9 @@ class MoeWorkspace;
 namespace detail {
 
 DeviceArray upload_bf16(const char* what, const Tensor<float>& t);
+// [a ; b] (b's rows after a's, the same width) as one bf16 array: two projections of
+// the same input in one product.
+DeviceArray upload_bf16_rows(const char* what, const Tensor<float>& a, const Tensor<float>& b);
 // dst [rows, width] = columns [col, col + width) of src [rows, src_width], bf16, on `stream`
 // (GQA rows [k ; v] per kv head into k and v; MLA rows [c ; k^R] into latents and rope keys).
 void copy_columns(const void* src, int64_t src_width, int64_t col, int64_t rows, int64_t width, void* dst,
@@ -44,7 +47,7 @@ struct MlaLayerArrays {
   DeviceArray w_uk, w_uv;             // [H, dn, dc], [H, dv, dc]
   DeviceArray w_uk_sum;               // [H * dq, dc]: W_UK[h] at each head's nope rows, zeros at its rope rows
   DeviceArray wo, bo;                 // [D, H*dv], [D] or empty
-  DeviceArray ffn_norm, w_gate, w_up, w_down;  // dense layers
+  DeviceArray ffn_norm, w_gate_up, w_down;  // dense layers; w_gate_up: [gate ; up]
   std::shared_ptr<const GpuMoe> moe;  // MoE layers
 };
 

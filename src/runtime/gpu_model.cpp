@@ -43,6 +43,15 @@ DeviceArray upload_bf16(const char* what, const Tensor<float>& t) {
   return a;
 }
 
+DeviceArray upload_bf16_rows(const char* what, const Tensor<float>& a, const Tensor<float>& b) {
+  LCA_CHECK(a.shape().size() == 2 && b.shape().size() == 2 && a.shape()[1] == b.shape()[1], "GpuModel::upload: ",
+            what, ": the two matrices must have the same row width, got ", a.shape()[1], " and ", b.shape()[1]);
+  Tensor<float> t({a.shape()[0] + b.shape()[0], a.shape()[1]});
+  std::copy_n(a.data(), a.numel(), t.data());
+  std::copy_n(b.data(), b.numel(), t.data() + a.numel());
+  return upload_bf16(what, t);
+}
+
 void copy_columns(const void* src, int64_t src_width, int64_t col, int64_t rows, int64_t width, void* dst,
                   cudaStream_t stream) {
   if (rows == 0) return;
@@ -61,7 +70,7 @@ using detail::upload_bf16;
 using model::in_quotes;
 
 struct LayerArrays {
-  DeviceArray attn_norm, wq, wk, wv, wo, bq, bk, bv, ffn_norm, w_gate, w_up, w_down;
+  DeviceArray attn_norm, wq, wk, wv, wo, bq, bk, bv, ffn_norm, w_gate_up, w_down;  // w_gate_up: [gate ; up]
 };
 
 int64_t lcm_block(int64_t g) {  // rows per cache block: a multiple of g near 64
@@ -132,8 +141,7 @@ GpuModel GpuModel::upload(const Model& model) {
         a.bv = upload_bf16("v bias", l.bv);
       }
       a.ffn_norm = upload_bf16("ffn_norm", l.ffn_norm);
-      a.w_gate = upload_bf16("gate_proj", l.w_gate);
-      a.w_up = upload_bf16("up_proj", l.w_up);
+      a.w_gate_up = detail::upload_bf16_rows("gate_proj and up_proj", l.w_gate, l.w_up);
       a.w_down = upload_bf16("down_proj", l.w_down);
       impl->layers.push_back(std::move(a));
     }
@@ -143,7 +151,7 @@ GpuModel GpuModel::upload(const Model& model) {
   if (w.lm_head.numel() > 0) impl->lm_head = upload_bf16("lm_head", w.lm_head);
   for (const LayerArrays& a : impl->layers)
     for (const DeviceArray* p : {&a.attn_norm, &a.wq, &a.wk, &a.wv, &a.wo, &a.bq, &a.bk, &a.bv, &a.ffn_norm,
-                                 &a.w_gate, &a.w_up, &a.w_down})
+                                 &a.w_gate_up, &a.w_down})
       impl->bytes += *p ? p->bytes() : 0;
   impl->bytes += impl->embed.bytes() + impl->final_norm.bytes() + (impl->lm_head ? impl->lm_head.bytes() : 0);
   return GpuModel(std::move(impl));
@@ -191,8 +199,7 @@ GpuModel GpuModel::random(const ModelConfig& config, uint64_t seed) {
       a.bv = rnd("v bias", hkv, 64);
     }
     a.ffn_norm = ones("ffn_norm", D);
-    a.w_gate = rnd("gate_proj", F * D, D);
-    a.w_up = rnd("up_proj", F * D, D);
+    a.w_gate_up = rnd("gate_proj and up_proj", 2 * F * D, D);
     a.w_down = rnd("down_proj", D * F, F);
     impl->layers.push_back(std::move(a));
   }
@@ -241,16 +248,17 @@ struct GpuSession::Impl {
   }
 
   // MLP of rows [0, n) of x (in place, residual added), in chunks of opt.prefill_chunk rows.
-  void mlp(const LayerArrays& L, void* x_rows, void* h_rows, int64_t n, void* gate_buf, void* up_buf, int64_t chunk) {
+  // gate_up_buf: [chunk, 2F]; act_buf: [chunk, F].
+  void mlp(const LayerArrays& L, void* x_rows, void* h_rows, int64_t n, void* gate_up_buf, void* act_buf,
+           int64_t chunk) {
     detail::rms_norm(x_rows, L.ffn_norm.as(), n, D, m->cfg.rms_norm_eps, h_rows, stream);
     for (int64_t r0 = 0; r0 < n; r0 += chunk) {
       const int64_t c = std::min(chunk, n - r0);
       const auto* hr = static_cast<const char*>(h_rows) + r0 * D * 2;
       auto* xr = static_cast<char*>(x_rows) + r0 * D * 2;
-      gemm(c, F, D, hr, L.w_gate.as(), gate_buf, false);
-      gemm(c, F, D, hr, L.w_up.as(), up_buf, false);
-      detail::swiglu(gate_buf, up_buf, c, F, stream);
-      gemm(c, D, F, gate_buf, L.w_down.as(), xr, true);
+      gemm(c, 2 * F, D, hr, L.w_gate_up.as(), gate_up_buf, false);
+      detail::swiglu(gate_up_buf, c, F, act_buf, stream);
+      gemm(c, D, F, act_buf, L.w_down.as(), xr, true);
     }
   }
 
@@ -297,7 +305,7 @@ struct GpuSession::Impl {
       v = DeviceArray("prefill raw values", raw * s.kvw * 2);
       rows = DeviceArray("prefill raw rows", raw * 2 * s.kvw * 2);
       o = DeviceArray("prefill attention outputs", c * s.qw * 2);
-      gate = DeviceArray("prefill MLP", c * s.F * 2);
+      gate = DeviceArray("prefill MLP", c * 2 * s.F * 2);
       up = DeviceArray("prefill MLP", c * s.F * 2);
       sum = DeviceArray("summary queries", s.lca.is_full() ? 16 : plan.summaries * s.kvw * 4);
       rep_k = DeviceArray("representative keys", reps * s.kvw * 2);
@@ -426,7 +434,7 @@ GpuSession::GpuSession(const GpuModel& model, const GpuSessionOptions& options) 
   s.v = DeviceArray("decode values", B * s.kvw * 2);
   s.rows = DeviceArray("decode cache rows", B * 2 * s.kvw * 2);
   s.o = DeviceArray("decode attention outputs", B * s.qw * 2);
-  s.gate = DeviceArray("decode MLP", B * s.F * 2);
+  s.gate = DeviceArray("decode MLP", B * 2 * s.F * 2);
   s.up = DeviceArray("decode MLP", B * s.F * 2);
   s.logits = DeviceArray("decode logits", B * s.V * 4);
   s.d_tokens = DeviceArray("decode tokens", B * 8);
