@@ -14,6 +14,10 @@
 #   bash scripts/quality_study.sh evaluate    every model and method on the harness, in parallel; the report
 #   bash scripts/quality_study.sh answers     LCA fine-tuned on the tasks' answers alone (one padded row per
 #                                             task, loss on the answer), evaluated with LCA and window-only
+#   bash scripts/quality_study.sh scratch     LCA from the first step: the small model pre-trained from its
+#                                             init twice, with LCA and with full attention, for the same time
+#                                             until STUDY_DEADLINE (one GPU each, or one shared), then both
+#                                             evaluated with their own attention and with the window alone
 #
 # Everything is written under $STUDY (default study/). The sizes are the variables below; the
 # numbers in docs/quality.md come from the defaults on four H100s.
@@ -138,8 +142,27 @@ answers)
   wait
   python3 -m lca.evaluate --report "$S"/eval-lca-answers-*.json
   ;;
+scratch)
+  : "${STUDY_DEADLINE:?set STUDY_DEADLINE (epoch seconds) to when the models must be saved}"
+  [ -d "$S/small-init" ] || { echo "scratch: no $S/small-init (run setup first)" >&2; exit 2; }
+  budget=$((STUDY_DEADLINE - $(date +%s) - 30))
+  echo "pre-training the small model with lca and with full attention for $budget s on $GPUS GPUs"
+  gpu=0
+  for att in lca full; do
+    opts=""
+    [ "$att" = lca ] && opts="--window $WINDOW --group $GROUP"
+    CUDA_VISIBLE_DEVICES=$((gpu % GPUS)) python3 -m lca.finetune --model "$S/small-init" --attention $att $opts \
+      $(common_train pretrain) --batch-size 8 --grad-accum 1 --steps 100000 --time-budget "$budget" --lr 2e-3 \
+      --warmup 100 --save-every 0 --out "$S/small-scratch-$att" >"$S/small-scratch-$att.log" 2>&1 &
+    gpu=$((gpu + 1))
+  done
+  wait
+  for f in "$S"/small-scratch-*.log; do echo "$f: $(tr '\r' '\n' <"$f" | grep -E "time budget|final loss" | tr '\n' ' ')"; done
+  STUDY_EVAL_JOBS="small-scratch-lca:lca small-scratch-lca:window-only small-scratch-full:full small-scratch-full:lca \
+    small-scratch-full:window-only" bash "$0" evaluate
+  ;;
 *)
-  echo "usage: bash scripts/quality_study.sh setup|pretrain|finetune|evaluate|answers" >&2
+  echo "usage: bash scripts/quality_study.sh setup|pretrain|finetune|evaluate|answers|scratch" >&2
   exit 2
   ;;
 esac
