@@ -2,6 +2,8 @@
 // its rows live in the paged cache.
 #pragma once
 
+#include <utility>
+
 #include "common.cuh"
 #include "decode.hpp"
 

@@ -60,8 +60,8 @@ void decode_append_mtla(const PagedView& v, const StepView& s, const DecodeShape
 // combine. Launched to overlap the append kernel before it (programmatic
 // dependent launch); new_rows are the rows that append stores.
 void decode_attention(const PagedView& v, const StepView& s, const DecodeShape& sh, const void* queries,
-                      const void* new_rows, float* part_out, float* part_lse, int splits, double scale, const LcaParams& params,
-                      DType dtype, cudaStream_t stream);
+                      const void* new_rows, float* part_out, float* part_lse, int splits, double scale,
+                      const LcaParams& params, DType dtype, cudaStream_t stream);
 void decode_combine(const StepView& s, const DecodeShape& sh, const float* part_out, const float* part_lse,
                     int splits, void* out, DType dtype, cudaStream_t stream);
 

@@ -309,8 +309,8 @@ int device_sm_count() {
 }
 
 void decode_attention(const PagedView& v, const StepView& s, const DecodeShape& sh, const void* queries,
-                      const void* new_rows, float* part_out, float* part_lse, int splits, double scale, const LcaParams& params,
-                      DType dtype, cudaStream_t stream) {
+                      const void* new_rows, float* part_out, float* part_lse, int splits, double scale,
+                      const LcaParams& params, DType dtype, cudaStream_t stream) {
   if (s.batch == 0) return;
   const float scale_log2 = static_cast<float>(scale) * 1.4426950408889634f;
   const float bias_log2 =
