@@ -129,6 +129,19 @@ struct PagedKvCache::Impl {
   int64_t tr(int64_t layer, int64_t seq) const { return layer * cfg.max_seqs + seq; }
   int32_t& rep_at(int64_t layer, int64_t seq, int64_t i) { return rep_table[tr(layer, seq) * rep_stride + i]; }
   int32_t& raw_at(int64_t layer, int64_t seq, int64_t i) { return raw_table[tr(layer, seq) * raw_stride + i]; }
+  // Returns to the pool, in every layer, the raw blocks of `seq` below its
+  // first raw position: they hold only condensed groups. Blocks of positions
+  // condensed within one prefill chunk were never taken (-1).
+  void release_condensed_raw(int64_t seq) {
+    Seq& s = seqs[static_cast<size_t>(seq)];
+    while (!full && (s.raw_first + 1) * cfg.block_rows <= raw_from(s.n)) {
+      for (int64_t layer = 0; layer < cfg.layers; ++layer) {
+        int32_t& b = raw_at(layer, seq, s.raw_first);
+        if (b >= 0) free_list.push_back(b), b = -1;
+      }
+      ++s.raw_first;
+    }
+  }
 
   void check_seq(const char* where, int64_t seq) const {
     LCA_CHECK(seq >= 0 && seq < cfg.max_seqs && seqs[static_cast<size_t>(seq)].active, where, ": sequence ", seq,
@@ -645,18 +658,9 @@ void PagedKvCache::end_extend(int64_t seq) {
   m.check_seq(where, seq);
   Impl::Seq& s = m.seqs[static_cast<size_t>(seq)];
   LCA_CHECK(s.extending > 0, where, ": sequence ", seq, " is not being extended (call begin_extend first)");
-  const int64_t B = m.cfg.block_rows;
   s.n += s.extending;
   s.extending = 0;
-  // Raw blocks below the first raw position hold only condensed groups; those
-  // of positions condensed within the chunk were never taken (-1).
-  while (!m.full && (s.raw_first + 1) * B <= m.raw_from(s.n)) {
-    for (int64_t layer = 0; layer < m.cfg.layers; ++layer) {
-      int32_t& b = m.raw_at(layer, seq, s.raw_first);
-      if (b >= 0) m.free_list.push_back(b), b = -1;
-    }
-    ++s.raw_first;
-  }
+  m.release_condensed_raw(seq);
 }
 
 void PagedKvCache::cancel_extend(int64_t seq) {
@@ -777,19 +781,9 @@ void PagedKvCache::end_step() {
   const char* where = "PagedKvCache::end_step";
   Impl& m = *impl_;
   LCA_CHECK(m.in_step, where, ": no step in progress");
-  const int64_t B = m.cfg.block_rows;
   for (int32_t seq : m.step_seqs) {
-    Impl::Seq& s = m.seqs[static_cast<size_t>(seq)];
-    s.n += 1;
-    // Raw blocks below the first raw position hold only condensed groups.
-    while (!m.full && (s.raw_first + 1) * B <= m.raw_from(s.n)) {
-      for (int64_t layer = 0; layer < m.cfg.layers; ++layer) {
-        int32_t& b = m.raw_at(layer, seq, s.raw_first);
-        m.free_list.push_back(b);
-        b = -1;
-      }
-      ++s.raw_first;
-    }
+    m.seqs[static_cast<size_t>(seq)].n += 1;
+    m.release_condensed_raw(seq);
   }
   m.in_step = false;
 }
