@@ -584,6 +584,103 @@ std::vector<uint16_t> read_bits(const DeviceBuffer& d) {
   return b;
 }
 
+
+// decode_linear (the batch-1 products) against double: tail rows (N not a
+// multiple of 8 warps), K whose pieces are not a multiple of 32 lanes or of the
+// 8 loads in flight, alpha and a residual (beta = 1), fp32 output, the
+// smallest K; then a chain rms_norm -> product -> swiglu -> product with a
+// residual, each launched with programmatic dependent launch after the one
+// before (a missing wait would read poisoned or stale inputs).
+TEST(GpuModelOps, DecodeLinearMatchesReference) {
+  REQUIRE_GPU();
+  namespace d = lca::cuda::detail;
+  std::mt19937_64 rng(0x6c696e);
+  struct Case {
+    int64_t n, k;
+    float alpha, beta;
+    bool y_f32;
+  };
+  for (const Case c : {Case{1056, 2560, 1.f, 0.f, false}, Case{77, 768, 1.f, 0.f, false},
+                       Case{300, 1000, 0.7f, 1.f, false}, Case{513, 200, 1.3f, 0.f, true},
+                       Case{64, 8, 1.f, 1.f, true}, Case{2560, 6400, 1.f, 1.f, false}}) {
+    SCOPED_TRACE("N " + std::to_string(c.n) + " K " + std::to_string(c.k));
+    Tensor<float> x = random_tensor(rng, {1, c.k}), w = random_tensor(rng, {c.n, c.k}, 0.05f);
+    Tensor<float> y0 = random_tensor(rng, {1, c.n});
+    auto x_dev = upload(x, DType::bf16);
+    auto w_dev = upload(w, DType::bf16);
+    std::unique_ptr<DeviceBuffer> y;
+    if (c.y_f32) y = upload_f32(y0);
+    else y = upload(y0, DType::bf16);  // rounds y0 to the values the kernel reads
+    if (c.beta == 0.f) y->poison();
+    ASSERT_TRUE(d::decode_linear_fits(1, c.n, c.k, x_dev->ptr, w_dev->ptr));
+    d::decode_linear(c.n, c.k, x_dev->ptr, w_dev->ptr, y->ptr, c.alpha, c.beta, c.y_f32, nullptr);
+    CUDA_OK(cudaDeviceSynchronize());
+    Tensor<double> want({1, c.n});
+    for (int64_t i = 0; i < c.n; ++i) {
+      double s = 0;
+      for (int64_t j = 0; j < c.k; ++j) s += double(w.row(i)[j]) * x.data()[j];
+      want.data()[i] = c.alpha * s + (c.beta != 0.f ? c.beta * double(y0.data()[i]) : 0.0);
+    }
+    EXPECT_LT(rel_error(download(*y, {1, c.n}, c.y_f32 ? DType::f32 : DType::bf16), want), c.y_f32 ? 1e-4 : 1e-2);
+  }
+
+  // The chain of an MLP at batch 1: h = rms_norm(x), gu = W1 h, a = swiglu(gu), x += W2 a.
+  const int64_t D = 512, F = 1376;
+  Tensor<float> x = random_tensor(rng, {1, D}), g = random_tensor(rng, {D}, 0.5f);
+  Tensor<float> w1 = random_tensor(rng, {2 * F, D}, 0.05f), w2 = random_tensor(rng, {D, F}, 0.05f);
+  auto x_dev = upload(x, DType::bf16);
+  auto g_dev = upload(g, DType::bf16);
+  auto w1_dev = upload(w1, DType::bf16);
+  auto w2_dev = upload(w2, DType::bf16);
+  DeviceBuffer h(D * 2), gu(2 * F * 2), a(F * 2);
+  h.poison();
+  gu.poison();
+  a.poison();
+  d::rms_norm(x_dev->ptr, g_dev->ptr, 1, D, 1e-6, h.ptr, nullptr);
+  d::decode_linear(2 * F, D, h.ptr, w1_dev->ptr, gu.ptr, 1.f, 0.f, false, nullptr);
+  d::swiglu(gu.ptr, 1, F, a.ptr, nullptr);
+  d::decode_linear(D, F, a.ptr, w2_dev->ptr, x_dev->ptr, 1.f, 1.f, false, nullptr);
+  CUDA_OK(cudaDeviceSynchronize());
+  // The reference rounds to bf16 where the kernels store bf16.
+  auto bf = [](double v) {
+    float f = static_cast<float>(v);
+    uint16_t b;
+    lca::encode(DType::bf16, &f, 1, &b);
+    lca::decode(DType::bf16, &b, 1, &f);
+    return double(f);
+  };
+  double ss = 0;
+  for (int64_t j = 0; j < D; ++j) ss += double(x.data()[j]) * x.data()[j];
+  const double inv = 1.0 / std::sqrt(ss / D + 1e-6);
+  std::vector<double> hv(D), av(F);
+  for (int64_t j = 0; j < D; ++j) hv[j] = bf(x.data()[j] * inv * g.data()[j]);
+  std::vector<double> guv(2 * F);
+  for (int64_t i = 0; i < 2 * F; ++i) {
+    double s = 0;
+    for (int64_t j = 0; j < D; ++j) s += double(w1.row(i)[j]) * hv[j];
+    guv[i] = bf(s);
+  }
+  for (int64_t i = 0; i < F; ++i) av[i] = bf(guv[i] / (1.0 + std::exp(-guv[i])) * guv[F + i]);
+  Tensor<double> want({1, D});
+  for (int64_t i = 0; i < D; ++i) {
+    double s = 0;
+    for (int64_t j = 0; j < F; ++j) s += double(w2.row(i)[j]) * av[j];
+    want.data()[i] = x.data()[i] + s;
+  }
+  EXPECT_LT(rel_error(download(*x_dev, {1, D}, DType::bf16), want), 2e-2);
+
+  // What it does not take, it names.
+  EXPECT_FALSE(d::decode_linear_fits(2, 64, 64, x_dev->ptr, w1_dev->ptr));
+  EXPECT_FALSE(d::decode_linear_fits(1, 64, 12, x_dev->ptr, w1_dev->ptr));
+  EXPECT_FALSE(d::decode_linear_fits(1, 64, 64, static_cast<char*>(x_dev->ptr) + 2, w1_dev->ptr));
+  try {
+    d::decode_linear(64, 12, x_dev->ptr, w1_dev->ptr, h.ptr, 1.f, 0.f, false, nullptr);
+    ADD_FAILURE() << "no error for K = 12";
+  } catch (const lca::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("K = 12"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 
 // Decode reads q and kv_a in place from one product [B, ld]: mla_decode_rows

@@ -66,6 +66,10 @@ struct GpuSessionOptions {
   // Exact under any chunking (lca-spec.md section 7, identity 3; mtla-spec.md 5.1).
   int64_t prefill_chunk = 8192;
   bool graphs = true;           // decode steps replayed from CUDA graphs
+  // Batch-1 decode steps run their products through our one-row kernel, whose
+  // weight loads overlap the kernel before it (programmatic dependent launch),
+  // instead of cuBLAS; false: cuBLAS throughout (for comparison).
+  bool one_row_products = true;
 };
 
 class GpuSession {

@@ -1,7 +1,9 @@
-// Shared by the CUDA kernels: error checks, storage types, warp reductions.
+// Shared by the CUDA kernels: error checks, storage types, warp reductions,
+// programmatic dependent launch.
 #pragma once
 
 #include <cstdint>
+#include <utility>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -71,6 +73,38 @@ __device__ __forceinline__ int warp_softmax_argmax(float* scores, int g) {
   for (int i = lane; i < g; i += 32) scores[i] /= sum;
   __syncwarp();
   return best_i;
+}
+
+// Programmatic dependent launch (sm_90): a kernel launched with
+// launch_with_pdl may start while the kernel before it still runs, once every
+// block of that one has called pdl_launch_dependents (or exited); it must call
+// pdl_wait before it reads anything the earlier kernel writes, and calls it
+// before it exits, so that it completes after that kernel.
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+template <class... KernelArgs, class... Args>
+void launch_with_pdl(void (*kernel)(KernelArgs...), dim3 grid, int threads, size_t smem, cudaStream_t stream,
+                     Args&&... args) {
+  cudaLaunchAttribute attr;
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(threads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cfg.attrs = &attr;
+  cfg.numAttrs = 1;
+  LCA_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
 }
 
 template <class F>

@@ -2,8 +2,6 @@
 // its rows live in the paged cache.
 #pragma once
 
-#include <utility>
-
 #include "common.cuh"
 #include "decode.hpp"
 
@@ -34,38 +32,6 @@ struct DecodeRows {
     count = m + n - first_raw;
   }
 };
-
-// Programmatic dependent launch (sm_90): a kernel launched with
-// launch_with_pdl may start while the kernel before it still runs, once every
-// block of that one has called pdl_launch_dependents (or exited); it must call
-// pdl_wait before it reads anything the earlier kernel writes, and calls it
-// before it exits, so that it completes after that kernel.
-__device__ __forceinline__ void pdl_launch_dependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
-template <class... KernelArgs, class... Args>
-void launch_with_pdl(void (*kernel)(KernelArgs...), dim3 grid, int threads, size_t smem, cudaStream_t stream,
-                     Args&&... args) {
-  cudaLaunchAttribute attr;
-  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr.val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = dim3(threads);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cfg.attrs = &attr;
-  cfg.numAttrs = 1;
-  LCA_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
-}
 
 __device__ __forceinline__ int64_t table_row(const PagedView& v, int32_t seq) { return v.table_base + seq; }
 

@@ -22,7 +22,8 @@ __global__ void __launch_bounds__(kThreads) decode_combine_kernel(int q_heads, i
   float* partial = smem;                     // [kGroups][kCols], float4-aligned
   float* weight = smem + kGroups * kCols;    // [splits]
   const int b = blockIdx.x, h = blockIdx.y, col0 = blockIdx.z * kCols, tid = threadIdx.x;
-  pdl_wait();  // the attention kernel's partials are written
+  pdl_launch_dependents();  // the product after it (a decode_linear at batch 1) may load its weights now
+  pdl_wait();               // the attention kernel's partials are written
   __shared__ float reduce[kThreads / 32];
   // Block-wide max and sum, by shuffles and one shared slot per warp.
   auto block_reduce = [&](float x, bool is_max) {

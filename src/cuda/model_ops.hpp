@@ -9,6 +9,15 @@ typedef struct CUstream_st* cudaStream_t;
 
 namespace lca::cuda::detail {
 
+// ---- One-row products of a batch-1 decode step (src/cuda/decode_linear.cu) ----
+// y [N] = alpha W [N, K] x [K] + beta y (W row-major, bf16 x and W, fp32 sums,
+// y bf16 or fp32 with y_f32). Launched with programmatic dependent launch: its
+// first weight loads overlap the kernel before it. Takes M == 1 row, K a
+// multiple of 8, x and W 16-byte aligned (decode_linear_fits); throws otherwise.
+bool decode_linear_fits(int64_t M, int64_t N, int64_t K, const void* x, const void* w);
+void decode_linear(int64_t N, int64_t K, const void* x, const void* w, void* y, float alpha, float beta, bool y_f32,
+                   cudaStream_t stream);
+
 // out[i, :] = table[tokens[i], :] for i < n; table [vocab, d] bf16.
 void embed_rows(const void* table, const int64_t* tokens, int64_t n, int64_t d, void* out, cudaStream_t stream);
 

@@ -3,7 +3,9 @@
 // is at most 8,192 values in 16-byte pieces (every model here), each thread
 // loads its pieces of the row and of the weight once, all at the start: at
 // batch 1 this kernel is one block, and a loop of dependent loads, twice over
-// the row, made it 7 us (docs/perf-notes.md).
+// the row, made it 7 us (docs/perf-notes.md). Launched with programmatic
+// dependent launch (the weight is read before the wait for x), and lets the
+// next kernel (a decode_linear) start its weight loads at once.
 #include "common.cuh"
 #include "model_ops.hpp"
 
@@ -25,6 +27,8 @@ __device__ float block_sum(float ss) {
 __global__ void __launch_bounds__(kThreads) rms_norm_kernel(const __nv_bfloat16* x, const __nv_bfloat16* w, int64_t d,
                                                             int64_t x_stride, float eps, __nv_bfloat16* out) {
   const __nv_bfloat16* row = x + blockIdx.x * x_stride;
+  pdl_wait();
+  pdl_launch_dependents();
   float ss = 0.f;
   for (int64_t c = threadIdx.x; c < d; c += kThreads) {
     const float v = __bfloat162float(row[c]);
@@ -46,7 +50,14 @@ __global__ void __launch_bounds__(kThreads) rms_norm_pieces_kernel(const __nv_bf
 #pragma unroll
   for (int i = 0; i < kMaxPieces; ++i) {
     const int p = threadIdx.x + i * kThreads;
-    if (p < pieces) xv[i] = row[p], wv[i] = __ldg(weight + p);
+    if (p < pieces) wv[i] = __ldg(weight + p);  // the weight does not depend on the kernel before
+  }
+  pdl_wait();
+  pdl_launch_dependents();
+#pragma unroll
+  for (int i = 0; i < kMaxPieces; ++i) {
+    const int p = threadIdx.x + i * kThreads;
+    if (p < pieces) xv[i] = row[p];
   }
   float ss = 0.f;
 #pragma unroll
@@ -87,13 +98,13 @@ void rms_norm(const void* x, const void* weight, int64_t rows, int64_t d, double
   const int64_t stride = x_stride > 0 ? x_stride : d;
   const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
   if (d % 8 == 0 && d <= 8 * kThreads * kMaxPieces && stride % 8 == 0 && aligned(x) && aligned(weight) && aligned(out))
-    rms_norm_pieces_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
-        static_cast<const __nv_bfloat16*>(x), static_cast<const __nv_bfloat16*>(weight), static_cast<int>(d), stride,
-        static_cast<float>(eps), static_cast<__nv_bfloat16*>(out));
+    launch_with_pdl(rms_norm_pieces_kernel, dim3(static_cast<unsigned>(rows)), kThreads, 0, stream,
+                    static_cast<const __nv_bfloat16*>(x), static_cast<const __nv_bfloat16*>(weight),
+                    static_cast<int>(d), stride, static_cast<float>(eps), static_cast<__nv_bfloat16*>(out));
   else
-    rms_norm_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
-        static_cast<const __nv_bfloat16*>(x), static_cast<const __nv_bfloat16*>(weight), d, stride,
-        static_cast<float>(eps), static_cast<__nv_bfloat16*>(out));
+    launch_with_pdl(rms_norm_kernel, dim3(static_cast<unsigned>(rows)), kThreads, 0, stream,
+                    static_cast<const __nv_bfloat16*>(x), static_cast<const __nv_bfloat16*>(weight), d, stride,
+                    static_cast<float>(eps), static_cast<__nv_bfloat16*>(out));
   LCA_CUDA_CHECK_LAUNCH("rms_norm");
 }
 

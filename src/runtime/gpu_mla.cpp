@@ -203,6 +203,7 @@ struct MlaLayers::Impl {
   const ModelConfig* c = nullptr;
   const MlaWeights* w = nullptr;
   GpuSessionOptions opt;
+  bool decoding = false;  // in decode(): products of one row go to decode_linear (opt.one_row_products)
   LcaParams lca;          // the LCA policy, LcaParams::full() for full attention and MTLA
   MtlaParams mtla;        // MTLA's, when mtla_s > 0
   int64_t mtla_s = 0;     // MTLA's down rate; 0: LCA or full attention
@@ -232,6 +233,8 @@ struct MlaLayers::Impl {
             int64_t ldw, int64_t sw, void* Y, int64_t ldy, int64_t sy, int64_t batch, float alpha, float beta,
             bool y_f32 = false) {
     if (M == 0) return;
+    if (decoding && opt.one_row_products && batch == 1 && w_nk && ldw == K && decode_linear_fits(M, N, K, X, W))
+      return decode_linear(N, K, X, W, Y, alpha, beta, y_f32, stream);  // a batch-1 decode step
     LCA_CUBLAS_OK("GpuSession (MLA)",
                   cublasGemmStridedBatchedEx(blas, w_nk ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(N),
                                              static_cast<int>(M), static_cast<int>(K), &alpha, W, CUDA_R_16BF,
@@ -530,6 +533,7 @@ void MlaLayers::prefill_chunk_mtla(PagedKvCache& cache, int64_t seq, int64_t L, 
 
 void MlaLayers::decode(PagedKvCache& cache, int64_t B, void* x, const int64_t* positions) {
   Impl& s = *impl_;
+  const DecodingScope scope(s.decoding);
   const int64_t H = s.H, dn = s.dn, dr = s.dr, dc = s.dc, dv = s.dv, dq = s.dq, width = s.width;
   for (size_t l = 0; l < s.w->layers.size(); ++l) {
     const MlaLayerArrays& L = s.w->layers[l];

@@ -73,6 +73,17 @@ std::unique_ptr<MlaWeights> random_mla(const ModelConfig& c, uint64_t seed);
 void upload_mtla(const Model& model, MlaWeights& w);
 
 // One session's MLA layers: the decode buffers (max_seqs rows) and the loops.
+// Sets a flag for a scope (a decode step's launches): products of one row
+// then go to decode_linear, prefill keeps cuBLAS (its chunkings stay
+// comparable: a different summation order can break an anchor's near-tie).
+struct DecodingScope {
+  bool& flag;
+  explicit DecodingScope(bool& f) : flag(f) { flag = true; }
+  ~DecodingScope() { flag = false; }
+  DecodingScope(const DecodingScope&) = delete;
+  DecodingScope& operator=(const DecodingScope&) = delete;
+};
+
 class MlaLayers {
  public:
   MlaLayers(const ModelConfig& c, const MlaWeights& w, const GpuSessionOptions& opt, cudaStream_t stream,

@@ -221,6 +221,7 @@ struct GpuSession::Impl {
   std::unique_ptr<detail::MlaLayers> mla;  // MLA models: their layers
   cudaStream_t stream = nullptr;
   cublasHandle_t blas = nullptr;
+  bool decoding = false;  // in decode_launches: products of one row go to decode_linear (opt.one_row_products)
   DeviceArray workspace;
   // Decode buffers, max_seqs rows each.
   DeviceArray x, h, q, k, v, rows, o, gate, up, logits, d_tokens, d_positions;
@@ -240,6 +241,8 @@ struct GpuSession::Impl {
   void gemm(int64_t M, int64_t N, int64_t K, const void* X, const void* W, void* Y, bool accumulate,
             bool y_f32 = false, float alpha = 1.f) {
     const float beta = accumulate ? 1.f : 0.f;
+    if (decoding && opt.one_row_products && detail::decode_linear_fits(M, N, K, X, W))  // a batch-1 decode step
+      return detail::decode_linear(N, K, X, W, Y, alpha, beta, y_f32, stream);
     LCA_CUBLAS_OK("GpuSession", cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(N), static_cast<int>(M),
                                              static_cast<int>(K), &alpha, W, CUDA_R_16BF, static_cast<int>(K), X,
                                              CUDA_R_16BF, static_cast<int>(K), &beta, Y,
@@ -276,6 +279,7 @@ struct GpuSession::Impl {
 
   // One decode step's launches for the batch in d_tokens/d_positions (capturable).
   void decode_launches(int64_t B) {
+    const detail::DecodingScope scope(decoding);
     embed(d_tokens.as<int64_t>(), B, x.as());
     if (mla) mla->decode(*cache, B, x.as(), d_positions.as<int64_t>());
     for (size_t l = 0; l < m->layers.size(); ++l) {

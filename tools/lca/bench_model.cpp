@@ -93,6 +93,7 @@ int run_bench_model(const BenchModelOptions& o) {
         // Prefill and batch-1 decode in a one-sequence session, freed before the larger batches.
         cuda::GpuSessionOptions so;
         so.attention = p;
+        so.one_row_products = !o.cublas_products;
         so.max_seqs = 1;
         so.max_context = ctx + o.decode_steps + 8;
         std::uniform_int_distribution<int64_t> tok(0, cfg.vocab_size - 1);
@@ -177,7 +178,8 @@ int run_bench_model(const BenchModelOptions& o) {
   }
   if (!o.json_path.empty()) {
     std::ofstream out(o.json_path);
-    out << "{\"device\": \"" << cuda::device_name() << "\", \"model\": \"" << o.config << "\", \"rows\": [\n";
+    out << "{\"device\": \"" << cuda::device_name() << "\", \"model\": \"" << o.config
+        << "\", \"one_row_products\": " << (o.cublas_products ? "false" : "true") << ", \"rows\": [\n";
     for (size_t i = 0; i < rows.size(); ++i) {
       const Row& r = rows[i];
       out << "  {\"context\": " << r.context << ", \"attention\": \"" << r.attention << "\", \"prefill_ms\": "

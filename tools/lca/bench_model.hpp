@@ -14,6 +14,7 @@ struct BenchModelOptions {
   std::vector<long long> batches = {1, 8};
   long long window = 1024, group = 16;
   int decode_steps = 20;
+  bool cublas_products = false;  // cuBLAS for every product (GpuSessionOptions::one_row_products off)
   bool profile_decode = false;  // one extra step per batch between cudaProfilerStart/Stop (for ncu)
   std::string json_path;
 };

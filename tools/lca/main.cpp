@@ -73,6 +73,8 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--window", bench.window, "LCA window w")->check(CLI::NonNegativeNumber);
   bench_cmd->add_option("--group", bench.group, "LCA group size g")->check(CLI::PositiveNumber);
   bench_cmd->add_option("--steps", bench.decode_steps, "Decode steps timed per batch")->check(CLI::PositiveNumber);
+  bench_cmd->add_flag("--cublas-products", bench.cublas_products,
+                      "Batch-1 decode products by cuBLAS instead of our one-row kernel (for comparison)");
   bench_cmd->add_flag("--profile-decode", bench.profile_decode,
                       "One extra decode step per batch between cudaProfilerStart/Stop, for ncu --profile-from-start off");
   bench_cmd->add_option("--json", bench.json_path, "Also write the results as JSON to this file");
