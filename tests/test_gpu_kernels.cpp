@@ -612,8 +612,8 @@ TEST(GpuModelOps, DecodeLinearMatchesReference) {
     if (c.y_f32) y = upload_f32(y0);
     else y = upload(y0, DType::bf16);  // rounds y0 to the values the kernel reads
     if (c.beta == 0.f) y->poison();
-    ASSERT_TRUE(d::decode_linear_fits(1, c.n, c.k, x_dev->ptr, w_dev->ptr));
-    d::decode_linear(c.n, c.k, x_dev->ptr, w_dev->ptr, y->ptr, c.alpha, c.beta, c.y_f32, nullptr);
+    ASSERT_TRUE(d::decode_linear_fits(d::WeightLayout::nk, 1, c.n, c.k, x_dev->ptr, w_dev->ptr));
+    d::decode_linear(d::WeightLayout::nk, c.n, c.k, x_dev->ptr, w_dev->ptr, y->ptr, c.alpha, c.beta, c.y_f32, nullptr);
     CUDA_OK(cudaDeviceSynchronize());
     Tensor<double> want({1, c.n});
     for (int64_t i = 0; i < c.n; ++i) {
@@ -637,9 +637,9 @@ TEST(GpuModelOps, DecodeLinearMatchesReference) {
   gu.poison();
   a.poison();
   d::rms_norm(x_dev->ptr, g_dev->ptr, 1, D, 1e-6, h.ptr, nullptr);
-  d::decode_linear(2 * F, D, h.ptr, w1_dev->ptr, gu.ptr, 1.f, 0.f, false, nullptr);
+  d::decode_linear(d::WeightLayout::nk, 2 * F, D, h.ptr, w1_dev->ptr, gu.ptr, 1.f, 0.f, false, nullptr);
   d::swiglu(gu.ptr, 1, F, a.ptr, nullptr);
-  d::decode_linear(D, F, a.ptr, w2_dev->ptr, x_dev->ptr, 1.f, 1.f, false, nullptr);
+  d::decode_linear(d::WeightLayout::nk, D, F, a.ptr, w2_dev->ptr, x_dev->ptr, 1.f, 1.f, false, nullptr);
   CUDA_OK(cudaDeviceSynchronize());
   // The reference rounds to bf16 where the kernels store bf16.
   auto bf = [](double v) {
@@ -669,12 +669,43 @@ TEST(GpuModelOps, DecodeLinearMatchesReference) {
   }
   EXPECT_LT(rel_error(download(*x_dev, {1, D}, DType::bf16), want), 2e-2);
 
+  // Batches of products with strides, as MLA's per heads: W [N, K] (W_UV), and
+  // W [K, N] (W_UK applied to each head's q^C, x rows dq apart).
+  for (const auto layout : {d::WeightLayout::nk, d::WeightLayout::kn}) {
+    const bool nk = layout == d::WeightLayout::nk;
+    SCOPED_TRACE(nk ? "batched nk" : "batched kn");
+    const int64_t heads = 5, n = nk ? 128 : 520, k = nk ? 512 : 96, xs = k + 32, ys = n + 8;
+    Tensor<float> xb = random_tensor(rng, {heads, xs}), wb = random_tensor(rng, {heads, n * k}, 0.05f);
+    auto xb_dev = upload(xb, DType::bf16);
+    auto wb_dev = upload(wb, DType::bf16);
+    DeviceBuffer yb(heads * ys * 2);
+    yb.poison();
+    const d::LinearBatch lb{heads, xs, n * k, ys};
+    ASSERT_TRUE(d::decode_linear_fits(layout, 1, n, k, xb_dev->ptr, wb_dev->ptr, lb));
+    d::decode_linear(layout, n, k, xb_dev->ptr, wb_dev->ptr, yb.ptr, 1.f, 0.f, false, nullptr, lb);
+    CUDA_OK(cudaDeviceSynchronize());
+    const Tensor<float> got = download(yb, {heads, ys}, DType::bf16);
+    Tensor<float> got_n({heads, n});
+    Tensor<double> want_n({heads, n});
+    for (int64_t b = 0; b < heads; ++b)
+      for (int64_t i = 0; i < n; ++i) {
+        double s = 0;
+        for (int64_t j = 0; j < k; ++j)
+          s += double(wb.row(b)[nk ? i * k + j : j * n + i]) * xb.row(b)[j];
+        want_n.row(b)[i] = s;
+        got_n.row(b)[i] = got.row(b)[i];
+      }
+    EXPECT_LT(rel_error(got_n, want_n), 1e-2);
+  }
+
   // What it does not take, it names.
-  EXPECT_FALSE(d::decode_linear_fits(2, 64, 64, x_dev->ptr, w1_dev->ptr));
-  EXPECT_FALSE(d::decode_linear_fits(1, 64, 12, x_dev->ptr, w1_dev->ptr));
-  EXPECT_FALSE(d::decode_linear_fits(1, 64, 64, static_cast<char*>(x_dev->ptr) + 2, w1_dev->ptr));
+  EXPECT_FALSE(d::decode_linear_fits(d::WeightLayout::nk, 2, 64, 64, x_dev->ptr, w1_dev->ptr));
+  EXPECT_FALSE(d::decode_linear_fits(d::WeightLayout::nk, 1, 64, 12, x_dev->ptr, w1_dev->ptr));
+  EXPECT_FALSE(d::decode_linear_fits(d::WeightLayout::nk, 1, 64, 64, static_cast<char*>(x_dev->ptr) + 2, w1_dev->ptr));
+  EXPECT_FALSE(d::decode_linear_fits(d::WeightLayout::kn, 1, 60, 64, x_dev->ptr, w1_dev->ptr));
+  EXPECT_FALSE(d::decode_linear_fits(d::WeightLayout::kn, 1, 64, 129, x_dev->ptr, w1_dev->ptr));
   try {
-    d::decode_linear(64, 12, x_dev->ptr, w1_dev->ptr, h.ptr, 1.f, 0.f, false, nullptr);
+    d::decode_linear(d::WeightLayout::nk, 64, 12, x_dev->ptr, w1_dev->ptr, h.ptr, 1.f, 0.f, false, nullptr);
     ADD_FAILURE() << "no error for K = 12";
   } catch (const lca::Error& e) {
     EXPECT_NE(std::string(e.what()).find("K = 12"), std::string::npos) << e.what();

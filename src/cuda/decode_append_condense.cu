@@ -16,7 +16,9 @@
 //    per-group code the prefill condense kernels use. The block's own writes
 //    of step 1 are visible to it after __syncthreads.
 // One launch instead of two, and every load of a step issued early: at batch 1
-// latency, not bandwidth, sets the time.
+// latency, not bandwidth, sets the time. Launched with programmatic dependent
+// launch: the closing group's rows (earlier steps') load before the wait for
+// the kernels that make this step's rows and queries.
 // Shared memory: summary_width + g + 1 floats, 8 per thread (the head
 // groups' sums) and g rows (29 KB for DeepSeek).
 #include "condense_group.cuh"
@@ -32,7 +34,6 @@ template <class T>
 __global__ void __launch_bounds__(kThreads) decode_append_condense_kernel(PagedView v, StepView s, DecodeShape sh,
                                                                          const T* rows, const T* queries, float norm,
                                                                          KeyMode key_mode, double theta) {
-  pdl_launch_dependents();  // the attention kernel may start its lookups and copies now
   extern __shared__ __align__(16) float smem[];
   const int b = blockIdx.x, kv = blockIdx.y, tid = threadIdx.x;
   const int32_t t = static_cast<int32_t>(s.positions[b]), g = static_cast<int32_t>(v.group);
@@ -59,7 +60,9 @@ __global__ void __launch_bounds__(kThreads) decode_append_condense_kernel(PagedV
                  16);
     cp_async_commit();
   };
-  if (closes && v.window > 0) prefetch_group();
+  if (closes && v.window > 0) prefetch_group();  // rows of earlier steps: before the wait
+  pdl_wait();               // the step's rows and queries are written
+  pdl_launch_dependents();  // the attention kernel may start its lookups and copies now
 
   // 1. Append.
   const T* src = rows + b * v.row_elems + first;
@@ -155,8 +158,8 @@ void decode_append_condense(const PagedView& v, const StepView& s, const DecodeS
           decode_append_condense_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
       LCA_CUDA_CHECK(attr);
     }
-    decode_append_condense_kernel<T><<<dim3(s.batch, sh.kv_heads), kThreads, smem, stream>>>(
-        v, s, sh, static_cast<const T*>(rows), static_cast<const T*>(queries), norm, params.key_mode, rope.theta);
+    launch_with_pdl(decode_append_condense_kernel<T>, dim3(s.batch, sh.kv_heads), kThreads, smem, stream, v, s, sh,
+                    static_cast<const T*>(rows), static_cast<const T*>(queries), norm, params.key_mode, rope.theta);
     LCA_CUDA_CHECK_LAUNCH("decode_append_condense");
   });
 }

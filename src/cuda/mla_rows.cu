@@ -138,7 +138,11 @@ __global__ void __launch_bounds__(kThreads)
                                     const double* inv_freq, double factor) {
   __shared__ float partial[kThreads / 32], cs[kMaxHalf], sn[kMaxHalf];
   const int64_t i = blockIdx.x, pos = positions != nullptr ? positions[i] : start + i;
+  // Positions are the step's (copied before the graph runs), so the fp64 rope
+  // table is computed before the wait for the products that make kv and q.
   rope_table_row(pos, inv_freq, factor, kv.dr / 2, cs, sn);
+  pdl_wait();
+  pdl_launch_dependents();
   kv_row(kv, i, cs, sn, partial);  // its __syncthreads makes the table visible to rope_query_row too
   rope_query_row(q, i, cs, sn);
 }
@@ -218,8 +222,8 @@ void mla_decode_rows(const void* kv, int64_t kv_stride, const void* bias, const 
   const RopeQueriesArgs r{static_cast<bf16*>(q), q_stride, static_cast<int>(heads), static_cast<int>(dn),
                           static_cast<int>(dr), interleaved, static_cast<bf16*>(q_abs), static_cast<int>(dc + dr),
                           nullptr, 0};
-  mla_kv_rows_rope_queries_kernel<<<static_cast<unsigned>(n), kThreads, 0, stream>>>(k, r, positions, 0, inv_freq,
-                                                                                       factor);
+  launch_with_pdl(mla_kv_rows_rope_queries_kernel, dim3(static_cast<unsigned>(n)), kThreads, 0, stream, k, r,
+                  positions, int64_t(0), inv_freq, factor);
   LCA_CUDA_CHECK_LAUNCH("mla_decode_rows");
 }
 

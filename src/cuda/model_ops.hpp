@@ -10,13 +10,22 @@ typedef struct CUstream_st* cudaStream_t;
 namespace lca::cuda::detail {
 
 // ---- One-row products of a batch-1 decode step (src/cuda/decode_linear.cu) ----
-// y [N] = alpha W [N, K] x [K] + beta y (W row-major, bf16 x and W, fp32 sums,
-// y bf16 or fp32 with y_f32). Launched with programmatic dependent launch: its
-// first weight loads overlap the kernel before it. Takes M == 1 row, K a
-// multiple of 8, x and W 16-byte aligned (decode_linear_fits); throws otherwise.
-bool decode_linear_fits(int64_t M, int64_t N, int64_t K, const void* x, const void* w);
-void decode_linear(int64_t N, int64_t K, const void* x, const void* w, void* y, float alpha, float beta, bool y_f32,
-                   cudaStream_t stream);
+// y [N] = alpha W x [K] + beta y, W [N, K] row-major (nn.Linear's, `nk`) or
+// [K, N] (`kn`); bf16 x and W, fp32 sums, y bf16 or fp32 (y_f32). A batch of
+// independent products: product b reads x + b x_stride and W + b w_stride and
+// writes y + b y_stride (element strides). Launched with programmatic
+// dependent launch: the first weight loads overlap the kernel before.
+// Takes one row (M == 1); nk: K a multiple of 8, x and W 16-byte aligned; kn:
+// N a multiple of 8, K <= 128, W 16-byte aligned; strides of x and W
+// multiples of 8 (decode_linear_fits). decode_linear throws otherwise.
+enum class WeightLayout { nk, kn };
+struct LinearBatch {
+  int64_t count = 1, x_stride = 0, w_stride = 0, y_stride = 0;
+};
+bool decode_linear_fits(WeightLayout layout, int64_t M, int64_t N, int64_t K, const void* x, const void* w,
+                        const LinearBatch& batch = {});
+void decode_linear(WeightLayout layout, int64_t N, int64_t K, const void* x, const void* w, void* y, float alpha,
+                   float beta, bool y_f32, cudaStream_t stream, const LinearBatch& batch = {});
 
 // out[i, :] = table[tokens[i], :] for i < n; table [vocab, d] bf16.
 void embed_rows(const void* table, const int64_t* tokens, int64_t n, int64_t d, void* out, cudaStream_t stream);

@@ -233,8 +233,12 @@ struct MlaLayers::Impl {
             int64_t ldw, int64_t sw, void* Y, int64_t ldy, int64_t sy, int64_t batch, float alpha, float beta,
             bool y_f32 = false) {
     if (M == 0) return;
-    if (decoding && opt.one_row_products && batch == 1 && w_nk && ldw == K && decode_linear_fits(M, N, K, X, W))
-      return decode_linear(N, K, X, W, Y, alpha, beta, y_f32, stream);  // a batch-1 decode step
+    if (decoding && opt.one_row_products && M == 1) {  // a batch-1 decode step
+      const LinearBatch lb{batch, sx, sw, sy};
+      const WeightLayout layout = w_nk ? WeightLayout::nk : WeightLayout::kn;
+      if (ldw == (w_nk ? K : N) && decode_linear_fits(layout, M, N, K, X, W, lb))
+        return decode_linear(layout, N, K, X, W, Y, alpha, beta, y_f32, stream, lb);
+    }
     LCA_CUBLAS_OK("GpuSession (MLA)",
                   cublasGemmStridedBatchedEx(blas, w_nk ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(N),
                                              static_cast<int>(M), static_cast<int>(K), &alpha, W, CUDA_R_16BF,

@@ -241,8 +241,8 @@ struct GpuSession::Impl {
   void gemm(int64_t M, int64_t N, int64_t K, const void* X, const void* W, void* Y, bool accumulate,
             bool y_f32 = false, float alpha = 1.f) {
     const float beta = accumulate ? 1.f : 0.f;
-    if (decoding && opt.one_row_products && detail::decode_linear_fits(M, N, K, X, W))  // a batch-1 decode step
-      return detail::decode_linear(N, K, X, W, Y, alpha, beta, y_f32, stream);
+    if (decoding && opt.one_row_products && detail::decode_linear_fits(detail::WeightLayout::nk, M, N, K, X, W))
+      return detail::decode_linear(detail::WeightLayout::nk, N, K, X, W, Y, alpha, beta, y_f32, stream);  // batch 1
     LCA_CUBLAS_OK("GpuSession", cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(N), static_cast<int>(M),
                                              static_cast<int>(K), &alpha, W, CUDA_R_16BF, static_cast<int>(K), X,
                                              CUDA_R_16BF, static_cast<int>(K), &beta, Y,
