@@ -11,7 +11,7 @@
 // while that kernel (a norm, the attention's combine, swiglu) still runs.
 //
 // Tile plans (no shared memory but the kn reduction's 8 KB):
-// - W [N, K] (nn.Linear's layout): a warp per output row, 8 warps a block;
+// - W [N, K] (nn.Linear's layout): a warp per output row, 2 warps a block;
 //   lane l takes the row's 16-byte pieces l, l + 32, ..., kWu of them in
 //   flight, x's matching pieces from L1; a shuffle reduction; lane 0 writes.
 // - W [K, N] (MLA's W_UK^T applied to q): a block per 256 output columns of a
@@ -24,7 +24,9 @@
 namespace lca::cuda::detail {
 namespace {
 
-constexpr int kWarps = 8, kThreads = 32 * kWarps, kWu = 8, kKnRows = 16;
+// nk: two warps a block, so that a few hundred rows spread evenly over the
+// SMs (blocks of eight left 2560 rows on 2-3 blocks an SM). kn: eight warps.
+constexpr int kNkWarps = 2, kWarps = 8, kThreads = 32 * kWarps, kWu = 8, kKnRows = 16;
 
 __device__ __forceinline__ uint4 load_stream(const uint4* p) {  // read once: do not keep in L1
   uint4 v;
@@ -69,8 +71,8 @@ struct Args {
 };
 
 template <bool kYf32>
-__global__ void __launch_bounds__(kThreads) decode_linear_nk_kernel(Args a) {
-  const int lane = threadIdx.x % 32, row = blockIdx.x * kWarps + threadIdx.x / 32, pieces = a.k / 8;
+__global__ void __launch_bounds__(32 * kNkWarps) decode_linear_nk_kernel(Args a) {
+  const int lane = threadIdx.x % 32, row = blockIdx.x * kNkWarps + threadIdx.x / 32, pieces = a.k / 8;
   const auto* x = reinterpret_cast<const uint4*>(a.x + blockIdx.y * a.x_stride);
   const auto* wrow = reinterpret_cast<const uint4*>(a.w + blockIdx.y * a.w_stride) +
                      static_cast<int64_t>(min(row, a.n - 1)) * pieces;
@@ -167,9 +169,9 @@ void decode_linear(WeightLayout layout, int64_t N, int64_t K, const void* x, con
                beta};
   const unsigned count = static_cast<unsigned>(batch.count);
   if (layout == WeightLayout::nk) {
-    const dim3 grid(static_cast<unsigned>((N + kWarps - 1) / kWarps), count);
-    launch_with_pdl(y_f32 ? decode_linear_nk_kernel<true> : decode_linear_nk_kernel<false>, grid, kThreads, 0, stream,
-                    a);
+    const dim3 grid(static_cast<unsigned>((N + kNkWarps - 1) / kNkWarps), count);
+    launch_with_pdl(y_f32 ? decode_linear_nk_kernel<true> : decode_linear_nk_kernel<false>, grid, 32 * kNkWarps, 0,
+                    stream, a);
   } else {
     const dim3 grid(static_cast<unsigned>((N + 255) / 256), count);
     launch_with_pdl(y_f32 ? decode_linear_kn_kernel<true> : decode_linear_kn_kernel<false>, grid, kThreads, 0, stream,

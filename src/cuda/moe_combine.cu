@@ -32,6 +32,8 @@ __device__ __forceinline__ void add_scaled(float (&acc)[kCols], const uint4& v, 
 __global__ void __launch_bounds__(kThreads)
     moe_combine_kernel(bf16* x, const bf16* y, const int32_t* position, const float* weight, int per_token,
                        int64_t d) {
+  pdl_wait();  // launched with programmatic dependent launch: only the launch overlaps the kernel before
+  pdl_launch_dependents();
   const int64_t t = blockIdx.x;
   const int64_t col = (int64_t(blockIdx.y) * kThreads + threadIdx.x) * kCols;
   if (col >= d) return;
@@ -67,8 +69,8 @@ void moe_combine(void* x, const void* y, const int32_t* position, const float* w
   LCA_CHECK(reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0,
             "moe_combine: x and y must be 16-byte aligned");
   const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>((d / kCols + kThreads - 1) / kThreads));
-  moe_combine_kernel<<<grid, kThreads, 0, stream>>>(static_cast<bf16*>(x), static_cast<const bf16*>(y), position,
-                                                    weight, per_token, d);
+  launch_with_pdl(moe_combine_kernel, grid, kThreads, 0, stream, static_cast<bf16*>(x), static_cast<const bf16*>(y),
+                  position, weight, per_token, d);
   LCA_CUDA_CHECK_LAUNCH("moe_combine");
 }
 

@@ -20,6 +20,8 @@ __global__ void __launch_bounds__(kThreads)
     moe_dispatch_kernel(const int32_t* expert, int64_t pairs, int per_token, int experts, int tile_rows,
                         int32_t* offsets, int32_t* tile_offsets, int32_t* position, int32_t* token_of) {
   extern __shared__ int32_t dispatch_smem[];
+  pdl_wait();  // launched with programmatic dependent launch: only the launch overlaps the kernel before
+  pdl_launch_dependents();
   int32_t* count = dispatch_smem;
   int32_t* cursor = dispatch_smem + experts;
   for (int e = threadIdx.x; e < experts; e += kThreads) count[e] = 0;
@@ -52,8 +54,8 @@ void moe_dispatch(const int32_t* expert, int64_t pairs, int per_token, int exper
   if (pairs == 0) return;
   const size_t smem = 2 * size_t(experts) * sizeof(int32_t);
   LCA_CHECK(smem <= 48 * 1024, "moe_dispatch: experts ", experts, " exceed the shared memory of the counting sort");
-  moe_dispatch_kernel<<<1, kThreads, smem, stream>>>(expert, pairs, per_token, experts, tile_rows, offsets,
-                                                     tile_offsets, position, token_of);
+  launch_with_pdl(moe_dispatch_kernel, dim3(1), kThreads, smem, stream, expert, pairs, per_token, experts, tile_rows,
+                  offsets, tile_offsets, position, token_of);
   LCA_CUDA_CHECK_LAUNCH("moe_dispatch");
 }
 

@@ -65,6 +65,8 @@ __global__ void __launch_bounds__(kThreads) moe_grouped_gemm_kernel(GemmArgs g) 
   bf16* const sA = smem;                  // [kStages][TM * AS]
   bf16* const sB = smem + kStages * TM * AS;  // [kStages][TN * AS]
 
+  pdl_wait();  // launched with programmatic dependent launch: only the launch overlaps the kernel before
+  pdl_launch_dependents();
   const int tile = blockIdx.x;
   if (tile >= g.tile_offsets[g.experts]) return;
   int lo = 0, hi = g.experts - 1;  // the last expert whose first tile is <= tile: one with rows
@@ -205,7 +207,7 @@ void launch(const GemmArgs& g, int64_t pairs, const char* what, cudaStream_t str
     return true;
   }();
   (void)sized;
-  moe_grouped_gemm_kernel<kSwiglu><<<grid, kThreads, kSmemBytes, stream>>>(g);
+  launch_with_pdl(moe_grouped_gemm_kernel<kSwiglu>, grid, kThreads, kSmemBytes, stream, g);
   LCA_CUDA_CHECK_LAUNCH(what);
 }
 

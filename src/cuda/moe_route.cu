@@ -51,6 +51,8 @@ __device__ int warp_argmax(const double* v, int n) {
 __global__ void moe_route_kernel(const float* logits, const float* bias, int64_t rows, MoeRoutingArgs a,
                                  int32_t* expert, float* weight) {
   extern __shared__ double route_smem[];
+  pdl_wait();  // launched with programmatic dependent launch: only the launch overlaps the kernel before
+  pdl_launch_dependents();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t t = blockIdx.x * int64_t(blockDim.x / 32) + warp;
   if (t >= rows) return;  // whole warps only: the kernel synchronises warps, never the block
@@ -135,8 +137,8 @@ void moe_route(const float* logits, const float* bias, int64_t rows, const MoeRo
             " bytes of shared memory per token, more than 48 KB");
   const int warps = static_cast<int>(std::min<size_t>(kMaxWarps, 48 * 1024 / per_warp));
   const int64_t blocks = (rows + warps - 1) / warps;
-  moe_route_kernel<<<static_cast<unsigned>(blocks), warps * 32, warps * per_warp, stream>>>(logits, bias, rows, args,
-                                                                                           expert, weight);
+  launch_with_pdl(moe_route_kernel, dim3(static_cast<unsigned>(blocks)), warps * 32, warps * per_warp, stream, logits,
+                  bias, rows, args, expert, weight);
   LCA_CUDA_CHECK_LAUNCH("moe_route");
 }
 

@@ -8,6 +8,8 @@ namespace lca::cuda::detail {
 namespace {
 
 __global__ void pack_gqa_rows_kernel(const int4* k, const int4* v, int hkv, int vecs_per_head, int4* rows) {
+  pdl_wait();  // launched with programmatic dependent launch: only the launch overlaps the kernel before
+  pdl_launch_dependents();
   const int64_t i = blockIdx.x;
   const int per_token = hkv * vecs_per_head;
   for (int c = threadIdx.x; c < 2 * per_token; c += blockDim.x) {
@@ -23,9 +25,9 @@ __global__ void pack_gqa_rows_kernel(const int4* k, const int4* v, int hkv, int 
 void pack_gqa_rows(const void* k, const void* v, int64_t n, int64_t hkv, int64_t d, void* rows, cudaStream_t stream) {
   if (n == 0) return;
   LCA_CHECK(d % 8 == 0, "pack_gqa_rows: head dim must be a multiple of 8, got ", d);
-  pack_gqa_rows_kernel<<<static_cast<unsigned>(n), 128, 0, stream>>>(
-      static_cast<const int4*>(k), static_cast<const int4*>(v), static_cast<int>(hkv), static_cast<int>(d / 8),
-      static_cast<int4*>(rows));
+  launch_with_pdl(pack_gqa_rows_kernel, dim3(static_cast<unsigned>(n)), 128, 0, stream, static_cast<const int4*>(k),
+                  static_cast<const int4*>(v), static_cast<int>(hkv), static_cast<int>(d / 8),
+                  static_cast<int4*>(rows));
   LCA_CUDA_CHECK_LAUNCH("pack_gqa_rows");
 }
 

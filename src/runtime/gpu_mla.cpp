@@ -314,7 +314,7 @@ struct MlaLayers::Impl {
       const void* hr = bf(static_cast<const void*>(hs), r0 * D);
       void* xr = bf(x, r0 * D);
       if (L.moe) {  // DeepSeek: residual_scale is 1
-        L.moe->forward(hr, rows_n, xr, *moe_ws, stream, blas);
+        L.moe->forward(hr, rows_n, xr, *moe_ws, stream, blas, decoding && opt.one_row_products);
       } else {
         linear(rows_n, 2 * F, D, hr, L.w_gate_up, gate_up_buf);
         swiglu(gate_up_buf, rows_n, F, act_buf, stream);

@@ -312,7 +312,7 @@ void gemm(cublasHandle_t blas, int64_t M, int64_t N, int64_t K, const void* X, c
 }  // namespace
 
 void GpuMoe::forward(const void* h, int64_t rows, void* x, MoeWorkspace& ws, cudaStream_t stream,
-                     cublasHandle_t blas) const {
+                     cublasHandle_t blas, bool one_row) const {
   const char* where = "GpuMoe::forward";
   const Impl& m = *impl_;
   MoeWorkspace::Impl& w = *ws.impl_;
@@ -329,7 +329,10 @@ void GpuMoe::forward(const void* h, int64_t rows, void* x, MoeWorkspace& ws, cud
   const int64_t C = m.sizes.per_token + m.sizes.shared_units, P = rows * C;  // routed and shared pairs
   const int experts = static_cast<int>(E + m.sizes.shared_units);
 
-  gemm(blas, rows, E, D, h, m.router.as(), w.logits.as(), true);
+  if (one_row && rows == 1 && detail::decode_linear_fits(detail::WeightLayout::nk, 1, E, D, h, m.router.as()))
+    detail::decode_linear(detail::WeightLayout::nk, E, D, h, m.router.as(), w.logits.as(), 1.f, 0.f, true, stream);
+  else
+    gemm(blas, rows, E, D, h, m.router.as(), w.logits.as(), true);
   detail::moe_route(w.logits.as<float>(), m.router_bias ? m.router_bias.as<float>() : nullptr, rows, m.routing,
                     w.expert.as<int32_t>(), w.weight.as<float>(), stream);
   detail::moe_dispatch(w.expert.as<int32_t>(), P, static_cast<int>(C), experts, detail::kMoeTileRows,
