@@ -159,7 +159,7 @@ void expect_rows_match(const std::vector<uint16_t>& got, const Tensor<float>& x0
 // against model::moe on h of that many rows.
 void check_against_cpu(const MoeCase& c, const LayerWeights& lw, const std::vector<int64_t>& row_counts,
                        const std::function<Tensor<float>(int64_t rows)>& make_h, Rng& rng,
-                       int64_t blas_min_rows = 0) {
+                       int64_t blas_min_rows = 0, bool one_row = false) {
   const MlaArch arch = arch_of(c);
   const GpuMoe moe = GpuMoe::upload(arch, lw, c.D);
   const int64_t cap = *std::max_element(row_counts.begin(), row_counts.end());
@@ -177,7 +177,7 @@ void check_against_cpu(const MoeCase& c, const LayerWeights& lw, const std::vect
     const std::vector<uint16_t> hb = to_bf16(h);
     ASSERT_EQ(cudaMemcpy(h_dev.ptr, hb.data(), hb.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
     ASSERT_NO_FATAL_FAILURE(load_x(x_dev.ptr, x0, rows, cap, c.D));
-    moe.forward(h_dev.ptr, rows, x_dev.ptr, ws, gpu.stream, gpu.blas);
+    moe.forward(h_dev.ptr, rows, x_dev.ptr, ws, gpu.stream, gpu.blas, one_row);
     ASSERT_EQ(cudaStreamSynchronize(gpu.stream), cudaSuccess);
     expect_rows_match(read_x(x_dev.ptr, cap, c.D), x0, want, rows, cap, c.D);
   }
@@ -274,6 +274,28 @@ TEST(GpuMoe, PerExpertBlasPathMatchesCpu) {
   uneven.D = 136, uneven.E = 16, uneven.K = 4, uneven.F = 72, uneven.shared = 0, uneven.n_group = 4;
   uneven.topk_group = 2, uneven.scaling = 1.5;
   check_random_case(uneven, 113, 8);
+}
+
+// A batch-1 decode step's path (one_row: decode_linear products of the chosen
+// experts, no dispatch) for one row, between forwards of 7 rows (the grouped
+// kernels) on the same workspace: shared units with group-limited routing,
+// V3 routing without shared experts and with tails (D = 136, F = 72).
+TEST(GpuMoe, OneRowDecodePathMatchesCpu) {
+  REQUIRE_GPU();
+  MoeCase c;
+  c.routing = MoeRouting::softmax_group_limited;
+  c.K = 3, c.shared = 2, c.n_group = 4, c.topk_group = 2, c.scaling = 16.0;
+  MoeCase uneven;
+  uneven.routing = MoeRouting::sigmoid_noaux_tc;
+  uneven.D = 136, uneven.E = 16, uneven.K = 4, uneven.F = 72, uneven.shared = 0, uneven.n_group = 4;
+  uneven.topk_group = 2, uneven.scaling = 1.5;
+  uint64_t seed = 114;
+  for (const MoeCase& k : {MoeCase{}, c, uneven}) {
+    Rng rng(seed++);
+    const LayerWeights lw = random_moe_layer(k, rng);
+    check_against_cpu(k, lw, {1, 7, 1, 1}, [&](int64_t rows) { return bf16_randn({rows, k.D}, rng, 1.0); }, rng, 0,
+                      true);
+  }
 }
 
 // The experts' row counts after a forward: every token in each shared unit,

@@ -67,6 +67,7 @@ struct Args {
   void* y;
   int n, k;
   int64_t x_stride, w_stride, y_stride;
+  const int32_t* w_index;
   float alpha, beta;
 };
 
@@ -74,13 +75,15 @@ template <bool kYf32>
 __global__ void __launch_bounds__(32 * kNkWarps) decode_linear_nk_kernel(Args a) {
   const int lane = threadIdx.x % 32, row = blockIdx.x * kNkWarps + threadIdx.x / 32, pieces = a.k / 8;
   const auto* x = reinterpret_cast<const uint4*>(a.x + blockIdx.y * a.x_stride);
-  const auto* wrow = reinterpret_cast<const uint4*>(a.w + blockIdx.y * a.w_stride) +
-                     static_cast<int64_t>(min(row, a.n - 1)) * pieces;
+  if (a.w_index != nullptr) pdl_wait();  // the kernel before chose the weights
+  const int64_t wb = a.w_index != nullptr ? a.w_index[blockIdx.y] : blockIdx.y;
+  const auto* wrow =
+      reinterpret_cast<const uint4*>(a.w + wb * a.w_stride) + static_cast<int64_t>(min(row, a.n - 1)) * pieces;
   uint4 wv[kWu];
 #pragma unroll
   for (int u = 0; u < kWu; ++u)
     if (lane + 32 * u < pieces) wv[u] = load_stream(wrow + lane + 32 * u);
-  pdl_wait();  // x (and y, when beta != 0) come from the kernels before
+  if (a.w_index == nullptr) pdl_wait();  // x (and y, when beta != 0) come from the kernels before
   pdl_launch_dependents();
   float acc = 0.f;
   for (int j = 0; 32 * j < pieces; j += kWu) {
@@ -149,7 +152,7 @@ bool decode_linear_fits(WeightLayout layout, int64_t M, int64_t N, int64_t K, co
   const bool common = M == 1 && N >= 1 && N < big && K >= 1 && K < big && batch.count >= 1 &&
                       batch.count <= 65535 && aligned16(w) && batch.w_stride % 8 == 0;
   if (layout == WeightLayout::nk) return common && K % 8 == 0 && aligned16(x) && batch.x_stride % 8 == 0;
-  return common && N % 8 == 0 && K <= kWarps * kKnRows;
+  return common && N % 8 == 0 && K <= kWarps * kKnRows && batch.w_index == nullptr;
 }
 
 void decode_linear(WeightLayout layout, int64_t N, int64_t K, const void* x, const void* w, void* y, float alpha,
@@ -165,6 +168,7 @@ void decode_linear(WeightLayout layout, int64_t N, int64_t K, const void* x, con
                batch.x_stride,
                batch.w_stride,
                batch.y_stride,
+               batch.w_index,
                alpha,
                beta};
   const unsigned count = static_cast<unsigned>(batch.count);

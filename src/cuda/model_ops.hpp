@@ -21,6 +21,10 @@ namespace lca::cuda::detail {
 enum class WeightLayout { nk, kn };
 struct LinearBatch {
   int64_t count = 1, x_stride = 0, w_stride = 0, y_stride = 0;
+  // nk only: product b's W at w + w_index[b] w_stride (device ints that the
+  // kernel before writes, such as MoE's chosen experts; read after the wait,
+  // so such a product loads no weights early).
+  const int32_t* w_index = nullptr;
 };
 bool decode_linear_fits(WeightLayout layout, int64_t M, int64_t N, int64_t K, const void* x, const void* w,
                         const LinearBatch& batch = {});

@@ -33,6 +33,8 @@ __global__ void moe_gather_rows_kernel(const uint4* h, const int32_t* token_of, 
 
 // gate_up rows of 2f: columns 16 j .. 16 j + 7 gate columns 8 j .., the next 8 the up columns.
 __global__ void moe_swiglu_interleaved_kernel(const uint4* gate_up, int64_t rows, int64_t blocks_per_row, uint4* act) {
+  pdl_wait();  // launched with programmatic dependent launch: only the launch overlaps the kernel before
+  pdl_launch_dependents();
   const int64_t n = rows * blocks_per_row;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const uint4 g = gate_up[2 * i], u = gate_up[2 * i + 1];
@@ -62,8 +64,8 @@ void moe_gather_rows(const void* h, const int32_t* token_of, int64_t rows, int64
 void moe_swiglu_interleaved(const void* gate_up, int64_t rows, int64_t f, void* act, cudaStream_t stream) {
   if (rows == 0) return;
   LCA_CHECK(f % 8 == 0, "moe_swiglu_interleaved: f must be a multiple of 8, got ", f);
-  moe_swiglu_interleaved_kernel<<<blocks_for(rows * f / 8), kThreads, 0, stream>>>(
-      static_cast<const uint4*>(gate_up), rows, f / 8, static_cast<uint4*>(act));
+  launch_with_pdl(moe_swiglu_interleaved_kernel, dim3(blocks_for(rows * f / 8)), kThreads, 0, stream,
+                  static_cast<const uint4*>(gate_up), rows, f / 8, static_cast<uint4*>(act));
   LCA_CUDA_CHECK_LAUNCH("moe_swiglu_interleaved");
 }
 
