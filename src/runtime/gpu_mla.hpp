@@ -72,7 +72,6 @@ std::unique_ptr<MlaWeights> random_mla(const ModelConfig& c, uint64_t seed);
 // The model's MTLA hyper-networks into w (nothing when it holds none).
 void upload_mtla(const Model& model, MlaWeights& w);
 
-// One session's MLA layers: the decode buffers (max_seqs rows) and the loops.
 // Sets a flag for a scope (a decode step's launches): products of one row
 // then go to decode_linear, prefill keeps cuBLAS (its chunkings stay
 // comparable: a different summation order can break an anchor's near-tie).
@@ -84,6 +83,7 @@ struct DecodingScope {
   DecodingScope& operator=(const DecodingScope&) = delete;
 };
 
+// One session's MLA layers: the decode buffers (max_seqs rows) and the loops.
 class MlaLayers {
  public:
   MlaLayers(const ModelConfig& c, const MlaWeights& w, const GpuSessionOptions& opt, cudaStream_t stream,
