@@ -91,9 +91,19 @@ __device__ __forceinline__ void pdl_wait() {
 #endif
 }
 
+// Whether the current device takes programmatic dependent launch (sm_90 on);
+// elsewhere launch_with_pdl launches plainly and pdl_wait compiles to nothing.
+inline bool device_has_pdl() {
+  int dev = 0, major = 0;
+  LCA_CUDA_CHECK(cudaGetDevice(&dev));
+  LCA_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  return major >= 9;
+}
+
 template <class... KernelArgs, class... Args>
 void launch_with_pdl(void (*kernel)(KernelArgs...), dim3 grid, int threads, size_t smem, cudaStream_t stream,
                      Args&&... args) {
+  static const bool pdl = device_has_pdl();
   cudaLaunchAttribute attr;
   attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr.val.programmaticStreamSerializationAllowed = 1;
@@ -103,7 +113,7 @@ void launch_with_pdl(void (*kernel)(KernelArgs...), dim3 grid, int threads, size
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
   cfg.attrs = &attr;
-  cfg.numAttrs = 1;
+  cfg.numAttrs = pdl ? 1 : 0;
   LCA_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
 }
 
