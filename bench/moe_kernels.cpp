@@ -1,8 +1,9 @@
 // bench/moe_kernels: one DeepSeek-V2-Lite-shaped MoE layer (GpuMoe::random:
 // hidden 2048, 64 routed experts of 1408, top-6, 2 shared experts as two
 // always-chosen units of 1408) through GpuMoe::forward at 1, 8 and 32 rows
-// (decode: the forward captured in a CUDA graph and replayed) and 128 to 8192
-// rows (prefill chunks: plain launches). Beside it, at every row count, the
+// (decode: the forward captured in a CUDA graph and replayed; at 1 row also
+// the batch-1 decode step's one-row path) and 128 to 8192 rows (prefill
+// chunks: plain launches). Beside it, at every row count, the
 // per-expert cuBLAS path (MoeWorkspace blas_min_rows 1: one GEMM per expert
 // with rows for gate and up, one for down; plain launches, one host
 // synchronisation each), so that measurement decides where it should take
@@ -118,6 +119,16 @@ int main(int argc, char** argv) {
       rows_out.push_back(measure(grouped_ws, rows, "grouped, graph", ms));
       cudaGraphExecDestroy(exec);
       cudaGraphDestroy(graph);
+      if (rows == 1) {  // a batch-1 decode step's path: one-row products of the chosen experts
+        CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+        moe.forward(h, rows, x, grouped_ws, stream, blas, true);
+        CHECK(cudaStreamEndCapture(stream, &graph));
+        CHECK(cudaGraphInstantiate(&exec, graph, 0));
+        const double one_ms = median_ms([&] { CHECK(cudaGraphLaunch(exec, stream)); }, reps, 5, stream);
+        rows_out.push_back(measure(grouped_ws, rows, "one-row, graph", one_ms));
+        cudaGraphExecDestroy(exec);
+        cudaGraphDestroy(graph);
+      }
     } else {
       const double ms = median_ms([&] { forward(grouped_ws); }, reps, 5, stream);
       rows_out.push_back(measure(grouped_ws, rows, "grouped", ms));
