@@ -11,6 +11,9 @@
 // expert is marked NaN so that it never wins again. Lane 0 writes the weights:
 // score / (sum of the chosen scores + 1e-20, V3 with norm_topk_prob) *
 // routed_scaling; then the shared units, experts E .. E + S - 1 of weight 1.
+// Softmax greedy routing (V2) over at most 64 experts skips the rounds: each
+// lane ranks its two experts' scores against all 64 at once (a batch-1 step
+// waits on this kernel; the rounds of argmax made it ~5 us).
 // Shared memory: (2 E + n_group) doubles per warp.
 #include <algorithm>
 #include <climits>
@@ -61,6 +64,30 @@ __global__ void moe_route_kernel(const float* logits, const float* bias, int64_t
   double* choice = score + E;
   double* group_score = choice + E;
   const float* z = logits + t * E;
+  int32_t* out_e = expert + t * (K + a.shared_units);
+  float* out_w = weight + t * (K + a.shared_units);
+
+  if (a.routing == 0 && E <= 64) {  // softmax greedy: every choice's rank at once, no rounds of argmax
+    // The same fp64 scores as below; rank = higher scores + equal ones of
+    // smaller index (NaN below every score: it never wins).
+    const float z0 = lane < E ? z[lane] : -INFINITY, z1 = lane + 32 < E ? z[lane + 32] : -INFINITY;
+    const float top = warp_max(fmaxf(z0, z1));
+    const double e0 = lane < E ? exp(static_cast<double>(z0) - static_cast<double>(top)) : 0.0;
+    const double e1 = lane + 32 < E ? exp(static_cast<double>(z1) - static_cast<double>(top)) : 0.0;
+    const double sum = warp_sum_f64(e0 + e1);  // the loop below adds each lane's two in this order too
+    const double s0 = e0 / sum, s1 = e1 / sum;
+    const double k0 = lane < E && !isnan(s0) ? s0 : -1.0, k1 = lane + 32 < E && !isnan(s1) ? s1 : -1.0;
+    int r0 = 0, r1 = 0;
+    for (int j = 0; j < E; ++j) {
+      const double kj = __shfl_sync(0xffffffffu, j < 32 ? k0 : k1, j % 32);
+      r0 += kj > k0 || (kj == k0 && j < lane);
+      r1 += kj > k1 || (kj == k1 && j < lane + 32);
+    }
+    if (lane < E && r0 < K) out_e[r0] = lane, out_w[r0] = static_cast<float>(s0 / 1.0 * a.routed_scaling);
+    if (lane + 32 < E && r1 < K) out_e[r1] = lane + 32, out_w[r1] = static_cast<float>(s1 / 1.0 * a.routed_scaling);
+    for (int i = lane; i < a.shared_units; i += 32) out_e[K + i] = E + i, out_w[K + i] = 1.f;
+    return;
+  }
 
   if (a.routing == 2) {
     for (int e = lane; e < E; e += 32) {
@@ -102,8 +129,6 @@ __global__ void moe_route_kernel(const float* logits, const float* bias, int64_t
     __syncwarp();
   }
 
-  int32_t* out_e = expert + t * (K + a.shared_units);
-  float* out_w = weight + t * (K + a.shared_units);
   for (int k = 0; k < K; ++k) {
     const int e = warp_argmax(choice, E);
     __syncwarp();
