@@ -11,7 +11,8 @@
 // weights a forward touches (the router, the distinct routed experts with
 // rows, the shared units), from the routing read back after the timed runs;
 // TFLOP/s the products' 2 (pairs 3 F D + rows E D). The copy bandwidth is
-// measured in the same run. Prints a table; `--json FILE` writes JSON.
+// measured in the same run. Prints a table; `--json FILE` writes JSON;
+// `--stages` times the one-row path stage by stage instead.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -25,6 +26,7 @@
 
 #include "bench_util.hpp"
 #include "cuda/model_ops.hpp"
+#include "cuda/moe.hpp"
 #include "lca/cuda.hpp"
 #include "lca/model_config.hpp"
 #include "model/mla.hpp"
@@ -45,22 +47,92 @@ struct Row {
   int64_t routed_experts = 0;
 };
 
+// `--stages`: the batch-1 decode step's one-row MoE path stage by stage: graphs
+// of 26 layers' worth (DeepSeek-V2-Lite's MoE layers) of the path cut after
+// each stage, each after an RMSNorm as in a layer; the differences are each
+// stage's cost. Random weights of the layer's sizes, routing softmax greedy.
+int one_row_stages(int64_t D, int64_t E, int64_t F, int64_t K, int64_t S) {
+  namespace d = lca::cuda::detail;
+  const int64_t C = K + S;
+  const int layers = 26;
+  void *router, *gate_up, *down, *h, *x, *logits, *expert, *weight, *gu, *act, *y, *ident;
+  CHECK(cudaMalloc(&router, E * D * 2));
+  CHECK(cudaMalloc(&gate_up, (E + S) * 2 * F * D * 2));
+  CHECK(cudaMalloc(&down, (E + S) * D * F * 2));
+  CHECK(cudaMalloc(&h, D * 2));
+  CHECK(cudaMalloc(&x, D * 2));
+  CHECK(cudaMalloc(&logits, E * 4));
+  CHECK(cudaMalloc(&expert, C * 4));
+  CHECK(cudaMalloc(&weight, C * 4));
+  CHECK(cudaMalloc(&gu, C * 2 * F * 2));
+  CHECK(cudaMalloc(&act, C * F * 2));
+  CHECK(cudaMalloc(&y, C * D * 2));
+  CHECK(cudaMalloc(&ident, C * 4));
+  std::vector<int32_t> id(static_cast<size_t>(C));
+  for (int64_t i = 0; i < C; ++i) id[static_cast<size_t>(i)] = static_cast<int32_t>(i);
+  CHECK(cudaMemcpy(ident, id.data(), C * 4, cudaMemcpyHostToDevice));
+  fill_random(router, E * D * 2, 1);
+  fill_random(gate_up, (E + S) * 2 * F * D * 2, 2);
+  fill_random(down, (E + S) * D * F * 2, 3);
+  fill_random(x, D * 2, 5);
+  d::MoeRoutingArgs ra;
+  ra.experts = static_cast<int>(E), ra.per_token = static_cast<int>(K), ra.shared_units = static_cast<int>(S);
+  cudaStream_t st;
+  CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  auto* ex = static_cast<int32_t*>(expert);
+  const d::LinearBatch gate_up_batch{C, 0, 2 * F * D, 2 * F, ex}, down_batch{C, F, D * F, D, ex};
+  auto path = [&](int stages) {
+    d::rms_norm(x, router, 1, D, 1e-6, h, st);  // the kernel before, as in a layer
+    if (stages >= 1) d::decode_linear(d::WeightLayout::nk, E, D, h, router, logits, 1.f, 0.f, true, st);
+    if (stages >= 2)
+      d::moe_route(static_cast<float*>(logits), nullptr, 1, ra, ex, static_cast<float*>(weight), st);
+    if (stages >= 3) d::decode_linear(d::WeightLayout::nk, 2 * F, D, h, gate_up, gu, 1.f, 0.f, false, st, gate_up_batch);
+    if (stages >= 4) d::moe_swiglu_interleaved(gu, C, F, act, st);
+    if (stages >= 5) d::decode_linear(d::WeightLayout::nk, D, F, act, down, y, 1.f, 0.f, false, st, down_batch);
+    if (stages >= 6)
+      d::moe_combine(x, y, static_cast<int32_t*>(ident), static_cast<float*>(weight), 1, static_cast<int>(C), D, st);
+  };
+  path(2);  // a choice of experts before the graphs that cut it off
+  CHECK(cudaStreamSynchronize(st));
+  const char* names[] = {"rms_norm", "router", "route", "gate/up", "swiglu", "down", "combine"};
+  std::printf("one-row MoE path, per layer (graphs of %d layers):\n", layers);
+  double before = 0;
+  for (int k = 0; k <= 6; ++k) {
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    for (int l = 0; l < layers; ++l) path(k);
+    CHECK(cudaStreamEndCapture(st, &graph));
+    CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    const double us = median_ms([&] { CHECK(cudaGraphLaunch(exec, st)); }, 50, 3, st) * 1e3 / layers;
+    std::printf("  %-9s %7.1f us (+%.1f)\n", names[k], us, us - before);
+    before = us;
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
   std::string json;
+  bool stages = false;
   for (int i = 1; i < argc; ++i) {
     if (std::string(argv[i]) == "--json" && i + 1 < argc) {
       json = argv[++i];
+    } else if (std::string(argv[i]) == "--stages") {
+      stages = true;
     } else {
-      std::fprintf(stderr, "usage: %s [--json FILE]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--json FILE] [--stages]\n", argv[0]);
       return 2;
     }
   }
   const lca::ModelConfig cfg = lca::preset_config("deepseek-v2-lite");
   const lca::model::MlaArch arch = lca::model::mla_arch(cfg);
   const int64_t D = cfg.hidden_size, E = arch.experts, K = arch.per_token, F = arch.expert_size, S = arch.shared;
+  if (stages) return one_row_stages(D, E, F, K, S);
   const int64_t max_rows = 8192;
   const double bw = copy_gbps();
   std::printf("device: %s; copy bandwidth %.0f GB/s (read + write)\n", lca::cuda::device_name().c_str(), bw);
