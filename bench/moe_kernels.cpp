@@ -96,7 +96,7 @@ int one_row_stages(int64_t D, int64_t E, int64_t F, int64_t K, int64_t S) {
   CHECK(cudaStreamSynchronize(st));
   const char* names[] = {"rms_norm", "router", "route", "gate/up", "swiglu", "down", "combine"};
   std::printf("one-row MoE path, per layer (graphs of %d layers):\n", layers);
-  double before = 0;
+  double before = 0, after_swiglu = 0;
   for (int k = 0; k <= 6; ++k) {
     cudaGraph_t graph;
     cudaGraphExec_t exec;
@@ -107,9 +107,24 @@ int one_row_stages(int64_t D, int64_t E, int64_t F, int64_t K, int64_t S) {
     const double us = median_ms([&] { CHECK(cudaGraphLaunch(exec, st)); }, 50, 3, st) * 1e3 / layers;
     std::printf("  %-9s %7.1f us (+%.1f)\n", names[k], us, us - before);
     before = us;
+    if (k == 4) after_swiglu = us;
     cudaGraphExecDestroy(exec);
     cudaGraphDestroy(graph);
   }
+  // Down and combine in one kernel (moe_down_row), after the same first stages.
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+  for (int l = 0; l < layers; ++l) {
+    path(4);
+    if (!d::moe_down_row(act, down, ex, static_cast<float*>(weight), static_cast<int>(C), D, F, x, st)) return 1;
+  }
+  CHECK(cudaStreamEndCapture(st, &graph));
+  CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  const double us = median_ms([&] { CHECK(cudaGraphLaunch(exec, st)); }, 50, 3, st) * 1e3 / layers;
+  std::printf("  down and combine in one kernel: %.1f us (+%.1f after swiglu)\n", us, us - after_swiglu);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
   return 0;
 }
 

@@ -75,6 +75,29 @@ __device__ __forceinline__ int warp_softmax_argmax(float* scores, int g) {
   return best_i;
 }
 
+// A 16-byte load of data read once (a one-row product's weights): not kept in L1.
+__device__ __forceinline__ uint4 load_stream(const uint4* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+// The dot product of 8 bf16 pairs, in fp32.
+__device__ __forceinline__ float dot8(uint4 a, uint4 b) {
+  const __nv_bfloat162* x = reinterpret_cast<const __nv_bfloat162*>(&a);
+  const __nv_bfloat162* y = reinterpret_cast<const __nv_bfloat162*>(&b);
+  float s = 0.f;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 p = __bfloat1622float2(x[i]), q = __bfloat1622float2(y[i]);
+    s = fmaf(p.x, q.x, s);
+    s = fmaf(p.y, q.y, s);
+  }
+  return s;
+}
+
 // Programmatic dependent launch (sm_90): a kernel launched with
 // launch_with_pdl may start while the kernel before it still runs, once every
 // block of that one has called pdl_launch_dependents (or exited); it must call

@@ -28,27 +28,6 @@ namespace {
 // SMs (blocks of eight left 2560 rows on 2-3 blocks an SM). kn: eight warps.
 constexpr int kNkWarps = 2, kWarps = 8, kThreads = 32 * kWarps, kWu = 8, kKnRows = 16;
 
-__device__ __forceinline__ uint4 load_stream(const uint4* p) {  // read once: do not keep in L1
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
-
-__device__ __forceinline__ float dot8(uint4 a, uint4 b) {
-  const __nv_bfloat162* x = reinterpret_cast<const __nv_bfloat162*>(&a);
-  const __nv_bfloat162* y = reinterpret_cast<const __nv_bfloat162*>(&b);
-  float s = 0.f;
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 p = __bfloat1622float2(x[i]), q = __bfloat1622float2(y[i]);
-    s = fmaf(p.x, q.x, s);
-    s = fmaf(p.y, q.y, s);
-  }
-  return s;
-}
-
 template <bool kYf32>
 __device__ __forceinline__ void store(void* y, int64_t i, float v, float alpha, float beta) {
   if constexpr (kYf32) {

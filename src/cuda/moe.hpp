@@ -51,6 +51,15 @@ void moe_gemm_gate_up(const void* h, const int32_t* token_of, const void* w_gate
 void moe_gemm_down(const void* act, const void* w_down, const int32_t* offsets, const int32_t* tile_offsets,
                    int64_t pairs, int experts, int64_t d, int64_t f, void* y, cudaStream_t stream);
 
+// One token (a batch-1 decode step): x [d] += sum_c weight[c] W_down[expert[c]]
+// act[c] over its `pairs` choices (moe_route's, at least three launches
+// before: read before the wait), in fp32, x rounded once; w_down [E + S, d, f].
+// In place of the down products and moe_combine. Takes f a multiple of 8, at
+// most 2048, act and w_down 16-byte aligned: returns false (nothing launched)
+// otherwise.
+bool moe_down_row(const void* act, const void* w_down, const int32_t* expert, const float* weight, int pairs,
+                  int64_t d, int64_t f, void* x, cudaStream_t stream);
+
 // x[t] += sum_k weight[t * K + k] y[position[t * K + k]] over k < K =
 // per_token (here the routed and shared choices), in fp32 in the order of k,
 // rounded once to bf16; x, y bf16 rows of d, 16-byte aligned.

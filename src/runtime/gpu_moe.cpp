@@ -353,10 +353,13 @@ void GpuMoe::forward(const void* h, int64_t rows, void* x, MoeWorkspace& ws, cud
     detail::decode_linear(WeightLayout::nk, 2 * F, D, h, m.gate_up.as(), w.row_gate_up.as(), 1.f, 0.f, false, stream,
                           gate_up_batch);
     detail::moe_swiglu_interleaved(w.row_gate_up.as(), C, F, w.act.as(), stream);
-    detail::decode_linear(WeightLayout::nk, D, F, w.act.as(), m.down.as(), w.y.as(), 1.f, 0.f, false, stream,
-                          down_batch);
-    detail::moe_combine(x, w.y.as(), w.identity.as<int32_t>(), w.weight.as<float>(), 1, static_cast<int>(C), D,
-                        stream);
+    if (!detail::moe_down_row(w.act.as(), m.down.as(), w.expert.as<int32_t>(), w.weight.as<float>(),
+                              static_cast<int>(C), D, F, x, stream)) {
+      detail::decode_linear(WeightLayout::nk, D, F, w.act.as(), m.down.as(), w.y.as(), 1.f, 0.f, false, stream,
+                            down_batch);
+      detail::moe_combine(x, w.y.as(), w.identity.as<int32_t>(), w.weight.as<float>(), 1, static_cast<int>(C), D,
+                          stream);
+    }
     return;
   }
   gemm(blas, rows, E, D, h, m.router.as(), w.logits.as(), true);
