@@ -55,9 +55,10 @@ void moe_gemm_down(const void* act, const void* w_down, const int32_t* offsets, 
 // act[c] over its `pairs` choices (moe_route's, at least three launches
 // before: read before the wait), in fp32, x rounded once; w_down [E + S, d, f].
 // In place of the down products and moe_combine. Takes f a multiple of 8, at
-// most 2048, act and w_down 16-byte aligned: returns false (nothing launched)
+// most 2048, act and w_down 16-byte aligned (moe_down_row_fits); throws
 // otherwise.
-bool moe_down_row(const void* act, const void* w_down, const int32_t* expert, const float* weight, int pairs,
+bool moe_down_row_fits(int64_t f, const void* act, const void* w_down);
+void moe_down_row(const void* act, const void* w_down, const int32_t* expert, const float* weight, int pairs,
                   int64_t d, int64_t f, void* x, cudaStream_t stream);
 
 // x[t] += sum_k weight[t * K + k] y[position[t * K + k]] over k < K =

@@ -55,17 +55,20 @@ __global__ void __launch_bounds__(32 * kWarps)
 
 }  // namespace
 
-bool moe_down_row(const void* act, const void* w_down, const int32_t* expert, const float* weight, int pairs,
-                  int64_t d, int64_t f, void* x, cudaStream_t stream) {
+bool moe_down_row_fits(int64_t f, const void* act, const void* w_down) {
   const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  if (pairs < 1 || f % 8 != 0 || f / 8 > 32 * kMaxLoads || d < 1 || d > (int64_t(1) << 31) - 1 || !aligned(act) ||
-      !aligned(w_down))
-    return false;
+  return f >= 8 && f % 8 == 0 && f / 8 <= 32 * kMaxLoads && aligned(act) && aligned(w_down);
+}
+
+void moe_down_row(const void* act, const void* w_down, const int32_t* expert, const float* weight, int pairs,
+                  int64_t d, int64_t f, void* x, cudaStream_t stream) {
+  LCA_CHECK(moe_down_row_fits(f, act, w_down) && pairs >= 1 && d >= 1 && d < (int64_t(1) << 31),
+            "moe_down_row: f = ", f, " (a multiple of 8, at most ", 8 * 32 * kMaxLoads, "), pairs = ", pairs,
+            ", d = ", d, ", and 16-byte aligned act and w_down are required");
   launch_with_pdl(moe_down_row_kernel, dim3(static_cast<unsigned>(d)), 32 * kWarps, 0, stream,
                   static_cast<const uint4*>(act), static_cast<const uint4*>(w_down), expert, weight, pairs,
                   static_cast<int>(d), static_cast<int>(f / 8), static_cast<__nv_bfloat16*>(x));
   LCA_CUDA_CHECK_LAUNCH("moe_down_row");
-  return true;
 }
 
 }  // namespace lca::cuda::detail

@@ -13,9 +13,10 @@
 //    the rows of h gathered through the sort inside the GEMM.
 // 5. moe_gemm_down: y [pairs, D] = act W_d^T per expert.
 // 6. moe_combine: x[t] += sum_k weight_k y[pair t k], rounded once.
-// A batch-1 decode step (one_row) replaces 1 and 3-5 by decode_linear's
-// one-row products, the experts' weights picked through the choice itself,
-// and a SwiGLU over the interleaved gate and up outputs.
+// A batch-1 decode step (one_row) replaces 1, 3 and 4 by decode_linear's
+// one-row products (the experts' weights picked through the choice itself)
+// and a SwiGLU over the interleaved gate and up outputs, and 5 and 6 by one
+// kernel, moe_down_row.
 // The grouped GEMMs' grids are sized from `rows` (an upper bound on the row
 // tiles); the device offsets tell each CTA its expert or that it has none.
 // The per-expert cuBLAS path (workspace blas_min_rows, not while capturing)
@@ -111,12 +112,12 @@ struct MoeWorkspace::Impl {
   DeviceArray act, y;                              // [max_rows * C, F], [max_rows * C, D] bf16
   int64_t blas_min_rows = 0;
   DeviceArray gate_up;  // [max_rows * C, 2F] bf16, the cuBLAS path's (blas_min_rows > 0)
-  DeviceArray row_gate_up, identity;  // the one-row path's: [C, 2F] bf16; 0 .. C-1 (its pairs' rows in y)
+  DeviceArray row_gate_up;  // the one-row path's gate and up outputs, [C, 2F] bf16
   int64_t bytes() const {
     int64_t b = 0;
     for (const DeviceArray* p :
          {&logits, &expert, &weight, &position, &token_of, &offsets, &tile_offsets, &act, &y, &gate_up,
-          &row_gate_up, &identity})
+          &row_gate_up})
       b += *p ? p->bytes() : 0;
     return b;
   }
@@ -147,10 +148,6 @@ MoeWorkspace::MoeWorkspace(const MlaArch& arch, int64_t hidden, int64_t max_rows
   w.blas_min_rows = blas_min_rows;
   if (blas_min_rows > 0) w.gate_up = DeviceArray("MoE expert gate and up outputs", P * 2 * F * 2);
   w.row_gate_up = DeviceArray("MoE expert gate and up outputs", (w.sizes.per_token + S) * 2 * F * 2);
-  w.identity = DeviceArray("MoE one-row positions", (w.sizes.per_token + S) * 4);
-  std::vector<int32_t> identity(static_cast<size_t>(w.sizes.per_token + S));
-  for (size_t i = 0; i < identity.size(); ++i) identity[i] = static_cast<int32_t>(i);
-  LCA_CUDA_OK(where, cudaMemcpy(w.identity.as(), identity.data(), identity.size() * 4, cudaMemcpyHostToDevice));
   // Poison the float buffers (all-ones bytes are NaN in bf16 and fp32): a
   // forward that reads what it did not write shows as NaN in its output.
   for (const DeviceArray* p : {&w.logits, &w.weight, &w.act, &w.y, &w.gate_up, &w.row_gate_up})
@@ -339,27 +336,22 @@ void GpuMoe::forward(const void* h, int64_t rows, void* x, MoeWorkspace& ws, cud
   const int64_t C = m.sizes.per_token + m.sizes.shared_units, P = rows * C;  // routed and shared pairs
   const int experts = static_cast<int>(E + m.sizes.shared_units);
 
-  // A batch-1 decode step: the router and each chosen expert's products by
-  // decode_linear (the experts picked through moe_route's choice), no dispatch.
+  // A batch-1 decode step: the router and each chosen expert's gate and up
+  // by decode_linear (the experts picked through moe_route's choice), then
+  // down and the combine in one kernel; no dispatch.
   using detail::LinearBatch, detail::WeightLayout;
   const LinearBatch gate_up_batch{C, 0, 2 * F * D, 2 * F, w.expert.as<int32_t>()};
-  const LinearBatch down_batch{C, F, D * F, D, w.expert.as<int32_t>()};
   if (one_row && rows == 1 && detail::decode_linear_fits(WeightLayout::nk, 1, E, D, h, m.router.as()) &&
       detail::decode_linear_fits(WeightLayout::nk, 1, 2 * F, D, h, m.gate_up.as(), gate_up_batch) &&
-      detail::decode_linear_fits(WeightLayout::nk, 1, D, F, w.act.as(), m.down.as(), down_batch)) {
+      detail::moe_down_row_fits(F, w.act.as(), m.down.as())) {
     detail::decode_linear(WeightLayout::nk, E, D, h, m.router.as(), w.logits.as(), 1.f, 0.f, true, stream);
     detail::moe_route(w.logits.as<float>(), m.router_bias ? m.router_bias.as<float>() : nullptr, 1, m.routing,
                       w.expert.as<int32_t>(), w.weight.as<float>(), stream);
     detail::decode_linear(WeightLayout::nk, 2 * F, D, h, m.gate_up.as(), w.row_gate_up.as(), 1.f, 0.f, false, stream,
                           gate_up_batch);
     detail::moe_swiglu_interleaved(w.row_gate_up.as(), C, F, w.act.as(), stream);
-    if (!detail::moe_down_row(w.act.as(), m.down.as(), w.expert.as<int32_t>(), w.weight.as<float>(),
-                              static_cast<int>(C), D, F, x, stream)) {
-      detail::decode_linear(WeightLayout::nk, D, F, w.act.as(), m.down.as(), w.y.as(), 1.f, 0.f, false, stream,
-                            down_batch);
-      detail::moe_combine(x, w.y.as(), w.identity.as<int32_t>(), w.weight.as<float>(), 1, static_cast<int>(C), D,
-                          stream);
-    }
+    detail::moe_down_row(w.act.as(), m.down.as(), w.expert.as<int32_t>(), w.weight.as<float>(), static_cast<int>(C),
+                         D, F, x, stream);
     return;
   }
   gemm(blas, rows, E, D, h, m.router.as(), w.logits.as(), true);

@@ -60,8 +60,9 @@ class GpuMoe {
   ~GpuMoe();
 
   // x[rows, hidden] += moe(h[rows, hidden]); h and x bf16 on the device.
-  // rows must be <= ws.max_rows(); blas must be bound to `stream`. one_row:
-  // a batch-1 decode step's router product by decode_linear, not cuBLAS.
+  // rows must be <= ws.max_rows(); blas must be bound to `stream`. one_row
+  // (a batch-1 decode step, rows == 1): the one-row path, no dispatch and no
+  // cuBLAS (gpu_moe.cpp).
   void forward(const void* h, int64_t rows, void* x, MoeWorkspace& ws, cudaStream_t stream, cublasHandle_t blas,
                bool one_row = false) const;
   int64_t weight_bytes() const;
