@@ -47,6 +47,22 @@ double median_ms(F&& f, int reps, int warmup = 3, cudaStream_t stream = nullptr)
   return t[t.size() / 2];
 }
 
+// Median milliseconds of `reps` replays of a CUDA graph of what launch()
+// issues on `stream` (captured once, after which the graph is destroyed).
+template <class F>
+double graph_median_ms(F&& launch, cudaStream_t stream, int reps, int warmup = 3) {
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  launch();
+  CHECK(cudaStreamEndCapture(stream, &graph));
+  CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  const double ms = median_ms([&] { CHECK(cudaGraphLaunch(exec, stream)); }, reps, warmup, stream);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  return ms;
+}
+
 // Random bf16 values in [-1, 1): never time on zeros.
 inline void fill_random(void* p, int64_t bytes, uint64_t seed) {
   lca::cuda::detail::fill_uniform(p, bytes / 2, 1.f, seed, nullptr);

@@ -34,31 +34,25 @@ struct Product {
 // Median us per product of a graph of kCopies products (after a norm each when `norm`).
 double time_graph(bool ours, bool norm, const Product& p, const std::vector<void*>& w, void* x, void* h, void* g,
                   void* y, cublasHandle_t blas, cudaStream_t stream) {
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
   const float one = 1.f, zero = 0.f;
-  for (int c = 0; c < kCopies; ++c) {
-    const void* in = x;
-    if (norm) {
-      d::rms_norm(x, g, 1, p.k, 1e-6, h, stream);
-      in = h;
+  auto products = [&] {
+    for (int c = 0; c < kCopies; ++c) {
+      const void* in = x;
+      if (norm) {
+        d::rms_norm(x, g, 1, p.k, 1e-6, h, stream);
+        in = h;
+      }
+      if (ours)
+        d::decode_linear(d::WeightLayout::nk, p.n, p.k, in, w[c], y, 1.f, 0.f, false, stream);
+      else if (cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, int(p.n), 1, int(p.k), &one, w[c], CUDA_R_16BF, int(p.k),
+                            in, CUDA_R_16BF, int(p.k), &zero, y, CUDA_R_16BF, int(p.n), CUBLAS_COMPUTE_32F,
+                            CUBLAS_GEMM_DEFAULT) != CUBLAS_STATUS_SUCCESS) {
+        std::fprintf(stderr, "cublasGemmEx failed\n");
+        std::exit(1);
+      }
     }
-    if (ours)
-      d::decode_linear(d::WeightLayout::nk, p.n, p.k, in, w[c], y, 1.f, 0.f, false, stream);
-    else if (cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, int(p.n), 1, int(p.k), &one, w[c], CUDA_R_16BF, int(p.k), in,
-                          CUDA_R_16BF, int(p.k), &zero, y, CUDA_R_16BF, int(p.n), CUBLAS_COMPUTE_32F,
-                          CUBLAS_GEMM_DEFAULT) != CUBLAS_STATUS_SUCCESS) {
-      std::fprintf(stderr, "cublasGemmEx failed\n");
-      std::exit(1);
-    }
-  }
-  CHECK(cudaStreamEndCapture(stream, &graph));
-  CHECK(cudaGraphInstantiate(&exec, graph, 0));
-  const double ms = lca_bench::median_ms([&] { CHECK(cudaGraphLaunch(exec, stream)); }, 30, 3, stream);
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
-  return ms * 1e3 / kCopies;
+  };
+  return lca_bench::graph_median_ms(products, stream, 30) * 1e3 / kCopies;
 }
 
 }  // namespace

@@ -34,6 +34,7 @@
 
 namespace {
 
+using lca_bench::graph_median_ms;
 using lca_bench::median_ms;
 
 using lca_bench::copy_gbps;
@@ -98,33 +99,23 @@ int one_row_stages(int64_t D, int64_t E, int64_t F, int64_t K, int64_t S) {
   std::printf("one-row MoE path, per layer (graphs of %d layers):\n", layers);
   double before = 0, after_swiglu = 0;
   for (int k = 0; k <= 6; ++k) {
-    cudaGraph_t graph;
-    cudaGraphExec_t exec;
-    CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-    for (int l = 0; l < layers; ++l) path(k);
-    CHECK(cudaStreamEndCapture(st, &graph));
-    CHECK(cudaGraphInstantiate(&exec, graph, 0));
-    const double us = median_ms([&] { CHECK(cudaGraphLaunch(exec, st)); }, 50, 3, st) * 1e3 / layers;
+    const double us = graph_median_ms([&] { for (int l = 0; l < layers; ++l) path(k); }, st, 50) * 1e3 / layers;
     std::printf("  %-9s %7.1f us (+%.1f)\n", names[k], us, us - before);
     before = us;
     if (k == 4) after_swiglu = us;
-    cudaGraphExecDestroy(exec);
-    cudaGraphDestroy(graph);
   }
   // Down and combine in one kernel (moe_down_row), after the same first stages.
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-  for (int l = 0; l < layers; ++l) {
-    path(4);
-    d::moe_down_row(act, down, ex, static_cast<float*>(weight), static_cast<int>(C), D, F, x, st);
-  }
-  CHECK(cudaStreamEndCapture(st, &graph));
-  CHECK(cudaGraphInstantiate(&exec, graph, 0));
-  const double us = median_ms([&] { CHECK(cudaGraphLaunch(exec, st)); }, 50, 3, st) * 1e3 / layers;
+  const double us = graph_median_ms(
+                        [&] {
+                          for (int l = 0; l < layers; ++l) {
+                            path(4);
+                            d::moe_down_row(act, down, ex, static_cast<float*>(weight), static_cast<int>(C), D, F, x,
+                                            st);
+                          }
+                        },
+                        st, 50) *
+                    1e3 / layers;
   std::printf("  down and combine in one kernel: %.1f us (+%.1f after swiglu)\n", us, us - after_swiglu);
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
   return 0;
 }
 
@@ -196,25 +187,12 @@ int main(int argc, char** argv) {
     const int reps = decode ? 200 : 20;
     auto forward = [&](lca::cuda::MoeWorkspace& ws) { moe.forward(h, rows, x, ws, stream, blas); };
     if (decode) {
-      cudaGraph_t graph;
-      cudaGraphExec_t exec;
-      CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-      forward(grouped_ws);
-      CHECK(cudaStreamEndCapture(stream, &graph));
-      CHECK(cudaGraphInstantiate(&exec, graph, 0));
-      const double ms = median_ms([&] { CHECK(cudaGraphLaunch(exec, stream)); }, reps, 5, stream);
+      const double ms = graph_median_ms([&] { forward(grouped_ws); }, stream, reps, 5);
       rows_out.push_back(measure(grouped_ws, rows, "grouped, graph", ms));
-      cudaGraphExecDestroy(exec);
-      cudaGraphDestroy(graph);
       if (rows == 1) {  // a batch-1 decode step's path: one-row products of the chosen experts
-        CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-        moe.forward(h, rows, x, grouped_ws, stream, blas, true);
-        CHECK(cudaStreamEndCapture(stream, &graph));
-        CHECK(cudaGraphInstantiate(&exec, graph, 0));
-        const double one_ms = median_ms([&] { CHECK(cudaGraphLaunch(exec, stream)); }, reps, 5, stream);
+        const double one_ms =
+            graph_median_ms([&] { moe.forward(h, rows, x, grouped_ws, stream, blas, true); }, stream, reps, 5);
         rows_out.push_back(measure(grouped_ws, rows, "one-row, graph", one_ms));
-        cudaGraphExecDestroy(exec);
-        cudaGraphDestroy(graph);
       }
     } else {
       const double ms = median_ms([&] { forward(grouped_ws); }, reps, 5, stream);
