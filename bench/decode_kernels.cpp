@@ -9,7 +9,8 @@
 // (s = 2, 4, 16) runs through the same cache and attention kernel beside LCA.
 // Batch 1 is also timed as a model replays it: the steps of all its layers
 // (27, 62, 28) in one graph, time per layer. Prints tables and writes JSON
-// (argv[1]). `--split-sweep`: batch-1 step times against the KV split count.
+// (argv[1]). `--split-sweep`: batch-1 step times against the KV split count;
+// `JSON --model-graph`: only the whole-model graph rows.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -209,6 +210,8 @@ int main(int argc, char** argv) {
   if (argc > 5 && std::string(argv[1]) == "--profile")
     return profile(std::atoi(argv[2]), std::atoll(argv[3]), std::atoll(argv[4]), std::string(argv[5]) == "full",
                    shapes);
+  // `--model-graph`: only the batch-1 whole-model graph rows (a quick A/B of the batch-1 step).
+  const bool graph_only = argc > 2 && std::string(argv[2]) == "--model-graph";
   const std::string json = argc > 1 ? argv[1] : "decode_kernels.json";
   const int64_t contexts[] = {8192, 32768, 131072};
   const int64_t batches[] = {1, 8, 32};
@@ -223,7 +226,7 @@ int main(int argc, char** argv) {
   for (const Shape& s : shapes) {
     for (int64_t ctx : contexts) {
       for (int64_t batch : batches) {
-        if (quick && (ctx > 32768 || batch > 8)) continue;
+        if (graph_only || (quick && (ctx > 32768 || batch > 8))) continue;
         const lca::cuda::PagedCacheConfig full_cfg = config_of(s, lca::LcaParams::full());
         const lca::cuda::PagedCacheConfig lca_cfg = config_of(s, lca_p);
         const int reps = 100;
@@ -271,6 +274,10 @@ int main(int argc, char** argv) {
           << "}";
       first_row = false;
     }
+  }
+  if (graph_only) {
+    out << "\n]}\n";
+    return 0;
   }
   out << "\n],\n\"mtla_rows\": [\n";
   // MTLA (mtla-spec.md) in the same cache and attention kernel, MLA shapes.
