@@ -41,6 +41,11 @@ struct Shape {
   int64_t heads, kv_heads, d_latent_or_head, d_rope;
 };
 
+// Bytes of one bf16 cache row: MLA [c ; k^R], GQA every kv head's [k ; v].
+int64_t row_bytes_of(const Shape& s) {
+  return (s.layout == lca::KvLayout::mla ? s.d_latent_or_head + s.d_rope : 2 * s.kv_heads * s.d_latent_or_head) * 2;
+}
+
 // MTLA hyper-networks with random weights at nn.Linear's initial scale, one per layer.
 std::vector<lca::MtlaHyperNet<float>> random_hyper(int64_t dc, int64_t layers) {
   uint64_t state = 12345;
@@ -235,7 +240,7 @@ int main(int argc, char** argv) {
         const StepTime full = time_step(full_cfg, batch, ctx, reps);
         const StepTime lca_step = time_step(lca_cfg, batch, ctx, reps);
         const StepTime lca_close = time_step(lca_cfg, batch, ctx + 15, reps);
-        const int64_t row_bytes = (s.layout == lca::KvLayout::mla ? 512 + s.d_rope : 2 * s.kv_heads * 128) * 2;
+        const int64_t row_bytes = row_bytes_of(s);
         const double full_rows = double(ctx + 1), lca_rows = double(lca::cache_entries(ctx + 1, lca_p));
         const double full_gbps = batch * full_rows * row_bytes / (full.ms * 1e-3) / 1e9;
         const double lca_gbps = batch * lca_rows * row_bytes / (lca_step.ms * 1e-3) / 1e9;
@@ -294,7 +299,7 @@ int main(int argc, char** argv) {
         for (int k = 0; k < 3; ++k)
           us[k] = time_step(config_of(s, lca::MtlaParams{.down_rate = rates[k]}), batch, ctx, 100).ms * 1e3;
         const double lca_us = time_step(config_of(s, lca_p), batch, ctx, 100).ms * 1e3;
-        const int64_t row_bytes = (s.d_latent_or_head + s.d_rope) * 2;
+        const int64_t row_bytes = row_bytes_of(s);
         auto mib = [&](int64_t rate) { return double((ctx + 1 + rate - 1) / rate) * row_bytes / 1048576.0; };
         std::printf("%-22s %7lld %5lld | %9.1f %9.1f %9.1f | %9.1f | %10.2f %10.2f %10.2f\n", s.name, (long long)ctx,
                     (long long)batch, us[0], us[1], us[2], lca_us, mib(2), mib(4), mib(16));

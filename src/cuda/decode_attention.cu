@@ -10,12 +10,13 @@
 //   heads of a sequence share every row read (absorbed form: key = [c ; k^R],
 //   value = c, one row read serves both); GQA loads the kv head's [k ; v]
 //   slice of each row.
-// - a split's rows are whole tiles (64 rows; 32 for the MLA shapes, so that two
-//   blocks share an SM and one's loads overlap the other's math), spread evenly
-//   over the splits; tiles
-//   are double-buffered in shared memory by cp.async (rows past the end
-//   zero-filled); the 64 row addresses of a tile are looked up once in the
-//   block tables (into shared memory) before its copies are issued.
+// - a split's rows are whole tiles of R rows, spread evenly over the splits,
+//   in S stages in shared memory by cp.async (rows past the end zero-filled);
+//   a tile's row addresses are looked up once in the block tables (into shared
+//   memory) before its copies are issued. DeepSeek: R = 32, S = 2, so that two
+//   blocks share an SM and one's loads overlap the other's math; GQA: R = 64,
+//   S = 2; MiniCPM3: R = 64, S = 3, one block per SM (below), whose tiles of
+//   576-byte rows carry three head tiles' math each.
 // - launched with programmatic dependent launch after the append kernel: a
 //   block looks up and copies its first tiles while the append still runs (at
 //   batch 1 the step is a chain of latencies), taking the new raw row t from
@@ -25,16 +26,17 @@
 //   tile's rows (Q and K by ldmatrix; even and odd k-steps in separate
 //   accumulators), scales, masks, and writes S to shared memory. (With one
 //   warp quartet looping over MiniCPM3's three head tiles, its tiles were
-//   three times longer chains: full decode stalled at 72% of bandwidth.)
+//   three times longer chains.) With three head tiles each warp keeps its Q
+//   fragments in registers (72 for d_qk = 288): reloading them at every k-step
+//   of every tile was two thirds of the block's shared-memory traffic.
 // - softmax: 8 threads per head reduce the tile's scores (online, log2
 //   domain), write P (in the storage dtype) and the rescale factor.
 // - O += P V: warp w owns output columns [q d_v/4, (q+1) d_v/4), q = w % 4, of
 //   its head tile (V by transposed ldmatrix from the same shared rows).
 // - the split's output, normalised, and its log-sum-exp go to fp32 workspace.
-// Shared memory: (16 HT (d_qk+8) + 2 R (W+8) + 16 HT (R+8)) * 2 + 16 HT R * 4
-// bytes and a little, R rows a tile, W = d_qk (MLA) or 2 d (GQA): 97 KB for
-// DeepSeek (576/512, R = 32), 77 KB for MiniCPM3 (288/256, HT = 3, R = 32),
-// 74 KB for GQA d = 128 (R = 64).
+// Shared memory: (16 HT (d_qk+8) + S R (W+8) + 16 HT (R+8)) * 2 + 16 HT R * 4
+// bytes and a little, W = d_qk (MLA) or 2 d (GQA): 97 KB for DeepSeek
+// (576/512), 160 KB for MiniCPM3 (288/256, HT = 3), 74 KB for GQA d = 128.
 #include <cmath>
 
 #include "decode.cuh"
@@ -44,18 +46,24 @@
 namespace lca::cuda::detail {
 namespace {
 
-constexpr int kHeads = 16, kWarps = 4, kStages = 2;  // kWarps warps per head tile
+constexpr int kHeads = 16, kWarps = 4;  // kWarps warps per head tile
 
 // HT head tiles of 16 per block: every row a block loads serves 16 HT heads;
-// R rows per tile (64, or 32 where a smaller tile lets two blocks share an SM).
-template <class T, bool kMla, int DQK, int DV, int HT, int R>
+// R rows per tile (64, or 32 where a smaller tile lets two blocks share an SM);
+// S stages of tiles in flight.
+template <class T, bool kMla, int DQK, int DV, int HT, int R, int S>
 struct Tile {
-  static constexpr int kRows = R;
+  static constexpr int kRows = R, kStages = S;
   static constexpr int MH = kHeads * HT;          // query heads per block
   static constexpr int kThreads = 32 * kWarps * HT;  // four warps per head tile
-  // Two blocks per SM (one's loads under the other's math) also for HT = 3's
-  // 384 threads: registers capped at 80.
-  static constexpr int kMinBlocks = HT > 1 ? 2 : 1;
+  static constexpr int kMinBlocks = 1;
+  // Several head tiles (MiniCPM3's 40 heads): each warp keeps its head tile's
+  // Q fragments in registers (DQK / 16 x 4), loaded once. Reloaded from shared
+  // memory at every k-step of every tile they were two thirds of the block's
+  // shared-memory traffic, which bound this shape (rows of 576 B, three head
+  // tiles reading each). The block then has an SM to itself, and S stages
+  // keep its loads in flight.
+  static constexpr bool kQInRegs = HT > 1;
   static constexpr int W = kMla ? DQK : 2 * DQK;  // values of a row the block loads
   static constexpr int VO = kMla ? 0 : DQK;       // the value's offset within them
   static constexpr int RS = W + 8, QS = DQK + 8, PS = kRows + 8;  // padded shared rows (elements)
@@ -69,11 +77,11 @@ struct Tile {
   static_assert(R == 32 || R == 64, "tiles of 32 or 64 rows");
 };
 
-template <class T, bool kMla, int DQK, int DV, int HT, int R, class L = Tile<T, kMla, DQK, DV, HT, R>>
+template <class T, bool kMla, int DQK, int DV, int HT, int R, int S, class L = Tile<T, kMla, DQK, DV, HT, R, S>>
 __global__ void __launch_bounds__(L::kThreads, L::kMinBlocks)
     decode_attention_kernel(PagedView v, StepView s, DecodeShape sh, const T* queries, const T* new_rows,
                             float* part_out, float* part_lse, float scale_log2, float rep_bias_log2) {
-  constexpr int MH = L::MH, kRows = L::kRows, NT = L::NT, kThreads = L::kThreads;
+  constexpr int MH = L::MH, kRows = L::kRows, NT = L::NT, kThreads = L::kThreads, kStages = L::kStages;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sRows = sQ + L::q_elems;
@@ -124,58 +132,82 @@ __global__ void __launch_bounds__(L::kThreads, L::kMinBlocks)
   auto find_rows = [&](int i) {  // row addresses of tile i (threads 0..63)
     const int64_t r = r0 + int64_t(i) * kRows + tid;
     if (tid < kRows)
-      sPtr[(i & 1) * kRows + tid] = r >= r1          ? nullptr
+      sPtr[(i % kStages) * kRows + tid] = r >= r1          ? nullptr
                                     : r == input_row ? new_rows + b * v.row_elems + slice
                                                      : paged_row<T>(v, tr, rows, r) + slice;
   };
   auto load_rows = [&](int i) {
-    T* dst = sRows + (i & 1) * kRows * L::RS;
+    T* dst = sRows + (i % kStages) * kRows * L::RS;
     for (int c = tid; c < kRows * (L::W / 8); c += kThreads) {
       const int r = c / (L::W / 8), col = (c % (L::W / 8)) * 8;
-      const T* src = sPtr[(i & 1) * kRows + r];
+      const T* src = sPtr[(i % kStages) * kRows + r];
       cp_async16(dst + r * L::RS + col, src != nullptr ? src + col : qsrc, src != nullptr ? 16 : 0);
     }
   };
-  find_rows(0);
-  __syncthreads();
-  load_rows(0);
-  cp_async_commit();
+  // Tiles 0 .. S-2 now (Q with tile 0), tile i + S - 1 at iteration i; one
+  // commit group per tile (empty past the last), so tile i is complete when at
+  // most S - 1 groups are pending.
+  for (int i = 0; i < kStages - 1; ++i) {
+    if (i < tiles) {
+      find_rows(i);
+      __syncthreads();
+      load_rows(i);
+    }
+    cp_async_commit();
+  }
 
   float o[L::NV / 8][4];
 #pragma unroll
   for (int n = 0; n < L::NV / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+  uint32_t qf[L::kQInRegs ? DQK / 16 : 1][4];  // the warp's Q fragments, where kept in registers
 
   for (int i = 0; i < tiles; ++i) {
-    if (i + 1 < tiles) {
-      find_rows(i + 1);
+    if (i + kStages - 1 < tiles) {
+      find_rows(i + kStages - 1);
       __syncthreads();
-      load_rows(i + 1);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
+      load_rows(i + kStages - 1);
     }
+    cp_async_commit();
+    cp_async_wait<kStages - 1>();
     __syncthreads();
-    const T* tile = sRows + (i & 1) * kRows * L::RS;
+    if constexpr (L::kQInRegs)
+      if (i == 0)
+#pragma unroll
+        for (int kk = 0; kk < DQK / 16; ++kk)
+          ldmatrix_x4(qf[kk], sQ + (ht * 16 + lane % 16) * L::QS + kk * 16 + (lane / 16) * 8);
+    const T* tile = sRows + (i % kStages) * kRows * L::RS;
     const int64_t base = r0 + int64_t(i) * kRows;
 
     // S for the warp's quarter of the tile's rows and its head tile; even and
     // odd k-steps accumulate apart, halving the chain of dependent mma.
     float acc[NT][4] = {}, acc_odd[NT][4] = {};
-    auto k_step = [&](int kk, float(&c)[NT][4]) {
-      uint32_t bk[4], a[4];
+    auto k_step = [&](int kk, float(&c)[NT][4], const uint32_t(&a)[4]) {
+      uint32_t bk[4];
       if constexpr (NT == 2)
         ldmatrix_x4(bk, tile + (q4 * 16 + (lane / 16) * 8 + lane % 8) * L::RS + kk * 16 + ((lane / 8) % 2) * 8);
       else
         ldmatrix_x2(bk, tile + (q4 * 8 + lane % 8) * L::RS + kk * 16 + ((lane / 8) % 2) * 8);
-      ldmatrix_x4(a, sQ + (ht * 16 + lane % 16) * L::QS + kk * 16 + (lane / 16) * 8);
       mma16816<T>(c[0], a, bk[0], bk[1]);
       if constexpr (NT == 2) mma16816<T>(c[1], a, bk[2], bk[3]);
     };
+    if constexpr (L::kQInRegs) {
+#pragma unroll
+      for (int kk = 0; kk < DQK / 16; kk += 2) {
+        k_step(kk, acc, qf[kk]);
+        k_step(kk + 1, acc_odd, qf[kk + 1]);
+      }
+    } else {
+      auto q_frag = [&](int kk, uint32_t(&a)[4]) {
+        ldmatrix_x4(a, sQ + (ht * 16 + lane % 16) * L::QS + kk * 16 + (lane / 16) * 8);
+      };
 #pragma unroll 2
-    for (int kk = 0; kk < DQK / 16; kk += 2) {
-      k_step(kk, acc);
-      k_step(kk + 1, acc_odd);
+      for (int kk = 0; kk < DQK / 16; kk += 2) {
+        uint32_t a0[4], a1[4];
+        q_frag(kk, a0);
+        k_step(kk, acc, a0);
+        q_frag(kk + 1, a1);
+        k_step(kk + 1, acc_odd, a1);
+      }
     }
 #pragma unroll
     for (int n = 0; n < NT; ++n)
@@ -255,15 +287,16 @@ __global__ void __launch_bounds__(L::kThreads, L::kMinBlocks)
   for (int h = tid; h < heads; h += kThreads) lse_out[h] = sMax[h] + log2f(sSum[h]);
 }
 
-// Calls f.template operator()<kMla, DQK, DV, HT, R>() for a built shape; false if none.
+// Calls f.template operator()<kMla, DQK, DV, HT, R, S>() for a built shape; false if none.
 // MiniCPM3's 40 heads take three head tiles per block (its rows read once, not
-// three times); the MLA shapes take 32-row tiles, so two blocks share an SM.
+// three times) and 64-row tiles in three stages; DeepSeek takes 32-row tiles,
+// so two blocks share an SM.
 template <class F>
 bool dispatch_shape(bool mla, int64_t d_qk, int64_t d_v, F&& f) {
-  if (mla && d_qk == 576 && d_v == 512) return f.template operator()<true, 576, 512, 1, 32>(), true;
-  if (mla && d_qk == 288 && d_v == 256) return f.template operator()<true, 288, 256, 3, 32>(), true;
-  if (!mla && d_qk == 128 && d_v == 128) return f.template operator()<false, 128, 128, 1, 64>(), true;
-  if (!mla && d_qk == 64 && d_v == 64) return f.template operator()<false, 64, 64, 1, 64>(), true;
+  if (mla && d_qk == 576 && d_v == 512) return f.template operator()<true, 576, 512, 1, 32, 2>(), true;
+  if (mla && d_qk == 288 && d_v == 256) return f.template operator()<true, 288, 256, 3, 64, 3>(), true;
+  if (!mla && d_qk == 128 && d_v == 128) return f.template operator()<false, 128, 128, 1, 64, 2>(), true;
+  if (!mla && d_qk == 64 && d_v == 64) return f.template operator()<false, 64, 64, 1, 64, 2>(), true;
   return false;
 }
 
@@ -272,13 +305,13 @@ bool dispatch_shape(bool mla, int64_t d_qk, int64_t d_v, F&& f) {
 
 int decode_heads_per_block(const DecodeShape& sh) {
   int mh = kHeads;
-  dispatch_shape(sh.mla, sh.d_qk, sh.d_v, [&]<bool, int, int, int HT, int>() { mh = kHeads * HT; });
+  dispatch_shape(sh.mla, sh.d_qk, sh.d_v, [&]<bool, int, int, int HT, int, int>() { mh = kHeads * HT; });
   return mh;
 }
 
 int decode_tile_rows(const DecodeShape& sh) {
   int rows = 64;
-  dispatch_shape(sh.mla, sh.d_qk, sh.d_v, [&]<bool, int, int, int, int R>() { rows = R; });
+  dispatch_shape(sh.mla, sh.d_qk, sh.d_v, [&]<bool, int, int, int, int R, int>() { rows = R; });
   return rows;
 }
 
@@ -291,9 +324,9 @@ int decode_ctas_per_sm(const DecodeShape& sh, DType dtype) {
   int ctas = 1;
   dispatch_dtype(dtype, "cuda::decode_attention", [&](auto tag) {
     using T = decltype(tag);
-    dispatch_shape(sh.mla, sh.d_qk, sh.d_v, [&]<bool kMla, int DQK, int DV, int HT, int R>() {
-      using L = Tile<T, kMla, DQK, DV, HT, R>;
-      auto kernel = decode_attention_kernel<T, kMla, DQK, DV, HT, R>;
+    dispatch_shape(sh.mla, sh.d_qk, sh.d_v, [&]<bool kMla, int DQK, int DV, int HT, int R, int S>() {
+      using L = Tile<T, kMla, DQK, DV, HT, R, S>;
+      auto kernel = decode_attention_kernel<T, kMla, DQK, DV, HT, R, S>;
       LCA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L::bytes)));
       LCA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, kernel, L::kThreads, L::bytes));
     });
@@ -319,9 +352,9 @@ void decode_attention(const PagedView& v, const StepView& s, const DecodeShape& 
   const dim3 grid(splits, s.batch, sh.kv_heads * ((per + mh - 1) / mh));
   dispatch_dtype(dtype, "cuda::decode_attention", [&](auto tag) {
     using T = decltype(tag);
-    dispatch_shape(sh.mla, sh.d_qk, sh.d_v, [&]<bool kMla, int DQK, int DV, int HT, int R>() {
-      using L = Tile<T, kMla, DQK, DV, HT, R>;
-      auto kernel = decode_attention_kernel<T, kMla, DQK, DV, HT, R>;
+    dispatch_shape(sh.mla, sh.d_qk, sh.d_v, [&]<bool kMla, int DQK, int DV, int HT, int R, int S>() {
+      using L = Tile<T, kMla, DQK, DV, HT, R, S>;
+      auto kernel = decode_attention_kernel<T, kMla, DQK, DV, HT, R, S>;
       // Once per kernel, outside any graph capture that later launches run in.
       static const cudaError_t attr =
           cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L::bytes));
