@@ -16,8 +16,9 @@
 #                                             task, loss on the answer), evaluated with LCA and window-only
 #   bash scripts/quality_study.sh scratch     LCA from the first step: the small model pre-trained from its
 #                                             init twice, with LCA and with full attention, for the same time
-#                                             until STUDY_DEADLINE (one GPU each, or one shared), then both
-#                                             evaluated with their own attention and with the window alone
+#                                             until STUDY_DEADLINE, or for STUDY_SCRATCH_STEPS steps each (one
+#                                             GPU each, or one shared), then both evaluated with their own
+#                                             attention and with the window alone
 #
 # Everything is written under $STUDY (default study/). The sizes are the variables below; the
 # numbers in docs/quality.md come from the defaults on four H100s.
@@ -143,16 +144,22 @@ answers)
   python3 -m lca.evaluate --report "$S"/eval-lca-answers-*.json
   ;;
 scratch)
-  : "${STUDY_DEADLINE:?set STUDY_DEADLINE (epoch seconds) to when the models must be saved}"
   [ -d "$S/small-init" ] || { echo "scratch: no $S/small-init (run setup first)" >&2; exit 2; }
-  budget=$((STUDY_DEADLINE - $(date +%s) - 30))
-  echo "pre-training the small model with lca and with full attention for $budget s on $GPUS GPUs"
+  if [ -n "${STUDY_SCRATCH_STEPS:-}" ]; then  # the same steps for both runs (LCA's take longer)
+    length="--steps $STUDY_SCRATCH_STEPS"
+    echo "pre-training the small model with lca and with full attention for $STUDY_SCRATCH_STEPS steps on $GPUS GPUs"
+  else  # the same time for both runs
+    : "${STUDY_DEADLINE:?set STUDY_DEADLINE (epoch seconds) to when the models must be saved, or STUDY_SCRATCH_STEPS}"
+    budget=$((STUDY_DEADLINE - $(date +%s) - 30))
+    length="--steps 100000 --time-budget $budget"
+    echo "pre-training the small model with lca and with full attention for $budget s on $GPUS GPUs"
+  fi
   gpu=0
   for att in lca full; do
     opts=""
     [ "$att" = lca ] && opts="--window $WINDOW --group $GROUP"
     CUDA_VISIBLE_DEVICES=$((gpu % GPUS)) python3 -m lca.finetune --model "$S/small-init" --attention $att $opts \
-      $(common_train pretrain) --batch-size 8 --grad-accum 1 --steps 100000 --time-budget "$budget" --lr 2e-3 \
+      $(common_train pretrain) --batch-size 8 --grad-accum 1 $length --lr 2e-3 \
       --warmup 100 --save-every 0 --out "$S/small-scratch-$att" >"$S/small-scratch-$att.log" 2>&1 &
     gpu=$((gpu + 1))
   done
