@@ -420,21 +420,26 @@ lca::MtlaHyperNet<float> random_hyper(std::mt19937_64& rng, int64_t dc) {
   return {rand({dc / 4, dc}), rand({dc / 4}), rand({dc / 4, dc}), rand({dc / 4})};
 }
 
+// An MTLA cache of down rate s: DeepSeek-V2-Lite's shape (bf16, blocks of 16
+// rows) or MiniCPM3's (fp16, blocks of 8), every layer with the same random
+// hyper-network.
+PagedCacheConfig mtla_config(std::mt19937_64& rng, int64_t s, bool minicpm3, int64_t layers) {
+  PagedCacheConfig cfg = minicpm3 ? mla_config(40, 256, 32, LcaParams{}, DType::f16, 8)
+                                  : mla_config(16, 512, 64, LcaParams{}, DType::bf16, 16);
+  cfg.policy = lca::MtlaParams{.down_rate = s};
+  cfg.layers = layers;
+  cfg.mtla_hyper.assign(static_cast<size_t>(layers), random_hyper(rng, cfg.mla.d_latent));
+  return cfg;
+}
+
 TEST(GpuDecode, MtlaMatchesCpuCache) {
   REQUIRE_GPU();
   std::mt19937_64 rng(31);
   for (int64_t s : {2, 3, 4, 16}) {
     SCOPED_TRACE("s = " + std::to_string(s));
-    PagedCacheConfig cfg = mla_config(16, 512, 64, LcaParams{}, DType::bf16, 16);
-    cfg.policy = lca::MtlaParams{.down_rate = s};
-    cfg.layers = 2;
-    cfg.mtla_hyper.assign(2, random_hyper(rng, 512));
-    run_batch(cfg, {0, 5, 64, 301}, 3 * s + 5, 4);
+    run_batch(mtla_config(rng, s, false, 2), {0, 5, 64, 301}, 3 * s + 5, 4);
   }
-  PagedCacheConfig cfg = mla_config(40, 256, 32, LcaParams{}, DType::f16, 8);
-  cfg.policy = lca::MtlaParams{.down_rate = 4};
-  cfg.mtla_hyper.assign(1, random_hyper(rng, 256));
-  run_batch(cfg, {1, 2, 3, 100}, 21, 5);
+  run_batch(mtla_config(rng, 4, true, 1), {1, 2, 3, 100}, 21, 5);
 }
 
 TEST(GpuDecode, FullAttentionIsTheNoGroupPolicy) {
@@ -633,16 +638,9 @@ TEST(GpuDecode, PrefillChunksMtlaMatchCpuCache) {
   std::mt19937_64 rng(37);
   for (int64_t s : {1, 2, 3, 4}) {
     SCOPED_TRACE("s = " + std::to_string(s));
-    PagedCacheConfig cfg = mla_config(16, 512, 64, LcaParams{}, DType::bf16, 16);
-    cfg.policy = lca::MtlaParams{.down_rate = s};
-    cfg.layers = 2;
-    cfg.mtla_hyper.assign(2, random_hyper(rng, 512));
-    run_extends(cfg, {0, 3, 45}, {1, 3, 5, 8, 37}, 4);
+    run_extends(mtla_config(rng, s, false, 2), {0, 3, 45}, {1, 3, 5, 8, 37}, 4);
   }
-  PagedCacheConfig cfg = mla_config(40, 256, 32, LcaParams{}, DType::f16, 8);
-  cfg.policy = lca::MtlaParams{.down_rate = 4};
-  cfg.mtla_hyper.assign(1, random_hyper(rng, 256));
-  run_extends(cfg, {1, 22}, {2, 7, 30}, 4);
+  run_extends(mtla_config(rng, 4, true, 1), {1, 22}, {2, 7, 30}, 4);
 }
 
 TEST(GpuDecode, PrefillChunksFullAttention) {
@@ -711,10 +709,8 @@ TEST(GpuDecode, PrefillChunkBadCallsNameTheProblem) {
   expect_error([&] { s.gpu->begin_extend(a, 1); }, "step is in progress");
   s.gpu->end_step();
   // MTLA: the open row's fp32 sum is due wherever a row is open (s = 4, 5 tokens: rows 0 and 1, 1 open).
-  PagedCacheConfig mtla = mla_config(16, 512, 64, LcaParams{}, DType::bf16, 16);
   std::mt19937_64 rng(3);
-  mtla.policy = lca::MtlaParams{.down_rate = 4};
-  mtla.mtla_hyper.assign(1, random_hyper(rng, 512));
+  PagedCacheConfig mtla = mtla_config(rng, 4, false, 1);
   mtla.max_context = 64;
   PagedKvCache m(mtla);
   const int64_t seq = m.add_sequence();
