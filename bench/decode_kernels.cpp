@@ -7,10 +7,11 @@
 // many 128K sequences a 40 GiB pool holds for a 27-layer DeepSeek-V2-Lite-
 // shaped model, counted by allocating them until the pool refuses. MTLA
 // (s = 2, 4, 16) runs through the same cache and attention kernel beside LCA.
-// Batch 1 is also timed as a model replays it: the steps of all its layers
-// (27, 62, 28) in one graph, time per layer. Prints tables and writes JSON
+// Batch 1 (and batch 8 at 32K) is also timed as a model replays it: the steps
+// of all its layers (27, 62, 28) in one graph, time per layer. Prints tables and writes JSON
 // (argv[1]). `--split-sweep`: batch-1 step times against the KV split count;
-// `JSON --model-graph`: only the whole-model graph rows.
+// `JSON --model-graph`: only the whole-model graph rows; `--only NAME` (last):
+// only the shapes whose name contains NAME (e.g. minicpm3).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -218,6 +219,8 @@ int main(int argc, char** argv) {
   // `--model-graph`: only the batch-1 whole-model graph rows (a quick A/B of the batch-1 step).
   const bool graph_only = argc > 2 && std::string(argv[2]) == "--model-graph";
   const std::string json = argc > 1 ? argv[1] : "decode_kernels.json";
+  const std::string only = argc > 3 && std::string(argv[argc - 2]) == "--only" ? argv[argc - 1] : "";
+  auto skip = [&](const Shape& s) { return std::string(s.name).find(only) == std::string::npos; };
   const int64_t contexts[] = {8192, 32768, 131072};
   const int64_t batches[] = {1, 8, 32};
   const double bw = copy_gbps();
@@ -231,7 +234,7 @@ int main(int argc, char** argv) {
   for (const Shape& s : shapes) {
     for (int64_t ctx : contexts) {
       for (int64_t batch : batches) {
-        if (graph_only || (quick && (ctx > 32768 || batch > 8))) continue;
+        if (graph_only || skip(s) || (quick && (ctx > 32768 || batch > 8))) continue;
         const lca::cuda::PagedCacheConfig full_cfg = config_of(s, lca::LcaParams::full());
         const lca::cuda::PagedCacheConfig lca_cfg = config_of(s, lca_p);
         const int reps = 100;
@@ -259,25 +262,30 @@ int main(int argc, char** argv) {
       }
     }
   }
-  // Batch 1 as a model replays it: the step of every layer in one graph.
+  // As a model replays it: the step of every layer in one graph, batch 1 at
+  // every context and batch 8 at 32K (where one layer's graph launch is a
+  // large share of a single-layer replay).
   out << "\n],\n\"model_graph_rows\": [\n";
   const int64_t model_layers[] = {27, 62, 28};  // DeepSeek-V2-Lite, MiniCPM3-4B, Qwen2.5-7B
-  std::printf("\n%-22s %7s %6s | %9s %9s | %7s   (batch 1, us per layer, the steps of all layers in one graph)\n",
-              "whole-model graph", "context", "layers", "full us", "LCA us", "full/LCA");
+  std::printf("\n%-22s %7s %5s %6s | %9s %5s %9s | %7s   (us per layer, the steps of all layers in one graph)\n",
+              "whole-model graph", "context", "batch", "layers", "full us", "%bw", "LCA us", "full/LCA");
   first_row = true;
   for (int si = 0; si < 3; ++si) {
     const Shape& s = shapes[si];
     for (int64_t ctx : contexts) {
-      if (quick && ctx > 32768) continue;
-      const int64_t L = model_layers[si];
-      const double full_us = time_step(config_of(s, lca::LcaParams::full(), L), 1, ctx, 50).ms * 1e3;
-      const double lca_us = time_step(config_of(s, lca_p, L), 1, ctx, 50).ms * 1e3;
-      std::printf("%-22s %7lld %6lld | %9.1f %9.1f | %6.2fx\n", s.name, (long long)ctx, (long long)L, full_us, lca_us,
-                  full_us / lca_us);
-      out << (first_row ? "" : ",\n") << "  {\"shape\": \"" << s.name << "\", \"context\": " << ctx
-          << ", \"layers\": " << L << ", \"full_us_per_layer\": " << full_us << ", \"lca_us_per_layer\": " << lca_us
-          << "}";
-      first_row = false;
+      for (int64_t batch : {int64_t(1), int64_t(8)}) {
+        if ((quick && ctx > 32768) || skip(s) || (batch == 8 && ctx != 32768)) continue;
+        const int64_t L = model_layers[si];
+        const double full_us = time_step(config_of(s, lca::LcaParams::full(), L), batch, ctx, 50).ms * 1e3;
+        const double lca_us = time_step(config_of(s, lca_p, L), batch, ctx, 50).ms * 1e3;
+        const double full_gbps = batch * double(ctx + 1) * row_bytes_of(s) / (full_us * 1e-6) / 1e9;
+        std::printf("%-22s %7lld %5lld %6lld | %9.1f %4.0f%% %9.1f | %6.2fx\n", s.name, (long long)ctx,
+                    (long long)batch, (long long)L, full_us, 100 * full_gbps / bw, lca_us, full_us / lca_us);
+        out << (first_row ? "" : ",\n") << "  {\"shape\": \"" << s.name << "\", \"context\": " << ctx
+            << ", \"batch\": " << batch << ", \"layers\": " << L << ", \"full_us_per_layer\": " << full_us
+            << ", \"full_gbps\": " << full_gbps << ", \"lca_us_per_layer\": " << lca_us << "}";
+        first_row = false;
+      }
     }
   }
   if (graph_only) {
@@ -293,7 +301,7 @@ int main(int argc, char** argv) {
     const Shape& s = shapes[si];
     for (int64_t ctx : contexts) {
       for (int64_t batch : batches) {
-        if (quick && (ctx > 32768 || batch > 8)) continue;
+        if ((quick && (ctx > 32768 || batch > 8)) || skip(s)) continue;
         double us[3];
         const int64_t rates[3] = {2, 4, 16};
         for (int k = 0; k < 3; ++k)

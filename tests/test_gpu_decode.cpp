@@ -24,6 +24,7 @@
 #include "lca/cuda.hpp"
 #include "lca/paged_cache.hpp"
 #include "lca/reference.hpp"
+#include "cuda/decode.hpp"
 
 namespace {
 
@@ -387,6 +388,31 @@ TEST(GpuDecode, MlaMiniCpm3ShapeScoreFullMassBias) {
   p.score = lca::ScoreMode::full;
   p.mass_bias = lca::MassBias::log_g;
   run_batch(mla_config(40, 256, 32, p, DType::f16, 32), {3, 47, 500}, 50, 10);
+}
+
+// MiniCPM3's shape on both attention kernels: the wgmma one (sm_90a, the
+// default there) and the mma.sync one other devices take. Lengths span many
+// tiles of 64 rows, several splits and, in full attention, a tile across
+// blocks of 16 rows.
+TEST(GpuDecode, MlaMiniCpm3ShapeBothKernels) {
+  REQUIRE_GPU();
+  namespace d = lca::cuda::detail;
+  d::DecodeShape sh;
+  sh.mla = true, sh.q_heads = 40, sh.kv_heads = 1, sh.d_qk = 288, sh.d_v = 256, sh.summary_width = 256;
+  int dev = 0, major = 0;
+  ASSERT_EQ(cudaGetDevice(&dev), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), cudaSuccess);
+  if (major == 9) ASSERT_TRUE(d::decode_sm90_supports(sh)) << "the sm_90a kernel is not in this build";
+  struct Restore {
+    ~Restore() { d::decode_use_sm90(true); }
+  } restore;
+  for (bool sm90 : {true, false}) {
+    SCOPED_TRACE(sm90 ? "wgmma kernel" : "mma.sync kernel");
+    d::decode_use_sm90(sm90);
+    EXPECT_EQ(d::decode_sm90_supports(sh), sm90 && major == 9);
+    run_batch(mla_config(40, 256, 32, lca_params(128, 16), DType::bf16, 16), {0, 150, 700, 2600}, 34, 17);
+    run_batch(mla_config(40, 256, 32, LcaParams::full(), DType::f16, 16), {1, 900, 2100}, 6, 6);
+  }
 }
 
 TEST(GpuDecode, GqaPooledKeys) {

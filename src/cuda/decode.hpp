@@ -65,6 +65,18 @@ void decode_attention(const PagedView& v, const StepView& s, const DecodeShape& 
 void decode_combine(const StepView& s, const DecodeShape& sh, const float* part_out, const float* part_lse,
                     int splits, void* out, DType dtype, cudaStream_t stream);
 
+// The Hopper (wgmma) attention for MiniCPM3's shape (decode_attention_sm90.cu):
+// whether it serves a shape on this device and build; decode_attention calls
+// it then. decode_use_sm90(false) makes every shape take the mma.sync kernel
+// (for tests and comparisons).
+bool decode_sm90_supports(const DecodeShape& sh);
+void decode_use_sm90(bool on);
+int decode_sm90_ctas_per_sm(DType dtype);
+int decode_sm90_tile_rows();
+void decode_attention_sm90(const PagedView& v, const StepView& s, const DecodeShape& sh, const void* queries,
+                           const void* new_rows, float* part_out, float* part_lse, int splits, float scale_log2,
+                           float bias_log2, DType dtype, cudaStream_t stream);
+
 // Head dims the decode attention is built for: (d_qk, d_v) of MLA or GQA.
 bool decode_supports(bool mla, int64_t d_qk, int64_t d_v);
 // Query heads one attention block serves (16, or 48 for MiniCPM3's shape).

@@ -1,7 +1,9 @@
 // decode_attention: one new query per sequence attends its rows
 // [representatives ; raw window] (lca-spec.md section 4; full attention: rows
 // [0, t]) in the paged cache, split over the row list (flash-decoding); the
-// combine kernel (decode_combine.cu) merges the splits.
+// combine kernel (decode_combine.cu) merges the splits. On sm_90a MiniCPM3's
+// shape takes decode_attention_sm90.cu (wgmma) instead; this kernel serves it
+// on other devices.
 //
 // Tile plan (mma.sync m16n8k16, fp32 accumulators; 4 warps per head tile,
 // 128 HT threads):
@@ -303,12 +305,14 @@ bool dispatch_shape(bool mla, int64_t d_qk, int64_t d_v, F&& f) {
 }  // namespace
 
 int decode_heads_per_block(const DecodeShape& sh) {
+  if (decode_sm90_supports(sh)) return sh.q_heads;
   int mh = kHeads;
   dispatch_shape(sh.mla, sh.d_qk, sh.d_v, [&]<bool, int, int, int HT, int, int>() { mh = kHeads * HT; });
   return mh;
 }
 
 int decode_tile_rows(const DecodeShape& sh) {
+  if (decode_sm90_supports(sh)) return decode_sm90_tile_rows();
   int rows = 64;
   dispatch_shape(sh.mla, sh.d_qk, sh.d_v, [&]<bool, int, int, int, int R, int>() { rows = R; });
   return rows;
@@ -320,6 +324,7 @@ bool decode_supports(bool mla, int64_t d_qk, int64_t d_v) {
 }
 
 int decode_ctas_per_sm(const DecodeShape& sh, DType dtype) {
+  if (decode_sm90_supports(sh)) return decode_sm90_ctas_per_sm(dtype);
   int ctas = 1;
   dispatch_dtype(dtype, "cuda::decode_attention", [&](auto tag) {
     using T = decltype(tag);
@@ -347,6 +352,9 @@ void decode_attention(const PagedView& v, const StepView& s, const DecodeShape& 
   const float scale_log2 = static_cast<float>(scale) * 1.4426950408889634f;
   const float bias_log2 =
       !params.is_full() && params.mass_bias == MassBias::log_g ? std::log2(static_cast<float>(params.group)) : 0.f;
+  if (decode_sm90_supports(sh))
+    return decode_attention_sm90(v, s, sh, queries, new_rows, part_out, part_lse, splits, scale_log2, bias_log2, dtype,
+                                 stream);
   const int per = sh.q_heads / sh.kv_heads, mh = decode_heads_per_block(sh);
   const dim3 grid(splits, s.batch, sh.kv_heads * ((per + mh - 1) / mh));
   dispatch_dtype(dtype, "cuda::decode_attention", [&](auto tag) {
