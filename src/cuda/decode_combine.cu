@@ -4,7 +4,8 @@
 // and turn them into weights in shared memory, then 16 groups of 16 threads
 // each sum every 16th split's normalised output (one float4 of columns per
 // thread, eight loads in flight: at batch 1 this kernel is a chain of L2
-// latencies), and the groups' sums are added in a fixed order. Launched with
+// latencies; the first four are issued with the log-sum-exps' loads), and the
+// groups' sums are added in a fixed order. Launched with
 // programmatic dependent launch: its blocks are resident and waiting when the
 // attention kernel ends. Shared memory: splits + 16 * 64 floats.
 #include "decode.cuh"
@@ -12,7 +13,7 @@
 namespace lca::cuda::detail {
 namespace {
 
-constexpr int kCols = 64, kGroups = 16, kThreads = kGroups * (kCols / 4);
+constexpr int kCols = 64, kGroups = 16, kThreads = kGroups * (kCols / 4), kPre = 4;
 
 template <class T>
 __global__ void __launch_bounds__(kThreads) decode_combine_kernel(int q_heads, int d_v, int splits,
@@ -35,6 +36,17 @@ __global__ void __launch_bounds__(kThreads) decode_combine_kernel(int q_heads, i
     for (int w = 1; w < kThreads / 32; ++w) x = is_max ? fmaxf(x, reduce[w]) : x + reduce[w];
     return x;
   };
+  // The first kPre of this thread's splits' outputs are loaded before the
+  // log-sum-exps, so that both L2 round trips are in flight at once.
+  const int group = tid / (kCols / 4), c = col0 + (tid % (kCols / 4)) * 4;
+  const float* src = part_out + (static_cast<int64_t>(b) * splits * q_heads + h) * d_v + c;
+  const int64_t stride = static_cast<int64_t>(q_heads) * d_v;
+  float4 first[kPre];
+#pragma unroll
+  for (int j = 0; j < kPre; ++j) {
+    const int s = group + j * kGroups;
+    first[j] = c < d_v && s < splits ? *reinterpret_cast<const float4*>(src + s * stride) : make_float4(0.f, 0.f, 0.f, 0.f);
+  }
   const float* lse = part_lse + static_cast<int64_t>(b) * splits * q_heads + h;
   float top = -INFINITY;  // every log-sum-exp is loaded once, by its own thread
   for (int s = tid; s < splits; s += kThreads) top = fmaxf(top, weight[s] = lse[s * q_heads]);
@@ -43,14 +55,17 @@ __global__ void __launch_bounds__(kThreads) decode_combine_kernel(int q_heads, i
   for (int s = tid; s < splits; s += kThreads) den += weight[s] = weight[s] == -INFINITY ? 0.f : exp2f(weight[s] - top);
   den = block_reduce(den, false);
 
-  const int group = tid / (kCols / 4), c = col0 + (tid % (kCols / 4)) * 4;
   float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+  for (int j = 0; j < kPre; ++j) {
+    const int s = group + j * kGroups;
+    const float w = s < splits ? weight[s] : 0.f;
+    acc.x += w * first[j].x, acc.y += w * first[j].y, acc.z += w * first[j].z, acc.w += w * first[j].w;
+  }
   if (c < d_v) {
-    const float* src = part_out + (static_cast<int64_t>(b) * splits * q_heads + h) * d_v + c;
-    const int64_t stride = static_cast<int64_t>(q_heads) * d_v;
     // No branch on empty splits (weight 0, zeros written): the unrolled loads are all in flight.
 #pragma unroll 8
-    for (int s = group; s < splits; s += kGroups) {
+    for (int s = group + kPre * kGroups; s < splits; s += kGroups) {
       const float4 x = *reinterpret_cast<const float4*>(src + s * stride);
       const float w = weight[s];
       acc.x += w * x.x, acc.y += w * x.y, acc.z += w * x.z, acc.w += w * x.w;
