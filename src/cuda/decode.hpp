@@ -79,7 +79,7 @@ void decode_attention_sm90(const PagedView& v, const StepView& s, const DecodeSh
 
 // Head dims the decode attention is built for: (d_qk, d_v) of MLA or GQA.
 bool decode_supports(bool mla, int64_t d_qk, int64_t d_v);
-// Query heads one attention block serves (16, or 48 for MiniCPM3's shape).
+// Query heads one attention block serves (16; MiniCPM3's shape: 48, or all 40 on sm_90a).
 int decode_heads_per_block(const DecodeShape& sh);
 // Rows per tile of the attention kernel for a shape (32 or 64).
 int decode_tile_rows(const DecodeShape& sh);

@@ -1,5 +1,6 @@
-// wgmma wrappers for the Hopper kernels (sm_90a: prefill, MiniCPM3's decode). Inline PTX has to
-// name every accumulator register, so each shape is written out here.
+// wgmma wrappers for the Hopper kernels (sm_90a: prefill, MiniCPM3's decode).
+// Inline PTX has to name every accumulator register, so each shape is
+// written out here.
 //   ss: A and B from shared memory (descriptors), B K-major (tnspB = 0)
 //   rs: A from registers (4 x 32-bit per thread), B MN-major (tnspB = 1)
 // scale_d = 0 overwrites the accumulators, 1 accumulates.
@@ -15,7 +16,6 @@ template <int N>
 __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
-// Keeps the compiler from moving accumulator reads/writes across an in-flight wgmma.
 // Shared-memory descriptor of a tile in the 128-byte-swizzled canonical layout
 // (8-row atoms of 128-B rows, 1 KB apart: sbo = 1024; lbo: the stride between
 // 64-column blocks where an operand spans several, MN-major).
@@ -28,6 +28,7 @@ __device__ __forceinline__ uint64_t make_desc(uint32_t addr, uint32_t lbo, uint3
 // visible to wgmma's async-proxy reads; then a barrier.
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
+// Keeps the compiler from moving accumulator reads/writes across an in-flight wgmma.
 template <int N>
 __device__ __forceinline__ void fence_regs(float (&d)[N]) {
 #pragma unroll
