@@ -8,10 +8,10 @@
 // shaped model, counted by allocating them until the pool refuses. MTLA
 // (s = 2, 4, 16) runs through the same cache and attention kernel beside LCA.
 // Batch 1 (and batch 8 at 32K) is also timed as a model replays it: the steps
-// of all its layers (27, 62, 28) in one graph, time per layer. Prints tables and writes JSON
-// (argv[1]). `--split-sweep`: batch-1 step times against the KV split count;
-// `JSON --model-graph`: only the whole-model graph rows; `--only NAME` (last):
-// only the shapes whose name contains NAME (e.g. minicpm3).
+// of all its layers (27, 62, 28) in one graph, time per layer. Prints tables
+// and writes JSON (argv[1]). `--split-sweep`: batch-1 step times against the
+// KV split count; `JSON --model-graph`: only the whole-model graph rows;
+// `--only NAME` (last): only the shapes whose name contains NAME (minicpm3).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -216,7 +216,7 @@ int main(int argc, char** argv) {
   if (argc > 5 && std::string(argv[1]) == "--profile")
     return profile(std::atoi(argv[2]), std::atoll(argv[3]), std::atoll(argv[4]), std::string(argv[5]) == "full",
                    shapes);
-  // `--model-graph`: only the batch-1 whole-model graph rows (a quick A/B of the batch-1 step).
+  // `--model-graph`: only the whole-model graph rows (a quick A/B of the batch-1 step).
   const bool graph_only = argc > 2 && std::string(argv[2]) == "--model-graph";
   const std::string json = argc > 1 ? argv[1] : "decode_kernels.json";
   const std::string only = argc > 3 && std::string(argv[argc - 2]) == "--only" ? argv[argc - 1] : "";

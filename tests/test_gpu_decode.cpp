@@ -392,8 +392,7 @@ TEST(GpuDecode, MlaMiniCpm3ShapeScoreFullMassBias) {
 
 // MiniCPM3's shape on both attention kernels: the wgmma one (sm_90a, the
 // default there) and the mma.sync one other devices take. Lengths span many
-// tiles of 64 rows, several splits and, in full attention, a tile across
-// blocks of 16 rows.
+// tiles of 64 rows (each across four blocks of 16 rows) and several splits.
 TEST(GpuDecode, MlaMiniCpm3ShapeBothKernels) {
   REQUIRE_GPU();
   namespace d = lca::cuda::detail;
