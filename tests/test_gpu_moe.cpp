@@ -47,6 +47,25 @@ struct MoeCase {
   double scaling = 1.0;
 };
 
+// Group-limited softmax routing (DeepSeek-V2) with two shared units and a
+// routed scaling.
+MoeCase group_limited_case() {
+  MoeCase c;
+  c.routing = MoeRouting::softmax_group_limited;
+  c.K = 3, c.shared = 2, c.n_group = 4, c.topk_group = 2, c.scaling = 16.0;
+  return c;
+}
+
+// Tails in every GEMM dimension (D = 136 and F = 72 are no multiples of the
+// 32-deep k tiles; 2F = 144 and D spill into a second, partial column tile),
+// no shared experts, V3 routing without normalisation.
+MoeCase uneven_v3_case() {
+  MoeCase c;
+  c.routing = MoeRouting::sigmoid_noaux_tc;
+  c.D = 136, c.E = 16, c.K = 4, c.F = 72, c.shared = 0, c.n_group = 4, c.topk_group = 2, c.scaling = 1.5;
+  return c;
+}
+
 MlaArch arch_of(const MoeCase& c) {
   MlaArch a;
   a.experts = c.E;
@@ -198,10 +217,7 @@ TEST(GpuMoe, V2GreedyMatchesCpu) {
 
 TEST(GpuMoe, V2GroupLimitedMatchesCpu) {
   REQUIRE_GPU();
-  MoeCase c;
-  c.routing = MoeRouting::softmax_group_limited;
-  c.K = 3, c.shared = 2, c.n_group = 4, c.topk_group = 2, c.scaling = 16.0;
-  check_random_case(c, 102);
+  check_random_case(group_limited_case(), 102);
 }
 
 TEST(GpuMoe, V3NoauxTcMatchesCpu) {
@@ -212,15 +228,9 @@ TEST(GpuMoe, V3NoauxTcMatchesCpu) {
   check_random_case(c, 103);
 }
 
-// Tails in every GEMM dimension (D = 136 and F = 72 are no multiples of the
-// 32-deep k tiles; 2F = 144 and D spill into a second, partial column tile),
-// no shared experts, V3 without normalisation.
 TEST(GpuMoe, V3UnevenSizesWithoutSharedMatchesCpu) {
   REQUIRE_GPU();
-  MoeCase c;
-  c.routing = MoeRouting::sigmoid_noaux_tc;
-  c.D = 136, c.E = 16, c.K = 4, c.F = 72, c.shared = 0, c.n_group = 4, c.topk_group = 2, c.scaling = 1.5;
-  check_random_case(c, 104);
+  check_random_case(uneven_v3_case(), 104);
 }
 
 // Few experts, many rows: experts with several 64-row tiles; three column
@@ -265,15 +275,8 @@ TEST(GpuMoe, ExactTiesGoToTheSmallerIndexAsOnCpu) {
 // tails in every dimension without shared experts.
 TEST(GpuMoe, PerExpertBlasPathMatchesCpu) {
   REQUIRE_GPU();
-  MoeCase c;
-  c.routing = MoeRouting::softmax_group_limited;
-  c.K = 3, c.shared = 2, c.n_group = 4, c.topk_group = 2, c.scaling = 16.0;
-  check_random_case(c, 112, 8);
-  MoeCase uneven;
-  uneven.routing = MoeRouting::sigmoid_noaux_tc;
-  uneven.D = 136, uneven.E = 16, uneven.K = 4, uneven.F = 72, uneven.shared = 0, uneven.n_group = 4;
-  uneven.topk_group = 2, uneven.scaling = 1.5;
-  check_random_case(uneven, 113, 8);
+  check_random_case(group_limited_case(), 112, 8);
+  check_random_case(uneven_v3_case(), 113, 8);
 }
 
 // A batch-1 decode step's path (one_row: decode_linear products of the chosen
@@ -282,15 +285,8 @@ TEST(GpuMoe, PerExpertBlasPathMatchesCpu) {
 // V3 routing without shared experts and with tails (D = 136, F = 72).
 TEST(GpuMoe, OneRowDecodePathMatchesCpu) {
   REQUIRE_GPU();
-  MoeCase c;
-  c.routing = MoeRouting::softmax_group_limited;
-  c.K = 3, c.shared = 2, c.n_group = 4, c.topk_group = 2, c.scaling = 16.0;
-  MoeCase uneven;
-  uneven.routing = MoeRouting::sigmoid_noaux_tc;
-  uneven.D = 136, uneven.E = 16, uneven.K = 4, uneven.F = 72, uneven.shared = 0, uneven.n_group = 4;
-  uneven.topk_group = 2, uneven.scaling = 1.5;
   uint64_t seed = 114;
-  for (const MoeCase& k : {MoeCase{}, c, uneven}) {
+  for (const MoeCase& k : {MoeCase{}, group_limited_case(), uneven_v3_case()}) {
     Rng rng(seed++);
     const LayerWeights lw = random_moe_layer(k, rng);
     check_against_cpu(k, lw, {1, 7, 1, 1}, [&](int64_t rows) { return bf16_randn({rows, k.D}, rng, 1.0); }, rng, 0,
