@@ -140,6 +140,28 @@ void launch_with_pdl(void (*kernel)(KernelArgs...), dim3 grid, int threads, size
   LCA_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
 }
 
+// Whether `kernel` was compiled for sm_90a in this build and loads on this
+// device (builds for several architectures hold an sm_80 body that traps).
+template <class... Args>
+bool built_for_sm90a(void (*kernel)(Args...)) {
+  cudaFuncAttributes attr{};
+  if (cudaFuncGetAttributes(&attr, kernel) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return attr.binaryVersion == 90;
+}
+
+// Blocks of `kernel` one multiprocessor holds with `smem` bytes of dynamic
+// shared memory (set as the kernel's maximum first); at least 1.
+template <class... Args>
+int blocks_per_sm(void (*kernel)(Args...), int threads, size_t smem) {
+  int blocks = 0;
+  LCA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  LCA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads, smem));
+  return blocks < 1 ? 1 : blocks;
+}
+
 template <class F>
 void dispatch_dtype(DType t, const char* where, F&& f) {
   if (t == DType::bf16) f(__nv_bfloat16{});

@@ -330,12 +330,10 @@ int decode_ctas_per_sm(const DecodeShape& sh, DType dtype) {
     using T = decltype(tag);
     dispatch_shape(sh.mla, sh.d_qk, sh.d_v, [&]<bool kMla, int DQK, int DV, int HT, int R, int S>() {
       using L = Tile<T, kMla, DQK, DV, HT, R, S>;
-      auto kernel = decode_attention_kernel<T, kMla, DQK, DV, HT, R, S>;
-      LCA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L::bytes)));
-      LCA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, kernel, L::kThreads, L::bytes));
+      ctas = blocks_per_sm(decode_attention_kernel<T, kMla, DQK, DV, HT, R, S>, L::kThreads, L::bytes);
     });
   });
-  return ctas < 1 ? 1 : ctas;
+  return ctas;
 }
 
 int device_sm_count() {

@@ -223,21 +223,12 @@ __global__ void __launch_bounds__(kThreads, 1)
 #endif
 }
 
-bool built_for_sm90a() {
-  cudaFuncAttributes attr{};
-  if (cudaFuncGetAttributes(&attr, decode_attention_sm90_kernel<__nv_bfloat16>) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
-  }
-  return attr.binaryVersion == 90;
-}
-
 }  // namespace
 
 void decode_use_sm90(bool on) { g_use_sm90 = on; }
 
 bool decode_sm90_supports(const DecodeShape& sh) {
-  static const bool built = built_for_sm90a();
+  static const bool built = built_for_sm90a(decode_attention_sm90_kernel<__nv_bfloat16>);
   return g_use_sm90 && built && sh.mla && sh.d_qk == DQK && sh.d_v == DV && sh.kv_heads == 1 &&
          sh.q_heads <= kQRows;
 }
@@ -247,11 +238,9 @@ int decode_sm90_tile_rows() { return R; }
 int decode_sm90_ctas_per_sm(DType dtype) {
   int ctas = 1;
   dispatch_dtype(dtype, "cuda::decode_attention", [&](auto tag) {
-    auto kernel = decode_attention_sm90_kernel<decltype(tag)>;
-    LCA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes)));
-    LCA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, kernel, kThreads, kSmemBytes));
+    ctas = blocks_per_sm(decode_attention_sm90_kernel<decltype(tag)>, kThreads, kSmemBytes);
   });
-  return ctas < 1 ? 1 : ctas;
+  return ctas;
 }
 
 void decode_attention_sm90(const PagedView& v, const StepView& s, const DecodeShape& sh, const void* queries,

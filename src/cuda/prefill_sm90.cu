@@ -279,16 +279,6 @@ __global__ void __launch_bounds__(kThreads, 1)
 }
 
 template <class T, int DQK, int DV>
-bool built_for_sm90a() {
-  cudaFuncAttributes attr{};
-  if (cudaFuncGetAttributes(&attr, lca_prefill_sm90_kernel<T, DQK, DV>) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
-  }
-  return attr.binaryVersion == 90;
-}
-
-template <class T, int DQK, int DV>
 void launch(const PrefillArgs& a, float scale_log2, float bias_log2, cudaStream_t stream) {
   using S = Sm90Smem<DQK, DV>;
   auto kernel = lca_prefill_sm90_kernel<T, DQK, DV>;
@@ -321,7 +311,7 @@ void dispatch_dims(const PrefillArgs& a, float scale_log2, float bias_log2, cuda
 }  // namespace
 
 bool prefill_sm90_supports(int64_t d_qk, int64_t d_v) {
-  static const bool built = built_for_sm90a<__nv_bfloat16, 128, 128>();
+  static const bool built = built_for_sm90a(lca_prefill_sm90_kernel<__nv_bfloat16, 128, 128>);
   return built && ((d_qk == 64 && d_v == 64) || (d_qk == 96 && d_v == 64) || (d_qk == 128 && d_v == 128) ||
                     (d_qk == 192 && d_v == 128));
 }
