@@ -18,7 +18,8 @@
 #                                             init twice, with LCA and with full attention, for the same time
 #                                             until STUDY_DEADLINE, or for STUDY_SCRATCH_STEPS steps each (one
 #                                             GPU each, or one shared), then both evaluated with their own
-#                                             attention and with the window alone
+#                                             attention and with the window alone (STUDY_SCRATCH_RUNS="lca"
+#                                             trains and evaluates the LCA run only)
 #
 # Everything is written under $STUDY (default study/). The sizes are the variables below; the
 # numbers in docs/quality.md come from the defaults on four H100s.
@@ -145,17 +146,26 @@ answers)
   ;;
 scratch)
   [ -d "$S/small-init" ] || { echo "scratch: no $S/small-init (run setup first)" >&2; exit 2; }
+  runs=${STUDY_SCRATCH_RUNS:-lca full}
+  jobs=""
+  for att in $runs; do
+    case $att in
+    lca) jobs="$jobs small-scratch-lca:lca small-scratch-lca:window-only" ;;
+    full) jobs="$jobs small-scratch-full:full small-scratch-full:lca small-scratch-full:window-only" ;;
+    *) echo "scratch: STUDY_SCRATCH_RUNS holds lca and/or full, got $att" >&2; exit 2 ;;
+    esac
+  done
   if [ -n "${STUDY_SCRATCH_STEPS:-}" ]; then  # the same steps for both runs (LCA's take longer)
     length="--steps $STUDY_SCRATCH_STEPS"
-    echo "pre-training the small model with lca and with full attention for $STUDY_SCRATCH_STEPS steps on $GPUS GPUs"
+    echo "pre-training the small model ($runs) for $STUDY_SCRATCH_STEPS steps on $GPUS GPUs"
   else  # the same time for both runs
     : "${STUDY_DEADLINE:?set STUDY_DEADLINE (epoch seconds) to when the models must be saved, or STUDY_SCRATCH_STEPS}"
     budget=$((STUDY_DEADLINE - $(date +%s) - 30))
     length="--steps 100000 --time-budget $budget"
-    echo "pre-training the small model with lca and with full attention for $budget s on $GPUS GPUs"
+    echo "pre-training the small model ($runs) for $budget s on $GPUS GPUs"
   fi
   gpu=0
-  for att in lca full; do
+  for att in $runs; do
     opts=""
     [ "$att" = lca ] && opts="--window $WINDOW --group $GROUP"
     CUDA_VISIBLE_DEVICES=$((gpu % GPUS)) python3 -m lca.finetune --model "$S/small-init" --attention $att $opts \
@@ -165,8 +175,7 @@ scratch)
   done
   wait
   for f in "$S"/small-scratch-*.log; do echo "$f: $(tr '\r' '\n' <"$f" | grep -E "time budget|final loss" | tr '\n' ' ')"; done
-  STUDY_EVAL_JOBS="small-scratch-lca:lca small-scratch-lca:window-only small-scratch-full:full small-scratch-full:lca \
-    small-scratch-full:window-only" bash "$0" evaluate
+  STUDY_EVAL_JOBS="$jobs" bash "$0" evaluate
   ;;
 *)
   echo "usage: bash scripts/quality_study.sh setup|pretrain|finetune|evaluate|answers|scratch" >&2
