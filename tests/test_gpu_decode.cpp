@@ -509,7 +509,7 @@ TEST(GpuDecode, ForcedSplitCountsAgree) {
   s.cfg.max_splits = 64;
   s.start(2);
   std::vector<int64_t> seqs = {s.join(3000), s.join(130)};
-  for (int64_t splits : {1, 2, 3, 7, 64}) {
+  for (int64_t splits : {1, 2, 3, 7, 40, 41, 64}) {  // 40 | 41: the combine's two block shapes
     SCOPED_TRACE("splits " + std::to_string(splits));
     ASSERT_NO_FATAL_FAILURE(s.step(seqs, splits));
     EXPECT_EQ(s.gpu->step_splits(), splits);

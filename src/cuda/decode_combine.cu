@@ -1,21 +1,25 @@
 // decode_combine: merges the splits of decode_attention. Block (b, h, c) owns
 // 64 output columns of head h of batch entry b: its threads load the splits'
 // log-sum-exps (log2 domain; empty splits hold -inf and weigh 0) in parallel
-// and turn them into weights in shared memory, then 16 groups of 16 threads
-// each sum every 16th split's normalised output (one float4 of columns per
+// and turn them into weights in shared memory, then G groups of 16 threads
+// each sum every G-th split's normalised output (one float4 of columns per
 // thread, eight loads in flight: at batch 1 this kernel is a chain of L2
-// latencies; the first four are issued with the log-sum-exps' loads), and the
-// groups' sums are added in a fixed order. Launched with
+// latencies; the first few are issued with the log-sum-exps' loads), and the
+// groups' sums are added in a fixed order. G = 16 where there are more than
+// 40 splits (batch 1); otherwise G = 8, so that every split's load goes out in
+// the first round and no group idles (at batch 32, 8 or 2 splits: with 16
+// groups half the block or more had nothing to sum). Launched with
 // programmatic dependent launch: its blocks are resident and waiting when the
-// attention kernel ends. Shared memory: splits + 16 * 64 floats.
+// attention kernel ends. Shared memory: splits + G * 64 floats.
 #include "decode.cuh"
 
 namespace lca::cuda::detail {
 namespace {
 
-constexpr int kCols = 64, kGroups = 16, kThreads = kGroups * (kCols / 4), kPre = 4;
+constexpr int kCols = 64;
 
-template <class T>
+// kGroups groups of 16 threads; each thread's first kPre splits load with the log-sum-exps.
+template <class T, int kGroups, int kPre, int kThreads = kGroups * (kCols / 4)>
 __global__ void __launch_bounds__(kThreads) decode_combine_kernel(int q_heads, int d_v, int splits,
                                                                   const float* part_out, const float* part_lse,
                                                                   T* out) {
@@ -85,12 +89,18 @@ __global__ void __launch_bounds__(kThreads) decode_combine_kernel(int q_heads, i
 void decode_combine(const StepView& s, const DecodeShape& sh, const float* part_out, const float* part_lse,
                     int splits, void* out, DType dtype, cudaStream_t stream) {
   if (s.batch == 0) return;
-  const size_t smem = (splits + kGroups * kCols) * sizeof(float);
   const dim3 grid(s.batch, sh.q_heads, (sh.d_v + kCols - 1) / kCols);
   dispatch_dtype(dtype, "cuda::decode_combine", [&](auto tag) {
     using T = decltype(tag);
-    launch_with_pdl(decode_combine_kernel<T>, grid, kThreads, smem, stream, sh.q_heads, sh.d_v, splits, part_out,
-                    part_lse, static_cast<T*>(out));
+    auto launch = [&](auto kernel, int groups) {
+      const size_t smem = (splits + groups * kCols) * sizeof(float);
+      launch_with_pdl(kernel, grid, groups * (kCols / 4), smem, stream, sh.q_heads, sh.d_v, splits, part_out,
+                      part_lse, static_cast<T*>(out));
+    };
+    if (splits <= 40)  // 8 groups, each thread's (at most five) loads up front
+      launch(decode_combine_kernel<T, 8, 5>, 8);
+    else
+      launch(decode_combine_kernel<T, 16, 4>, 16);
     LCA_CUDA_CHECK_LAUNCH("decode_combine");
   });
 }
