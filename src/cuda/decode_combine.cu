@@ -92,15 +92,15 @@ void decode_combine(const StepView& s, const DecodeShape& sh, const float* part_
   const dim3 grid(s.batch, sh.q_heads, (sh.d_v + kCols - 1) / kCols);
   dispatch_dtype(dtype, "cuda::decode_combine", [&](auto tag) {
     using T = decltype(tag);
-    auto launch = [&](auto kernel, int groups) {
-      const size_t smem = (splits + groups * kCols) * sizeof(float);
-      launch_with_pdl(kernel, grid, groups * (kCols / 4), smem, stream, sh.q_heads, sh.d_v, splits, part_out,
-                      part_lse, static_cast<T*>(out));
+    auto launch = [&]<int kGroups, int kPre>() {
+      const size_t smem = (splits + kGroups * kCols) * sizeof(float);
+      launch_with_pdl(decode_combine_kernel<T, kGroups, kPre>, grid, kGroups * (kCols / 4), smem, stream, sh.q_heads,
+                      sh.d_v, splits, part_out, part_lse, static_cast<T*>(out));
     };
-    if (splits <= 40)  // 8 groups, each thread's (at most five) loads up front
-      launch(decode_combine_kernel<T, 8, 5>, 8);
+    if (splits <= 8 * 5)  // 8 groups: each thread's loads all up front
+      launch.template operator()<8, 5>();
     else
-      launch(decode_combine_kernel<T, 16, 4>, 16);
+      launch.template operator()<16, 4>();
     LCA_CUDA_CHECK_LAUNCH("decode_combine");
   });
 }
