@@ -9,8 +9,8 @@
 // (s = 2, 4, 16) runs through the same cache and attention kernel beside LCA.
 // Batch 1 (and batch 8 at 32K) is also timed as a model replays it: the steps
 // of all its layers (27, 62, 28) in one graph, time per layer. Prints tables
-// and writes JSON (argv[1]). `--split-sweep`: batch-1 step times against the
-// KV split count; `JSON --model-graph`: only the whole-model graph rows;
+// and writes JSON (argv[1]). `--split-sweep [BATCH]`: step times (batch 1
+// unless given) against the KV split count; `JSON --model-graph`: only the whole-model graph rows;
 // `--only NAME` (last): only the shapes whose name contains NAME (minicpm3).
 #include <cuda_runtime.h>
 
@@ -199,14 +199,18 @@ int main(int argc, char** argv) {
   const Shape shapes[] = {{"deepseek-v2-lite mla", lca::KvLayout::mla, 16, 1, 512, 64},
                           {"minicpm3-4b mla", lca::KvLayout::mla, 40, 1, 256, 32},
                           {"qwen2.5-7b gqa", lca::KvLayout::gqa, 28, 4, 128, 0}};
-  if (argc > 1 && std::string(argv[1]) == "--split-sweep") {  // batch-1 step time against the split count
+  if (argc > 1 && std::string(argv[1]) == "--split-sweep") {  // step time against the split count
+    const int64_t batch = argc > 2 ? std::atoll(argv[2]) : 1;
+    const std::vector<int64_t> counts = batch == 1 ? std::vector<int64_t>{0, 33, 66, 132, 143, 264}
+                                                   : std::vector<int64_t>{0, 8, 11, 16, 22, 33, 48};
+    std::printf("batch %lld\n", (long long)batch);
     for (int si = 0; si < 3; ++si)
       for (int64_t ctx : {int64_t(32768), int64_t(131072)})
         for (const bool full : {false, true}) {
           std::printf("%-22s %7lld %s:", shapes[si].name, (long long)ctx, full ? "full" : "lca ");
           const auto cfg = config_of(shapes[si], full ? lca::LcaParams::full() : lca::LcaParams{});
-          for (int64_t sp : {0, 33, 66, 132, 143, 264}) {
-            const StepTime st = time_step(cfg, 1, ctx, 100, sp);
+          for (int64_t sp : counts) {
+            const StepTime st = time_step(cfg, batch, ctx, 100, sp);
             std::printf("  %lld: %.1f", (long long)st.splits, st.ms * 1e3);
           }
           std::printf("  (splits: us)\n");
