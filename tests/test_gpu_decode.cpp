@@ -500,19 +500,29 @@ TEST(GpuDecode, SequencesLeaveAndJoinReusingBlocks) {
   s.compare_contents();
 }
 
+// Split counts from one to more than the short sequence has tiles (empty
+// splits), across the combine's two block shapes (40 | 41). DeepSeek's shape
+// takes the mma.sync kernel (fp32 partials); MiniCPM3's takes the wgmma
+// kernel on sm_90a (partials in the storage dtype), in bf16 and fp16.
 TEST(GpuDecode, ForcedSplitCountsAgree) {
   REQUIRE_GPU();
-  Scenario s;
-  s.cfg = mla_config(16, 512, 64, lca_params(128, 16), DType::bf16, 64);
-  s.cfg.max_seqs = 2;
-  s.cfg.max_context = 4000;
-  s.cfg.max_splits = 64;
-  s.start(2);
-  std::vector<int64_t> seqs = {s.join(3000), s.join(130)};
-  for (int64_t splits : {1, 2, 3, 7, 40, 41, 64}) {  // 40 | 41: the combine's two block shapes
-    SCOPED_TRACE("splits " + std::to_string(splits));
-    ASSERT_NO_FATAL_FAILURE(s.step(seqs, splits));
-    EXPECT_EQ(s.gpu->step_splits(), splits);
+  const lca::cuda::PagedCacheConfig configs[] = {mla_config(16, 512, 64, lca_params(128, 16), DType::bf16, 64),
+                                                 mla_config(40, 256, 32, lca_params(128, 16), DType::bf16, 64),
+                                                 mla_config(40, 256, 32, lca_params(128, 16), DType::f16, 64)};
+  for (const auto& cfg : configs) {
+    SCOPED_TRACE(std::to_string(cfg.mla.heads) + " heads, " + lca::dtype_name(cfg.dtype));
+    Scenario s;
+    s.cfg = cfg;
+    s.cfg.max_seqs = 2;
+    s.cfg.max_context = 4000;
+    s.cfg.max_splits = 64;
+    s.start(2);
+    std::vector<int64_t> seqs = {s.join(3000), s.join(130)};
+    for (int64_t splits : {1, 2, 3, 7, 40, 41, 64}) {
+      SCOPED_TRACE("splits " + std::to_string(splits));
+      ASSERT_NO_FATAL_FAILURE(s.step(seqs, splits));
+      EXPECT_EQ(s.gpu->step_splits(), splits);
+    }
   }
 }
 

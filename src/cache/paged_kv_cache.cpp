@@ -113,7 +113,7 @@ struct PagedKvCache::Impl {
   int32_t* d_step_seqs = nullptr;
   int64_t* d_step_positions = nullptr;
   int64_t splits = 1;
-  float* d_part_out = nullptr;
+  void* d_part_out = nullptr;  // split outputs: fp32, or the storage dtype (decode_combine.cu)
   float* d_part_lse = nullptr;
   int64_t part_capacity = 0;  // batch * splits the workspace holds
 
@@ -745,7 +745,7 @@ void PagedKvCache::begin_step(std::span<const int64_t> seqs, cudaStream_t stream
     m.part_capacity = 0;
     m.part_out_mem = detail::DeviceArray("the split workspace", batch * splits * m.shape.q_heads * m.shape.d_v * 4);
     m.part_lse_mem = detail::DeviceArray("the split workspace", batch * splits * m.shape.q_heads * 4);
-    m.d_part_out = m.part_out_mem.as<float>();
+    m.d_part_out = m.part_out_mem.as<void>();
     m.d_part_lse = m.part_lse_mem.as<float>();
     m.part_capacity = batch * splits;
   }

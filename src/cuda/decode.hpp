@@ -56,13 +56,14 @@ void decode_append_condense(const PagedView& v, const StepView& s, const DecodeS
 // sum into the open row's fp32 sum, and the stored row [round(sum) ; k^R_t].
 void decode_append_mtla(const PagedView& v, const StepView& s, const DecodeShape& sh, const void* rows,
                         DType dtype, cudaStream_t stream);
-// Split-KV attention: partial outputs and log-sum-exps per split, then the
-// combine. Launched to overlap the append kernel before it (programmatic
-// dependent launch); new_rows are the rows that append stores.
+// Split-KV attention: partial outputs (fp32, or the storage dtype where the
+// wgmma kernel serves the shape; room for fp32 either way) and log-sum-exps
+// per split, then the combine. Launched to overlap the append kernel before
+// it (programmatic dependent launch); new_rows are the rows that append stores.
 void decode_attention(const PagedView& v, const StepView& s, const DecodeShape& sh, const void* queries,
-                      const void* new_rows, float* part_out, float* part_lse, int splits, double scale,
+                      const void* new_rows, void* part_out, float* part_lse, int splits, double scale,
                       const LcaParams& params, DType dtype, cudaStream_t stream);
-void decode_combine(const StepView& s, const DecodeShape& sh, const float* part_out, const float* part_lse,
+void decode_combine(const StepView& s, const DecodeShape& sh, const void* part_out, const float* part_lse,
                     int splits, void* out, DType dtype, cudaStream_t stream);
 
 // The Hopper (wgmma) attention for MiniCPM3's shape (decode_attention_sm90.cu):
@@ -74,7 +75,7 @@ void decode_use_sm90(bool on);
 int decode_sm90_ctas_per_sm(DType dtype);
 int decode_sm90_tile_rows();
 void decode_attention_sm90(const PagedView& v, const StepView& s, const DecodeShape& sh, const void* queries,
-                           const void* new_rows, float* part_out, float* part_lse, int splits, float scale_log2,
+                           const void* new_rows, void* part_out, float* part_lse, int splits, float scale_log2,
                            float bias_log2, DType dtype, cudaStream_t stream);
 
 // Head dims the decode attention is built for: (d_qk, d_v) of MLA or GQA.

@@ -344,7 +344,7 @@ int device_sm_count() {
 }
 
 void decode_attention(const PagedView& v, const StepView& s, const DecodeShape& sh, const void* queries,
-                      const void* new_rows, float* part_out, float* part_lse, int splits, double scale,
+                      const void* new_rows, void* part_out, float* part_lse, int splits, double scale,
                       const LcaParams& params, DType dtype, cudaStream_t stream) {
   if (s.batch == 0) return;
   const float scale_log2 = static_cast<float>(scale) * 1.4426950408889634f;
@@ -365,7 +365,8 @@ void decode_attention(const PagedView& v, const StepView& s, const DecodeShape& 
           cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L::bytes));
       LCA_CUDA_CHECK(attr);
       launch_with_pdl(kernel, grid, L::kThreads, L::bytes, stream, v, s, sh, static_cast<const T*>(queries),
-                      static_cast<const T*>(new_rows), part_out, part_lse, scale_log2, bias_log2);
+                      static_cast<const T*>(new_rows), static_cast<float*>(part_out), part_lse, scale_log2,
+                      bias_log2);
       LCA_CUDA_CHECK_LAUNCH("decode_attention");
     });
   });

@@ -1,7 +1,11 @@
 // decode_attention_sm90: decode_attention.cu's split-KV attention for
 // MiniCPM3's MLA shape (40 heads, d_qk = 288 = latent 256 + rope 32, d_v =
-// 256) on Hopper's wgmma (sm_90a): the same function, splits and workspace, so
-// decode_combine merges its splits unchanged.
+// 256) on Hopper's wgmma (sm_90a): the same function and splits. Its split
+// outputs go to the workspace in the storage dtype, not fp32: at batch 8, 33
+// splits of 40 heads x 256 are 10.8 MB of fp32 written at every block's end
+// and read again by decode_combine, a quarter of LCA's cache bytes at 128K;
+// half of that made MiniCPM3's batch-8 steps 3-7% faster (docs/perf-notes.md).
+// The mma.sync kernel keeps fp32, where the same change measured no faster.
 //
 // Why a kernel of its own: a MiniCPM3 row feeds 40 heads of math per 576
 // bytes, three times DeepSeek-V2-Lite's per byte. With mma.sync every operand
@@ -71,7 +75,7 @@ __device__ __forceinline__ void mma_pv(float (&o)[64], const uint32_t (&p)[4], u
 template <class T>
 __global__ void __launch_bounds__(kThreads, 1)
     decode_attention_sm90_kernel(PagedView v, StepView s, DecodeShape sh, const T* queries, const T* new_rows,
-                                 float* part_out, float* part_lse, float scale_log2, float rep_bias_log2) {
+                                 T* part_out, float* part_lse, float scale_log2, float rep_bias_log2) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ unsigned char smem_raw[];
   // Tiles on 1 KB boundaries: the swizzle is a function of address bits.
@@ -88,14 +92,14 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int64_t tiles_total = (rows.count + R - 1) / R;
   const int64_t r0 = tiles_total * split / splits * R, r1 = min(rows.count, tiles_total * (split + 1) / splits * R);
   float* lse_out = part_lse + (static_cast<int64_t>(b) * splits + split) * heads;
-  float* out = part_out + (static_cast<int64_t>(b) * splits + split) * heads * DV;
+  T* out = part_out + (static_cast<int64_t>(b) * splits + split) * heads * DV;
   pdl_launch_dependents();
   const bool reads_appended = r0 <= rows.appended && rows.appended < r1;
   if (reads_appended) pdl_wait();
   if (r0 >= r1) {  // an empty split weighs 0
     pdl_wait();
     for (int h = tid; h < heads; h += kThreads) lse_out[h] = -INFINITY;
-    for (int i = tid; i < heads * DV; i += kThreads) out[i] = 0.f;
+    for (int i = tid; i < heads * DV; i += kThreads) out[i] = from_float<T>(0.f);
     return;
   }
   const int tiles = static_cast<int>((r1 - r0 + R - 1) / R);
@@ -209,13 +213,13 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int h = warp * 16 + lane / 4 + ri * 8;
     if (h >= heads) continue;
     const float inv = 1.f / sum;
-    float* dst = out + static_cast<int64_t>(h) * DV + (lane % 4) * 2;
+    T* dst = out + static_cast<int64_t>(h) * DV + (lane % 4) * 2;
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf)
 #pragma unroll
       for (int n = 0; n < 16; ++n)
-        *reinterpret_cast<float2*>(dst + hf * 128 + n * 8) =
-            make_float2(o[hf][n * 4 + ri * 2] * inv, o[hf][n * 4 + ri * 2 + 1] * inv);
+        *reinterpret_cast<uint32_t*>(dst + hf * 128 + n * 8) =
+            pack2<T>(o[hf][n * 4 + ri * 2] * inv, o[hf][n * 4 + ri * 2 + 1] * inv);
     if (lane % 4 == 0) lse_out[h] = row_max[ri] + log2f(sum);
   }
 #else
@@ -244,7 +248,7 @@ int decode_sm90_ctas_per_sm(DType dtype) {
 }
 
 void decode_attention_sm90(const PagedView& v, const StepView& s, const DecodeShape& sh, const void* queries,
-                           const void* new_rows, float* part_out, float* part_lse, int splits, float scale_log2,
+                           const void* new_rows, void* part_out, float* part_lse, int splits, float scale_log2,
                            float bias_log2, DType dtype, cudaStream_t stream) {
   dispatch_dtype(dtype, "cuda::decode_attention", [&](auto tag) {
     using T = decltype(tag);
@@ -254,7 +258,7 @@ void decode_attention_sm90(const PagedView& v, const StepView& s, const DecodeSh
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes));
     LCA_CUDA_CHECK(attr);
     launch_with_pdl(kernel, dim3(splits, s.batch, 1), kThreads, kSmemBytes, stream, v, s, sh,
-                    static_cast<const T*>(queries), static_cast<const T*>(new_rows), part_out, part_lse, scale_log2,
+                    static_cast<const T*>(queries), static_cast<const T*>(new_rows), static_cast<T*>(part_out), part_lse, scale_log2,
                     bias_log2);
     LCA_CUDA_CHECK_LAUNCH("decode_attention (sm90)");
   });
