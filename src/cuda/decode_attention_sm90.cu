@@ -258,8 +258,8 @@ void decode_attention_sm90(const PagedView& v, const StepView& s, const DecodeSh
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes));
     LCA_CUDA_CHECK(attr);
     launch_with_pdl(kernel, dim3(splits, s.batch, 1), kThreads, kSmemBytes, stream, v, s, sh,
-                    static_cast<const T*>(queries), static_cast<const T*>(new_rows), static_cast<T*>(part_out), part_lse, scale_log2,
-                    bias_log2);
+                    static_cast<const T*>(queries), static_cast<const T*>(new_rows), static_cast<T*>(part_out),
+                    part_lse, scale_log2, bias_log2);
     LCA_CUDA_CHECK_LAUNCH("decode_attention (sm90)");
   });
 }

@@ -6,12 +6,13 @@
 // eight loads in flight: at batch 1 this kernel is a chain of L2 latencies;
 // the first few are issued with the log-sum-exps' loads), and the groups' sums
 // are added in a fixed order. The outputs are fp32 from the mma.sync kernel
-// and in the storage dtype from the wgmma kernel (decode_attention_sm90.cu). G = 16 where there are more than
-// 40 splits (batch 1); otherwise G = 8, so that every split's load goes out in
-// the first round and no group idles (at batch 32, 8 or 2 splits: with 16
-// groups half the block or more had nothing to sum). Launched with
-// programmatic dependent launch: its blocks are resident and waiting when the
-// attention kernel ends. Shared memory: splits + G * 64 floats.
+// and in the storage dtype from the wgmma kernel (decode_attention_sm90.cu).
+// G = 16 where there are more than 40 splits (batch 1); otherwise G = 8, so
+// that every split's load goes out in the first round and no group idles (at
+// batch 32, 8 or 2 splits: with 16 groups half the block or more had nothing
+// to sum). Launched with programmatic dependent launch: its blocks are
+// resident and waiting when the attention kernel ends. Shared memory: splits +
+// G * 64 floats.
 #include "decode.cuh"
 
 namespace lca::cuda::detail {
